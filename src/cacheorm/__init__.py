@@ -1,0 +1,87 @@
+"""cacheorm: typed, cache-backed persistence for plain Python dataclasses.
+
+Models stay plain ``@dataclass`` classes; a :class:`Repository` binds one to a
+backend (memory, filesystem, Redis, Memcached), a serializer, a key scheme and
+a TTL::
+
+    import dataclasses
+    from typing import Annotated
+    import cacheorm as co
+
+    @dataclasses.dataclass
+    class User:
+        id: Annotated[int, co.Field(primary_key=True)]
+        name: str
+
+    users = co.Repository(User)          # in-memory backend, json
+    users.create(User(id=1, name="Sam"))
+    users.get(1)                         # -> User(id=1, name='Sam')
+"""
+
+from cacheorm._backend import Backend, CasToken
+from cacheorm._codecs import Codec, Timestamp
+from cacheorm._errors import (
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    CacheORMError,
+    ConfigurationError,
+    DataError,
+    DeserializationError,
+    InvalidTTL,
+    MissingDependency,
+    ModelDefinitionError,
+    NotFound,
+    SerializationError,
+    SerializerNotFound,
+    ValidationError,
+)
+from cacheorm._memory import MemoryBackend
+from cacheorm._protobuf import ProtobufSerializer
+from cacheorm._repository import Repository, registry
+from cacheorm._schema import Field
+from cacheorm._serializers import (
+    JSONSerializer,
+    MsgpackSerializer,
+    PickleSerializer,
+    Serializer,
+    SerializerRegistry,
+)
+from cacheorm._ttl import DEFAULT, TTL, DefaultType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT",
+    "TTL",
+    "AlreadyExists",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "CacheORMError",
+    "CasToken",
+    "Codec",
+    "ConfigurationError",
+    "DataError",
+    "DefaultType",
+    "DeserializationError",
+    "Field",
+    "InvalidTTL",
+    "JSONSerializer",
+    "MemoryBackend",
+    "MissingDependency",
+    "ModelDefinitionError",
+    "MsgpackSerializer",
+    "NotFound",
+    "PickleSerializer",
+    "ProtobufSerializer",
+    "Repository",
+    "SerializationError",
+    "Serializer",
+    "SerializerNotFound",
+    "SerializerRegistry",
+    "Timestamp",
+    "ValidationError",
+    "__version__",
+    "registry",
+]

@@ -1,0 +1,119 @@
+"""``python -m cacheorm demo``: a walk-through of a repository, printed step by step."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import enum
+import sys
+from collections.abc import Sequence
+from typing import Annotated, TextIO
+
+import cacheorm as co
+
+
+class Plan(enum.Enum):
+    """A subscription plan, stored by value."""
+
+    FREE = "free"
+    PRO = "pro"
+
+
+@dataclasses.dataclass(frozen=True)
+class Address:
+    """A nested dataclass."""
+
+    city: str
+    country: str = "NL"
+
+
+@dataclasses.dataclass(frozen=True)
+class Customer:
+    """The demo's model: an auto-numbered key, an enum, a nested record and a timestamp."""
+
+    id: Annotated[int | None, co.Field(primary_key=True, auto=True)]
+    name: str
+    plan: Plan = Plan.FREE
+    email: str | None = None
+    tags: tuple[str, ...] = ()
+    address: Address | None = None
+    joined: Annotated[datetime.datetime, co.Field(codec=co.Timestamp("s"))] = dataclasses.field(
+        default_factory=lambda: datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    )
+
+
+def run_demo(backend: co.Backend, out: TextIO = sys.stdout) -> None:
+    """Create, read, update and delete a few customers on ``backend``, printing each step."""
+
+    def step(title: str) -> None:
+        print(f"\n== {title}", file=out)
+
+    def show(label: str, value: object) -> None:
+        print(f"   {label:<16} {value}", file=out)
+
+    customers = co.Repository(Customer, backend=backend, serializer="json", prefix="demo:")
+    show("repository", customers)
+
+    step("create: ids come from an atomic counter")
+    alice = customers.create(
+        Customer(id=None, name="Alice", plan=Plan.PRO, tags=("vip",), address=Address("Utrecht"))
+    )
+    bob = customers.create(Customer(id=None, name="Bob", email="bob@example.com"))
+    show("created", alice)
+    show("created", bob)
+    show("key of Alice", customers.key_of(alice))
+    raw = backend.get(customers.key_of(alice))
+    show("stored bytes", raw.decode() if raw is not None else None)
+
+    step("create again: the key is taken")
+    try:
+        customers.create(alice)
+    except co.AlreadyExists as exc:
+        show("AlreadyExists", exc)
+
+    step("get and get_many (one backend call)")
+    assert alice.id is not None
+    assert bob.id is not None
+    show(f"get({alice.id})", customers.get(alice.id))
+    wanted = [alice.id, bob.id, 99]
+    for pk, record in zip(wanted, customers.get_many(wanted), strict=True):
+        show(f"get_many -> {pk}", record)
+
+    step("update: replace only if present")
+    bob = customers.update(dataclasses.replace(bob, plan=Plan.PRO, tags=("new",)))
+    show("updated", customers.get(bob.id))
+    try:
+        customers.update(Customer(id=99, name="Nobody"))
+    except co.NotFound as exc:
+        show("NotFound", exc)
+
+    step("validation: nothing is written")
+    try:
+        customers.save(Customer(id=3, name=42))  # type: ignore[arg-type]
+    except co.ValidationError as exc:
+        show("ValidationError", exc)
+    show("exists(3)", customers.exists(3))
+
+    step("delete")
+    show(f"delete({alice.id})", customers.delete(alice.id))
+    show(f"delete({alice.id}) again", customers.delete(alice.id))
+    show("get_or_none", customers.get_or_none(alice.id))
+    show("delete_many", customers.delete_many([alice.id, bob.id]))
+    print("\ndone.", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m cacheorm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="walk through create/get/update/delete on the memory backend")
+    parser.parse_args(argv)
+    backend = co.MemoryBackend()
+    print("cacheorm demo on the in-memory backend (MemoryBackend)")
+    run_demo(backend)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The contract every backend implements: bytes in, bytes out, with TTL.
+
+Backends know nothing of models, serializers or repositories. Keys are
+``str``; values are ``bytes``; ``ttl`` is a positive number of seconds or
+``None`` for no expiry (the repository has already validated it). Batch
+methods are one round trip per server: a backend must not implement them as a
+loop of network calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Backend", "CasToken"]
+
+#: Opaque token from :meth:`Backend.gets`, handed back to :meth:`Backend.cas`.
+CasToken = object
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Byte storage with TTL, atomic insert/replace, counters and compare-and-set.
+
+    Every method raises :class:`~cacheorm.BackendError` (or its subclass
+    :class:`~cacheorm.BackendUnavailable`) when the store fails; a method that
+    returns normally did what it reports.
+    """
+
+    def get(self, key: str, /) -> bytes | None:
+        """The value under ``key``, or None if absent or expired."""
+        ...
+
+    def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
+        """The values under ``keys``, in the same order, None where absent."""
+        ...
+
+    def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` whether or not it exists."""
+        ...
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
+        """Store every ``(key, value)`` pair."""
+        ...
+
+    def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
+        """Store only if ``key`` is absent, atomically; True if stored."""
+        ...
+
+    def add_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``add`` for each pair, in order; a later pair sees earlier ones."""
+        ...
+
+    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
+        """Store only if ``key`` is present, atomically; True if stored."""
+        ...
+
+    def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order."""
+        ...
+
+    def delete(self, key: str, /) -> bool:
+        """Remove ``key``; True if it existed."""
+        ...
+
+    def delete_many(self, keys: Sequence[str], /) -> int:
+        """Remove ``keys``; the number that existed."""
+        ...
+
+    def exists(self, key: str, /) -> bool:
+        """True if ``key`` holds a live value."""
+        ...
+
+    def incr(self, key: str, delta: int = 1, /) -> int:
+        """Add ``delta`` to the integer under ``key`` (0 if absent) atomically; the result.
+
+        Counters are stored as ASCII decimal digits, as Redis and Memcached do.
+        """
+        ...
+
+    def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
+        """The value and a token for :meth:`cas`, or None if absent."""
+        ...
+
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is unchanged since ``gets`` gave ``token``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the backend is not used after this."""
+        ...

@@ -1,0 +1,804 @@
+"""Conversion of one annotated type to and from serializer-native primitives.
+
+Each supported annotation becomes a *node*. A node does no work itself: it
+writes Python source for the conversion, which ``_schema`` compiles into one
+straight-line function per model, so encoding and decoding a record does no
+type dispatch at run time.
+
+Every node writes code in two modes from the same method:
+
+* fast mode, used on every call, raises the bare ``_F`` on a mismatch;
+* explain mode, run only after the fast code failed, tracks the path into the
+  record (``$.phones[1].number``) and raises :class:`Failure` naming it, the
+  expected type and the value found.
+
+Primitives are what JSON carries (None, bool, int, float, str, list, dict with
+str keys) plus ``bytes`` when the serializer is *binary* (msgpack, pickle,
+protobuf); for JSON, bytes travel as base64 text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import decimal
+import enum
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+__all__ = ["Codec", "Failure", "Timestamp"]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Codec(Protocol[T]):
+    """Converts one field's values to and from serializer primitives.
+
+    ``encode`` returns something the serializer can carry (None, bool, int,
+    float, str, bytes, lists and str-keyed dicts of those); ``decode`` gets that
+    back. Raise ``TypeError`` or ``ValueError`` for a value you cannot convert:
+    cacheorm reports it as a ``ValidationError`` (on write) or a
+    ``DeserializationError`` (on read) naming the field.
+    """
+
+    def encode(self, value: T, /) -> Any:
+        """Convert a field value to a primitive."""
+        ...
+
+    def decode(self, data: Any, /) -> T:
+        """Convert a primitive back to a field value."""
+        ...
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_ONE_US = _dt.timedelta(microseconds=1)
+_RESOLUTIONS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+class Timestamp:
+    """Store an aware ``datetime`` as an integer count of units since the Unix epoch.
+
+    Args:
+        resolution: ``"s"``, ``"ms"``, ``"us"`` or ``"ns"``. Finer parts of the
+            value are truncated on write (toward the past).
+        tz: the time zone of decoded values (UTC by default).
+
+    Naive datetimes are rejected: their epoch time depends on the machine's zone.
+    """
+
+    __slots__ = ("_tz", "resolution")
+
+    def __init__(
+        self,
+        resolution: Literal["s", "ms", "us", "ns"] = "ms",
+        *,
+        tz: _dt.tzinfo = _dt.timezone.utc,
+    ) -> None:
+        if resolution not in ("s", "ms", "us", "ns"):
+            raise ValueError(
+                f"Timestamp resolution must be 's', 'ms', 'us' or 'ns', not {resolution!r}"
+            )
+        self.resolution = resolution
+        self._tz = tz
+
+    def __repr__(self) -> str:
+        return f"Timestamp({self.resolution!r})"
+
+    def encode(self, value: _dt.datetime, /) -> int:
+        """Return the epoch count of ``value`` in this resolution."""
+        if not isinstance(value, _dt.datetime):
+            raise TypeError(f"expected datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("Timestamp needs an aware datetime (naive times have no epoch)")
+        micros = (value - _EPOCH) // _ONE_US
+        if self.resolution == "ns":
+            return micros * 1000
+        return micros // _RESOLUTIONS[self.resolution]
+
+    def decode(self, data: Any, /) -> _dt.datetime:
+        """Return the aware datetime for an epoch count."""
+        if type(data) is not int:
+            raise TypeError(f"expected an integer timestamp, got {type(data).__name__}")
+        micros = data // 1000 if self.resolution == "ns" else data * _RESOLUTIONS[self.resolution]
+        return (_EPOCH + _dt.timedelta(microseconds=micros)).astimezone(self._tz)
+
+
+class Failure(Exception):
+    """Raised by explain-mode code: where a value failed, and why."""
+
+    def __init__(
+        self, path: str, expected: str, value: Any, cause: BaseException | None = None
+    ) -> None:
+        super().__init__(path)
+        self.path = path
+        self.expected = expected
+        self.value = value
+        self.cause = cause
+
+    @property
+    def actual(self) -> str:
+        """The type name of the value that failed, or ``missing``."""
+        return "missing" if self.value is MISSING else type(self.value).__name__
+
+    def describe(self) -> str:
+        """One line: path, expected and actual (and the converter's complaint)."""
+        text = f"at `{self.path}`: expected {self.expected}, got {self.actual}"
+        if self.value is not MISSING and self.cause is None:
+            text += f" {_short_repr(self.value)}"
+        if self.cause is not None and str(self.cause):
+            text += f" ({self.cause})"
+        return text
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fast(Exception):
+    """The fast code's signal that something did not fit; carries nothing."""
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
+# --- helpers the generated code calls on its slow branches -----------------------
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, str):
+        return str.__str__(v)
+    raise _Fast
+
+
+def _to_int(v: Any) -> int:
+    # bool is not an int here: True in an int field is almost always a bug.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return int.__index__(v)
+    raise _Fast
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    raise _Fast
+
+
+def _to_bytes(v: Any) -> bytes:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise _Fast
+
+
+def _to_list(v: Any) -> list[Any]:
+    if isinstance(v, list):
+        return list(v)
+    raise _Fast
+
+
+def _to_dict(v: Any) -> dict[Any, Any]:
+    if isinstance(v, dict):
+        return dict(v)
+    raise _Fast
+
+
+def _b64e(v: bytes) -> str:
+    return base64.b64encode(v).decode("ascii")
+
+
+def _b64d(v: Any) -> bytes:
+    if type(v) is not str:
+        raise _Fast
+    try:
+        return base64.b64decode(v.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise ValueError("not base64 text") from exc
+
+
+def _instance(v: Any, cls: type) -> Any:
+    if isinstance(v, cls):
+        return v
+    raise _Fast
+
+
+def _date_only(v: Any) -> _dt.date:
+    if isinstance(v, _dt.date) and not isinstance(v, _dt.datetime):
+        return v
+    raise _Fast
+
+
+def _timedelta_from(v: Any) -> _dt.timedelta:
+    if type(v) is not int:
+        raise _Fast
+    return _dt.timedelta(microseconds=v)
+
+
+def _parse(cls: Any) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        if type(v) is not str:
+            raise _Fast
+        return cls(v)
+
+    return parse
+
+
+def _literal_ok(allowed: frozenset[tuple[type, Any]], v: Any) -> Any:
+    try:
+        ok = (type(v), v) in allowed
+    except TypeError:
+        ok = False
+    if not ok:
+        raise _Fast
+    return v
+
+
+BASE_NAMESPACE: dict[str, Any] = {
+    "_F": _Fast,
+    "_Fail": Failure,
+    "_M": MISSING,
+    "_to_str": _to_str,
+    "_to_int": _to_int,
+    "_to_float": _to_float,
+    "_to_bytes": _to_bytes,
+    "_to_list": _to_list,
+    "_to_dict": _to_dict,
+    "_b64e": _b64e,
+    "_b64d": _b64d,
+    "_instance": _instance,
+    "_date_only": _date_only,
+    "_td_from": _timedelta_from,
+    "_literal_ok": _literal_ok,
+    "_US": _ONE_US,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "bytes": bytes,
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+    "type": type,
+    "isinstance": isinstance,
+    "enumerate": enumerate,
+    "len": len,
+    "repr": repr,
+    "Exception": Exception,
+}
+
+
+# --- the code writer -------------------------------------------------------------
+
+
+class Gen:
+    """Writes the body of one generated function.
+
+    Args:
+        ns: the namespace shared by every function of one model.
+        explain: write explain-mode code (path tracking, ``Failure``).
+        binary: the serializer carries bytes natively.
+    """
+
+    def __init__(self, ns: dict[str, Any], *, explain: bool, binary: bool) -> None:
+        self.ns = ns
+        self.explain = explain
+        self.binary = binary
+        self.lines: list[str] = []
+        self._indent = 1
+        self._count = 0
+
+    def var(self, prefix: str = "v") -> str:
+        """A fresh local name."""
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def const(self, value: Any, prefix: str = "_c") -> str:
+        """Put ``value`` in the namespace and return its name (reused if present)."""
+        for name, existing in self.ns.items():
+            if existing is value and name.startswith(prefix):
+                return name
+        name = f"{prefix}{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def line(self, text: str) -> None:
+        """Append one line at the current indentation."""
+        self.lines.append("    " * self._indent + text)
+
+    @contextmanager
+    def block(self) -> Iterator[None]:
+        """Indent the lines written inside the ``with``."""
+        self._indent += 1
+        try:
+            yield
+        finally:
+            self._indent -= 1
+
+    def fail(self, path: str | None, expected: str, value: str, cause: str = "None") -> None:
+        """Write the raise for a mismatch of ``value`` at ``path``."""
+        if self.explain:
+            self.line(f"raise _Fail({path}, {self.const(expected, '_s')}, {value}, {cause})")
+        else:
+            self.line("raise _F")
+
+    def guarded(self, target: str, expr: str, path: str | None, expected: str, value: str) -> None:
+        """Write ``target = expr``; in explain mode any exception becomes a Failure."""
+        if not self.explain:
+            self.line(f"{target} = {expr}")
+            return
+        self.line("try:")
+        with self.block():
+            self.line(f"{target} = {expr}")
+        self.line("except _Fail:")
+        with self.block():
+            self.line("raise")
+        self.line("except Exception as exc:")
+        with self.block():
+            self.fail(path, expected, value, "None if isinstance(exc, _F) else exc")
+
+    def materialize(self, expr: str, path: str | None, expected: str, value: str) -> str:
+        """Return ``expr`` for inline use in fast mode; in explain mode evaluate it now."""
+        if not self.explain:
+            return expr
+        target = self.var("r")
+        self.guarded(target, expr, path, expected, value)
+        return target
+
+    def source(self, header: str) -> str:
+        """The finished function source."""
+        return "\n".join([header, *self.lines]) + "\n"
+
+
+def sub_path(path: str | None, suffix: str) -> str | None:
+    """A path expression one step deeper (a constant suffix)."""
+    return None if path is None else f"{path} + {suffix!r}"
+
+
+# --- nodes -------------------------------------------------------------------------
+
+
+class Node:
+    """One annotation's conversion. ``desc`` names the expected type in errors."""
+
+    desc: str = "value"
+    #: the exact Python type of valid values when a single ``type() is`` check
+    #: plus a normalizer covers them (str, int, float, bool, bytes); lets
+    #: containers of such values skip rebuilding.
+    exact: type | None = None
+    normalizer: str | None = None
+    #: encoded value is the value itself (no conversion) once checked.
+    identity_enc: bool = False
+    identity_dec: bool = False
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        """Write checks for local ``src``; return the expression of its primitive."""
+        raise NotImplementedError
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        """Write checks for primitive ``src``; return the expression of its value."""
+        raise NotImplementedError
+
+
+class AnyNode(Node):
+    """``typing.Any``: passed through unchecked; the serializer must carry it."""
+
+    desc = "any value"
+    identity_enc = identity_dec = True
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        return src
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        return src
+
+
+class ScalarNode(Node):
+    """str, int, float, bool and (binary serializers) bytes: checked, not converted."""
+
+    identity_enc = identity_dec = True
+
+    def __init__(self, exact: type, normalizer: str | None) -> None:
+        self.exact = exact
+        self.normalizer = normalizer
+        self.desc = exact.__name__
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        name = self.exact.__name__  # type: ignore[union-attr]
+        g.line(f"if type({src}) is not {name}:")
+        with g.block():
+            if self.normalizer is None:
+                g.fail(path, self.desc, src)
+            else:
+                g.guarded(src, f"{self.normalizer}({src})", path, self.desc, src)
+        return src
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        name = self.exact.__name__  # type: ignore[union-attr]
+        g.line(f"if type({src}) is not {name}:")
+        with g.block():
+            if self.exact is float:
+                # JSON writes 2.0 as 2.0 but other writers may store an int.
+                g.guarded(src, f"_to_float({src})", path, self.desc, src)
+            else:
+                g.fail(path, self.desc, src)
+        return src
+
+
+class Base64BytesNode(Node):
+    """bytes on a text-only serializer: base64 text."""
+
+    desc = "bytes"
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if type({src}) is not bytes:")
+        with g.block():
+            g.guarded(src, f"_to_bytes({src})", path, self.desc, src)
+        return f"_b64e({src})"
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        return g.materialize(f"_b64d({src})", path, "base64 text", src)
+
+
+class ConvertNode(Node):
+    """A value stored through a pair of conversions (datetime, UUID, Decimal, ...).
+
+    Args:
+        cls: the exact class of valid values.
+        check: name of a helper that accepts subclasses / rejects look-alikes,
+            used when ``type(v) is not cls``.
+        to_prim: format string of the encode expression (``{}`` is the value).
+        from_prim: format string of the decode expression.
+        prim_desc: what the stored primitive should be, for decode errors.
+    """
+
+    def __init__(self, cls: type, check: str, to_prim: str, from_prim: str, prim_desc: str) -> None:
+        self.cls = cls
+        self.check = check
+        self.to_prim = to_prim
+        self.from_prim = from_prim
+        self.prim_desc = prim_desc
+        self.desc = cls.__name__
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        cls = g.const(self.cls, "_t")
+        g.line(f"if type({src}) is not {cls}:")
+        with g.block():
+            check = self.check.replace("{cls}", cls)
+            g.guarded(src, check.format(src), path, self.desc, src)
+        return g.materialize(self.to_prim.format(src), path, self.desc, src)
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        return g.materialize(
+            self.from_prim.format(src), path, f"{self.desc} as {self.prim_desc}", src
+        )
+
+
+def datetime_node() -> ConvertNode:
+    """Naive and aware stay distinct; an aware value keeps its UTC offset."""
+    return ConvertNode(
+        _dt.datetime,
+        "_instance({}, {cls})",
+        "{}.isoformat()",
+        "_parse_dt({})",
+        "ISO 8601 text",
+    )
+
+
+def date_node() -> ConvertNode:
+    """A calendar date (a datetime is not accepted as a date)."""
+    return ConvertNode(
+        _dt.date, "_date_only({})", "{}.isoformat()", "_parse_date({})", "ISO 8601 text"
+    )
+
+
+def time_node() -> ConvertNode:
+    """A time of day, with its offset when it has one."""
+    return ConvertNode(
+        _dt.time, "_instance({}, {cls})", "{}.isoformat()", "_parse_time({})", "ISO 8601 text"
+    )
+
+
+def timedelta_node() -> ConvertNode:
+    """A duration, stored exactly as an integer number of microseconds."""
+    return ConvertNode(
+        _dt.timedelta, "_instance({}, {cls})", "{} // _US", "_td_from({})", "integer microseconds"
+    )
+
+
+def uuid_node() -> ConvertNode:
+    """A UUID, stored as its canonical text."""
+    return ConvertNode(uuid.UUID, "_instance({}, {cls})", "str({})", "_parse_uuid({})", "UUID text")
+
+
+def decimal_node() -> ConvertNode:
+    """A Decimal, stored as its exact text."""
+    return ConvertNode(
+        decimal.Decimal, "_instance({}, {cls})", "str({})", "_parse_decimal({})", "decimal text"
+    )
+
+
+BASE_NAMESPACE.update(
+    {
+        "_parse_dt": _parse(_dt.datetime.fromisoformat),
+        "_parse_date": _parse(_dt.date.fromisoformat),
+        "_parse_time": _parse(_dt.time.fromisoformat),
+        "_parse_uuid": _parse(uuid.UUID),
+        "_parse_decimal": _parse(decimal.Decimal),
+    }
+)
+
+
+class EnumNode(Node):
+    """An Enum member, stored by value."""
+
+    def __init__(self, cls: type[enum.Enum]) -> None:
+        self.cls = cls
+        self.desc = cls.__qualname__
+        self.by_value = dict(cls._value2member_map_)
+        self.value_types = frozenset(type(m.value) for m in cls)
+        self.flag = issubclass(cls, enum.Flag)
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        cls = g.const(self.cls, "_t")
+        g.line(f"if type({src}) is not {cls}:")
+        with g.block():
+            g.fail(path, self.desc, src)
+        return f"{src}._value_"
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        types = g.const(self.value_types, "_vt")
+        g.line(f"if type({src}) not in {types}:")
+        with g.block():
+            g.fail(path, f"a value of {self.desc}", src)
+        if self.flag:
+            # Combined flags are not in the value map; the class builds them.
+            return g.materialize(f"{g.const(self.cls, '_t')}({src})", path, self.desc, src)
+        return g.materialize(
+            f"{g.const(self.by_value, '_m')}[{src}]", path, f"a value of {self.desc}", src
+        )
+
+
+class LiteralNode(Node):
+    """``Literal[...]`` of str, int, bool, bytes or None: one of the listed values."""
+
+    identity_enc = identity_dec = True
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.allowed = frozenset((type(v), v) for v in values)
+        self.desc = "one of " + ", ".join(repr(v) for v in values)
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        g.guarded(src, f"_literal_ok({g.const(self.allowed, '_l')}, {src})", path, self.desc, src)
+        return src
+
+    dec = enc
+
+
+class OptionalNode(Node):
+    """``X | None``."""
+
+    def __init__(self, inner: Node) -> None:
+        self.inner = inner
+        self.desc = f"{inner.desc} | None"
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        return self._either(g, src, path, self.inner.enc)
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        return self._either(g, src, path, self.inner.dec)
+
+    def _either(
+        self, g: Gen, src: str, path: str | None, convert: Callable[[Gen, str, str | None], str]
+    ) -> str:
+        g.line(f"if {src} is not None:")
+        with g.block():
+            expr = convert(g, src, path)
+        if expr == src:
+            return src
+        out = g.var("o")
+        with g.block():
+            g.line(f"{out} = {expr}")
+        g.line("else:")
+        with g.block():
+            g.line(f"{out} = None")
+        return out
+
+
+class CodecNode(Node):
+    """A user codec (``Field(codec=...)``): its encode/decode do the checking."""
+
+    def __init__(self, codec: Codec[Any]) -> None:
+        self.codec = codec
+        self.desc = f"a value {type(codec).__name__} accepts"
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        fn = g.const(self.codec.encode, "_ce")
+        return g.materialize(f"{fn}({src})", path, self.desc, src)
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        fn = g.const(self.codec.decode, "_cd")
+        return g.materialize(f"{fn}({src})", path, self.desc, src)
+
+
+class SequenceNode(Node):
+    """list[X], set[X], frozenset[X] and tuple[X, ...]: stored as a list."""
+
+    def __init__(self, kind: type, item: Node, desc: str) -> None:
+        self.kind = kind
+        self.item = item
+        self.desc = desc
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        kind = g.const(self.kind, "_t")
+        g.line(f"if not isinstance({src}, {kind}):")
+        with g.block():
+            g.fail(path, self.desc, src)
+        if self.kind is list or self.kind is tuple:
+            # A subclass (a namedtuple, say) would be pickled with its class.
+            g.line(f"if type({src}) is not {kind}:")
+            with g.block():
+                g.line(f"{src} = {kind}({src})")
+        out = self._each(g, src, path, self.item.enc, self.item.identity_enc)
+        if out == src and self.kind is not list and self.kind is not tuple:
+            return f"list({src})"
+        return out
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if type({src}) is not list:")
+        with g.block():
+            # msgpack may hand back tuples when configured to.
+            g.line(f"if type({src}) is tuple:")
+            with g.block():
+                g.line(f"{src} = list({src})")
+            g.line("else:")
+            with g.block():
+                g.fail(path, f"{self.desc} as a list", src)
+        out = self._each(g, src, path, self.item.dec, self.item.identity_dec)
+        if self.kind is list:
+            return out
+        return f"{g.const(self.kind, '_t')}({out})"
+
+    def _each(
+        self,
+        g: Gen,
+        src: str,
+        path: str | None,
+        convert: Callable[[Gen, str, str | None], str],
+        identity: bool,
+    ) -> str:
+        item = g.var("x")
+        index = g.var("i")
+        item_path = None if path is None else f"{path} + '[' + str({index}) + ']'"
+        loop = f"for {index}, {item} in enumerate({src}):" if g.explain else f"for {item} in {src}:"
+        if identity and self.item.exact is not None and not g.explain:
+            # Check in place; rebuild only if some item needs normalizing.
+            exact = self.item.exact.__name__
+            g.line(loop)
+            with g.block():
+                g.line(f"if type({item}) is not {exact}:")
+                with g.block():
+                    if self.item.normalizer is None:
+                        g.line("raise _F")
+                    else:
+                        g.line(f"{src} = [{self.item.normalizer}(y) for y in {src}]")
+                        g.line("break")
+            return src
+        out = g.var("s")
+        g.line(f"{out} = []")
+        g.line(loop)
+        with g.block():
+            expr = convert(g, item, item_path)
+            g.line(f"{out}.append({expr})")
+        return out
+
+
+class TupleNode(Node):
+    """tuple[A, B, C]: a fixed-length tuple stored as a list."""
+
+    def __init__(self, items: list[Node], desc: str) -> None:
+        self.items = items
+        self.desc = desc
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if not isinstance({src}, tuple) or len({src}) != {len(self.items)}:")
+        with g.block():
+            g.fail(path, self.desc, src)
+        return self._each(g, src, path, "enc")
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if type({src}) not in (list, tuple) or len({src}) != {len(self.items)}:")
+        with g.block():
+            g.fail(path, f"{self.desc} as a list of {len(self.items)}", src)
+        if not self.items:
+            return "()"
+        return "(" + self._each(g, src, path, "dec")[1:-1] + ",)"
+
+    def _each(self, g: Gen, src: str, path: str | None, mode: str) -> str:
+        exprs = []
+        for position, node in enumerate(self.items):
+            item = g.var("x")
+            g.line(f"{item} = {src}[{position}]")
+            convert = node.enc if mode == "enc" else node.dec
+            exprs.append(convert(g, item, sub_path(path, f"[{position}]")))
+        return "[" + ", ".join(exprs) + "]"
+
+
+class DictNode(Node):
+    """dict[K, V] with str-like keys: stored as a str-keyed dict."""
+
+    def __init__(self, key: Node, value: Node, desc: str) -> None:
+        self.key = key
+        self.value = value
+        self.desc = desc
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if not isinstance({src}, dict):")
+        with g.block():
+            g.fail(path, self.desc, src)
+        return self._each(g, src, path, self.key.enc, self.value.enc)
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        g.line(f"if type({src}) is not dict:")
+        with g.block():
+            g.fail(path, f"{self.desc} as a map", src)
+        return self._each(g, src, path, self.key.dec, self.value.dec)
+
+    def _each(
+        self,
+        g: Gen,
+        src: str,
+        path: str | None,
+        key_convert: Callable[[Gen, str, str | None], str],
+        value_convert: Callable[[Gen, str, str | None], str],
+    ) -> str:
+        k = g.var("k")
+        v = g.var("x")
+        out = g.var("m")
+        item_path = None if path is None else f"{path} + '[' + repr({k}) + ']'"
+        g.line(f"{out} = {{}}")
+        g.line(f"for {k}, {v} in {src}.items():")
+        with g.block():
+            key_expr = key_convert(g, k, item_path)
+            value_expr = value_convert(g, v, item_path)
+            g.line(f"{out}[{key_expr}] = {value_expr}")
+        return out
+
+
+class ModelNode(Node):
+    """A nested dataclass: a call to that class's own generated function."""
+
+    def __init__(self, cls: type, names: dict[str, str]) -> None:
+        self.cls = cls
+        self.desc = cls.__qualname__
+        # filled by the schema compiler: {"enc": ..., "dec": ..., "xenc": ..., "xdec": ...}
+        self.names = names
+
+    def enc(self, g: Gen, src: str, path: str | None) -> str:
+        cls = g.const(self.cls, "_t")
+        g.line(f"if type({src}) is not {cls}:")
+        with g.block():
+            g.guarded(src, f"_instance({src}, {cls})", path, self.desc, src)
+        if g.explain:
+            out = g.var("n")
+            g.line(f"{out} = {self.names['xenc']}({src}, {path})")
+            return out
+        return f"{self.names['enc']}({src})"
+
+    def dec(self, g: Gen, src: str, path: str | None) -> str:
+        if g.explain:
+            out = g.var("n")
+            g.line(f"{out} = {self.names['xdec']}({src}, {path})")
+            return out
+        return f"{self.names['dec']}({src})"

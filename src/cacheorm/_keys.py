@@ -1,0 +1,370 @@
+"""Turning primary-key values into backend keys.
+
+A key is ``prefix + namespace + ":" + part[":" + part ...]`` by default, or
+``prefix`` + a template rendered with the key parts. Each part is written by a
+formatter chosen once from its field's annotation; text parts are
+percent-escaped so that the separator, template text, braces, ``%``,
+whitespace and control characters never appear raw in them. Because the
+template's own characters can never come from a value, and ``%`` always starts
+an escape, two different primary keys never map to one key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import re
+import string
+import types
+import typing
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, get_args, get_origin
+
+from cacheorm._errors import ModelDefinitionError, ValidationError
+
+__all__ = ["KeyPart", "KeyScheme", "escape_factory"]
+
+#: characters escaped in every text key part: %, braces (Redis Cluster hash
+#: tags), space and the ASCII control characters (Memcached), ':' (the default
+#: separator).
+_ALWAYS = "%{}:" + "".join(chr(i) for i in range(0x21)) + "\x7f"
+
+KeyFunction = Callable[[Any], str]
+
+
+def escape_factory(reserved: str) -> Callable[[str], str]:
+    """A function that percent-escapes ``reserved`` (and ``_ALWAYS``) in text."""
+    table: dict[int, str] = {}
+    for ch in set(reserved) | set(_ALWAYS):
+        table[ord(ch)] = "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+    return lambda text: text.translate(table)
+
+
+class KeyPart(typing.NamedTuple):
+    """One key field: its attribute name and annotation."""
+
+    attr: str
+    annotation: Any
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = tp.__origin__
+        elif getattr(tp, "__supertype__", None) is not None:
+            tp = tp.__supertype__
+        else:
+            return tp
+
+
+def _part_formatter(
+    model: type, part: KeyPart, escape: Callable[[str], str]
+) -> Callable[[Any], str]:
+    """Choose the formatter for one key field, once, from its annotation."""
+    tp = _unwrap(part.annotation)
+    label = f"{model.__qualname__}.{part.attr}"
+
+    def wrong(value: Any, expected: str) -> ValidationError:
+        return ValidationError(
+            f"{label}: key part expected {expected}, got {type(value).__name__} {value!r}",
+            model=model,
+            path=part.attr,
+            expected=expected,
+            actual=type(value).__name__,
+        )
+
+    if tp is int:
+
+        def fmt_int(value: Any) -> str:
+            if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+                return str(int(value))
+            raise wrong(value, "int")
+
+        return fmt_int
+    if tp is str:
+
+        def fmt_str(value: Any) -> str:
+            if isinstance(value, str):
+                return escape(value)
+            raise wrong(value, "str")
+
+        return fmt_str
+    if tp is bool:
+
+        def fmt_bool(value: Any) -> str:
+            if type(value) is bool:
+                return "true" if value else "false"
+            raise wrong(value, "bool")
+
+        return fmt_bool
+    if tp is bytes:
+
+        def fmt_bytes(value: Any) -> str:
+            if isinstance(value, (bytes, bytearray)):
+                return bytes(value).hex()
+            raise wrong(value, "bytes")
+
+        return fmt_bytes
+    if tp is uuid.UUID:
+
+        def fmt_uuid(value: Any) -> str:
+            if isinstance(value, uuid.UUID):
+                return str(value)
+            raise wrong(value, "UUID")
+
+        return fmt_uuid
+    if tp in (_dt.datetime, _dt.date):
+
+        def fmt_date(value: Any) -> str:
+            ok = isinstance(value, tp) and (
+                tp is _dt.datetime or not isinstance(value, _dt.datetime)
+            )
+            if ok:
+                return escape(value.isoformat())
+            raise wrong(value, tp.__name__)
+
+        return fmt_date
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        members = {m: escape(str(m.value)) for m in tp}
+        if len(set(members.values())) != len(members) or any(
+            type(m.value) not in (int, str) for m in tp
+        ):
+            raise ModelDefinitionError(
+                f"{label}: an Enum key needs distinct int or str member values",
+                model=model,
+                field=part.attr,
+            )
+
+        def fmt_enum(value: Any) -> str:
+            try:
+                return members[value] if type(value) is tp else members[_never(value)]
+            except (KeyError, TypeError):
+                raise wrong(value, tp.__qualname__) from None
+
+        return fmt_enum
+    if get_origin(tp) is typing.Literal:
+        values = get_args(tp)
+        kinds = {type(v) for v in values}
+        if kinds - {int, str}:
+            raise ModelDefinitionError(
+                f"{label}: a Literal key needs int or str values", model=model, field=part.attr
+            )
+        allowed = {(type(v), v): (escape(v) if isinstance(v, str) else str(v)) for v in values}
+
+        def fmt_literal(value: Any) -> str:
+            try:
+                return allowed[(type(value), value)]
+            except (KeyError, TypeError):
+                raise wrong(value, f"one of {values!r}") from None
+
+        return fmt_literal
+    raise ModelDefinitionError(
+        f"{label}: a primary key must be int, str, bool, bytes, UUID, date, datetime, "
+        f"an int/str Enum or Literal (or a NewType of one), not {_name(tp)}",
+        model=model,
+        field=part.attr,
+    )
+
+
+def _never(value: Any) -> Any:
+    raise KeyError(value)
+
+
+def _name(tp: Any) -> str:
+    return tp.__qualname__ if isinstance(tp, type) else repr(tp).replace("typing.", "")
+
+
+def _is_optional(tp: Any) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp)
+
+
+_PERCENT_STYLE = re.compile(r"%(.)")
+
+
+def parse_template(model: type, template: str) -> tuple[list[str], list[str | None]]:
+    """Split a key template into literal chunks and placeholder names.
+
+    Brace style (``"collection.{collector}.{article}"``) names fields; ``%``
+    style (``"collection.%s.%d"``) gives positions, returned as ``None`` names.
+    Returns ``(literals, names)`` with ``len(literals) == len(names) + 1``.
+    """
+
+    def bad(why: str) -> ModelDefinitionError:
+        return ModelDefinitionError(
+            f"{model.__qualname__}: key template {template!r} {why}", model=model
+        )
+
+    literals: list[str] = []
+    names: list[str | None] = []
+    if "{" not in template and "%" in template:
+        position = 0
+        for match in _PERCENT_STYLE.finditer(template):
+            if match.group(1) not in "sd":
+                raise bad(f"uses %{match.group(1)}; only %s and %d are supported")
+            literals.append(template[position : match.start()])
+            names.append(None if match.group(1) == "s" else "%d")
+            position = match.end()
+        literals.append(template[position:])
+    else:
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise bad(f"is not a valid template: {exc}") from None
+        pending = ""
+        for literal, name, spec, conversion in parsed:
+            pending += literal
+            if name is None:
+                continue
+            if spec or conversion:
+                raise bad(f"formats {{{name}}}; format specs and conversions are not supported")
+            if not name.isidentifier():
+                raise bad(f"has placeholder {{{name}}}, which is not a field name")
+            literals.append(pending)
+            names.append(name)
+            pending = ""
+        literals.append(pending)
+    if not names:
+        raise bad("has no placeholders")
+    for inner in literals[1:-1]:
+        if not inner:
+            raise bad("has two placeholders with nothing between them; keys could collide")
+    if any("%" in chunk for chunk in literals):
+        raise bad("contains a literal '%', which cacheorm reserves for escaping")
+    return literals, names
+
+
+class KeyScheme:
+    """Maps primary-key values (a scalar, or a tuple for composite keys) to keys.
+
+    Args:
+        model: the model, for messages.
+        parts: the key fields in the order users pass them.
+        namespace: the default scheme's namespace.
+        prefix: prepended to every key.
+        template: a brace or ``%`` template string, a callable ``pk -> str``,
+            or None for ``prefix + namespace + ":" + parts``.
+    """
+
+    def __init__(
+        self,
+        model: type,
+        parts: Sequence[KeyPart],
+        *,
+        namespace: str,
+        prefix: str = "",
+        template: str | KeyFunction | None = None,
+    ) -> None:
+        self.model = model
+        self.parts = tuple(parts)
+        self.attrs = tuple(p.attr for p in self.parts)
+        self.namespace = namespace
+        self.prefix = prefix
+        if not self.parts:
+            raise ModelDefinitionError(
+                f"{model.__qualname__} has no primary key: mark a field with "
+                "Annotated[..., cacheorm.Field(primary_key=True)] or pass key='...{field}...'",
+                model=model,
+            )
+        for part in self.parts:
+            if _is_optional(part.annotation):
+                raise ModelDefinitionError(
+                    f"{model.__qualname__}.{part.attr}: a primary key cannot be Optional",
+                    model=model,
+                    field=part.attr,
+                )
+        self._callable: KeyFunction | None = None
+        if callable(template):
+            self._callable = template
+            self.describe = f"{getattr(template, '__qualname__', repr(template))}(pk)"
+            return
+        if template is None:
+            literals = [f"{prefix}{namespace}:", *([":"] * (len(self.parts) - 1)), ""]
+            order = list(range(len(self.parts)))
+        else:
+            literals, order = self._bind(template)
+            literals[0] = prefix + literals[0]
+        self.describe = template if isinstance(template, str) else literals[0] + "..."
+        # Only the text between placeholders must never come from a value.
+        escape = escape_factory("".join(literals[1:-1]))
+        formatters = [_part_formatter(model, p, escape) for p in self.parts]
+        self._literals = literals
+        self._order = order
+        self._formatters = formatters
+
+    def _bind(self, template: str) -> tuple[list[str], list[int]]:
+        literals, names = parse_template(self.model, template)
+        if all(n is None or n == "%d" for n in names):  # % style: positional
+            if len(names) != len(self.parts):
+                raise ModelDefinitionError(
+                    f"{self.model.__qualname__}: key template {template!r} has {len(names)} "
+                    f"placeholders for {len(self.parts)} primary-key fields",
+                    model=self.model,
+                )
+            for name, part in zip(names, self.parts, strict=True):
+                if name == "%d" and _unwrap(part.annotation) is not int:
+                    raise ModelDefinitionError(
+                        f"{self.model.__qualname__}.{part.attr}: %d in key template "
+                        f"{template!r} needs an int field",
+                        model=self.model,
+                        field=part.attr,
+                    )
+            return literals, list(range(len(names)))
+        if sorted(map(str, names)) != sorted(self.attrs) or len(set(names)) != len(names):
+            raise ModelDefinitionError(
+                f"{self.model.__qualname__}: key template {template!r} must name each "
+                f"primary-key field exactly once: {', '.join(self.attrs)}",
+                model=self.model,
+            )
+        return literals, [self.attrs.index(str(n)) for n in names]
+
+    def key_for(self, pk: Any) -> str:
+        """The key of primary key ``pk`` (a tuple for composite keys).
+
+        Raises:
+            ValidationError: ``pk`` has the wrong shape or type.
+        """
+        if self._callable is not None:
+            return self._call(pk)
+        values = self._split(pk)
+        literals = self._literals
+        out = [literals[0]]
+        for position, index in enumerate(self._order):
+            out.append(self._formatters[index](values[index]))
+            out.append(literals[position + 1])
+        return "".join(out)
+
+    def key_of(self, obj: Any) -> str:
+        """The key of a record."""
+        return self.key_for(self.pk_of(obj))
+
+    def pk_of(self, obj: Any) -> Any:
+        """The primary-key value of a record (a tuple for composite keys)."""
+        if len(self.attrs) == 1:
+            return getattr(obj, self.attrs[0])
+        return tuple(getattr(obj, a) for a in self.attrs)
+
+    def _split(self, pk: Any) -> Sequence[Any]:
+        if len(self.parts) == 1:
+            return (pk,)
+        if not isinstance(pk, tuple) or len(pk) != len(self.parts):
+            raise ValidationError(
+                f"{self.model.__qualname__}: a composite key is a tuple of "
+                f"({', '.join(self.attrs)}), got {pk!r}",
+                model=self.model,
+                expected=f"tuple of {len(self.parts)}",
+                actual=type(pk).__name__,
+            )
+        return pk
+
+    def _call(self, pk: Any) -> str:
+        assert self._callable is not None
+        self._split(pk)
+        key = self._callable(pk)
+        if not isinstance(key, str) or not key:
+            raise ValidationError(
+                f"{self.model.__qualname__}: key function {self.describe} returned {key!r}, "
+                "not a non-empty str",
+                model=self.model,
+            )
+        return self.prefix + key

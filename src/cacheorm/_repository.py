@@ -1,0 +1,492 @@
+"""``Repository[T]``: one dataclass model bound to a backend, serializer, keys and TTL."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar, get_args, get_origin
+
+from cacheorm._backend import Backend
+from cacheorm._codecs import Failure
+from cacheorm._errors import (
+    AlreadyExists,
+    ConfigurationError,
+    DeserializationError,
+    ModelDefinitionError,
+    NotFound,
+    SerializationError,
+    ValidationError,
+    describe_keys,
+)
+from cacheorm._keys import KeyPart, KeyScheme, parse_template
+from cacheorm._schema import CompiledModel, FieldSpec, compile_model
+from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
+from cacheorm._ttl import DEFAULT, TTL, TTLArg, normalize_ttl
+
+__all__ = ["Repository", "registry"]
+
+T = TypeVar("T")
+
+#: The default serializer registry: json, msgpack and pickle.
+registry = default_registry()
+
+_GET_OR_CREATE_ATTEMPTS = 5
+
+
+class Repository(Generic[T]):
+    """Stores records of one dataclass model.
+
+    Args:
+        model: the dataclass. It is read once, here; cacheorm never changes it.
+        backend: where bytes live; a new private :class:`~cacheorm.MemoryBackend`
+            if omitted.
+        serializer: a registry name (``"json"``, ``"msgpack"``, ``"pickle"``, ...)
+            or a serializer object. Resolved once, here. ``"json"`` by default.
+        key: a key template (``"collection.{collector}.{article}"`` or
+            ``"collection.%s.%d"``) or a callable ``pk -> str``; by default
+            ``"<namespace>:<pk>"`` with composite parts joined by ``:``.
+        namespace: the default scheme's namespace; the lower-cased class name
+            if omitted.
+        prefix: prepended to every key (for instance ``"myapp:"``).
+        ttl: the default TTL of writes: seconds, ``timedelta``, or None / 0 for
+            no expiry.
+        registry: the registry to resolve a serializer name in
+            (``cacheorm.registry`` by default).
+
+    Raises:
+        ModelDefinitionError: the model cannot be stored (no primary key,
+            unsupported annotation, two ``Field``s on one attribute, ...).
+        ConfigurationError: bad serializer, key template or TTL.
+    """
+
+    def __init__(
+        self,
+        model: type[T],
+        *,
+        backend: Backend | None = None,
+        serializer: str | Serializer = "json",
+        key: str | Callable[[Any], str] | None = None,
+        namespace: str | None = None,
+        prefix: str = "",
+        ttl: TTL = None,
+        registry: SerializerRegistry | None = None,
+    ) -> None:
+        if backend is None:
+            from cacheorm._memory import MemoryBackend
+
+            backend = MemoryBackend()
+        elif not isinstance(backend, Backend):
+            raise ConfigurationError(
+                f"{backend!r} does not implement the cacheorm Backend protocol"
+            )
+        self._serializer = _resolve_serializer(serializer, registry)
+        compiled: CompiledModel[T] = compile_model(model, binary=self._serializer.binary)
+        self._model = model
+        self._compiled = compiled
+        self._encode = compiled.encode
+        self._decode = compiled.decode
+        self._backend = backend
+        self._ttl = normalize_ttl(ttl)
+        self._ttl_arg = ttl
+        if namespace is None:
+            namespace = model.__name__.lower()
+        elif not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str, not {namespace!r}")
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a str, not {prefix!r}")
+        self._namespace = namespace
+        self._prefix = prefix
+        if key is not None and not (isinstance(key, str) or callable(key)):
+            raise ConfigurationError(f"key must be a template str or a callable, not {key!r}")
+        self._keys = KeyScheme(
+            model,
+            self._key_parts(key),
+            namespace=namespace,
+            prefix=prefix,
+            template=key,
+        )
+        self._key_for = self._keys.key_for
+        self._key_of = self._keys.key_of
+        auto = compiled.spec.auto_field
+        self._auto: FieldSpec | None = auto
+        self._counter_key = f"{prefix}{namespace}:__seq__"
+
+    def _key_parts(self, key: str | Callable[[Any], str] | None) -> list[KeyPart]:
+        spec = self._compiled.spec
+        fields = list(spec.key_fields)
+        if not fields and isinstance(key, str):
+            # No Field(primary_key=True): the template's placeholders are the key.
+            _, names = parse_template(self._model, key)
+            for name in names:
+                if name is None or name == "%d":
+                    break
+                try:
+                    fields.append(spec.field(name))
+                except KeyError:
+                    raise ModelDefinitionError(
+                        f"{self._model.__qualname__}: key template {key!r} names {{{name}}}, "
+                        "which is not a stored field",
+                        model=self._model,
+                    ) from None
+        return [KeyPart(f.attr, _strip_optional(f) if f.auto else f.annotation) for f in fields]
+
+    # -- introspection ----------------------------------------------------------
+
+    @property
+    def model(self) -> type[T]:
+        """The dataclass this repository stores."""
+        return self._model
+
+    @property
+    def backend(self) -> Backend:
+        """The backend records are stored in."""
+        return self._backend
+
+    @property
+    def serializer(self) -> Serializer:
+        """The serializer, resolved at construction."""
+        return self._serializer
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the default key scheme (and of the auto-id counter)."""
+        return self._namespace
+
+    @property
+    def ttl(self) -> float | None:
+        """The default TTL in seconds, or None for no expiry."""
+        return self._ttl
+
+    def __repr__(self) -> str:
+        return (
+            f"Repository({self._model.__qualname__}, backend={type(self._backend).__name__}, "
+            f"serializer={self._serializer.name!r}, key={self._keys.describe!r}, "
+            f"ttl={self._ttl!r})"
+        )
+
+    def key_for(self, pk: Any) -> str:
+        """The backend key of primary key ``pk`` (a tuple for composite keys).
+
+        Raises:
+            ValidationError: ``pk`` has the wrong shape or type.
+        """
+        return self._key_for(pk)
+
+    def key_of(self, obj: T) -> str:
+        """The backend key of a record."""
+        return self._key_of(obj)
+
+    def pk_of(self, obj: T) -> Any:
+        """The primary-key value of a record (a tuple for composite keys)."""
+        return self._keys.pk_of(obj)
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, pk: Any) -> T:
+        """The record with primary key ``pk``.
+
+        Raises:
+            NotFound: no record under that key.
+            DeserializationError: the stored bytes do not decode into the model.
+        """
+        key = self._key_for(pk)
+        payload = self._backend.get(key)
+        if payload is None:
+            raise NotFound(
+                f"{self._model.__qualname__} {pk!r} not found (key {key!r})",
+                model=self._model,
+                key=key,
+            )
+        return self._load(key, payload)
+
+    def get_or_none(self, pk: Any) -> T | None:
+        """The record with primary key ``pk``, or None."""
+        key = self._key_for(pk)
+        payload = self._backend.get(key)
+        return None if payload is None else self._load(key, payload)
+
+    def get_many(self, pks: Iterable[Any]) -> list[T | None]:
+        """The records for ``pks`` in the same order, None where missing; one backend call."""
+        keys = [self._key_for(pk) for pk in pks]
+        if not keys:
+            return []
+        load = self._load
+        return [
+            None if payload is None else load(key, payload)
+            for key, payload in zip(keys, self._backend.get_many(keys), strict=True)
+        ]
+
+    def exists(self, pk: Any) -> bool:
+        """True if a record is stored under ``pk``."""
+        return self._backend.exists(self._key_for(pk))
+
+    # -- writes -----------------------------------------------------------------
+
+    def create(self, obj: T, *, ttl: TTLArg = DEFAULT) -> T:
+        """Insert ``obj`` if its key is free, atomically, and return it.
+
+        With ``Field(auto=True)`` and a ``None`` key, the key is taken from an
+        atomic counter and the returned record carries it.
+
+        Raises:
+            AlreadyExists: a record is stored under the key; nothing was written.
+            ValidationError: ``obj`` does not match the model; nothing was written.
+        """
+        seconds = self._resolve_ttl(ttl)
+        if self._needs_id(obj):
+            data = self._encode_checked(obj, None)
+            new_id = self._backend.incr(self._counter_key, 1)
+            obj, key, payload = self._with_id(obj, data, new_id)
+        else:
+            key, payload = self._dump(obj)
+        if not self._backend.add(key, payload, seconds):
+            raise AlreadyExists(
+                f"{self._model.__qualname__} already exists under key {key!r}",
+                model=self._model,
+                key=key,
+            )
+        return obj
+
+    def save(self, obj: T, *, ttl: TTLArg = DEFAULT) -> T:
+        """Store ``obj`` whether or not it exists (upsert) and return it."""
+        seconds = self._resolve_ttl(ttl)
+        key, payload = self._dump(obj)
+        self._backend.set(key, payload, seconds)
+        return obj
+
+    def update(self, obj: T, *, ttl: TTLArg = DEFAULT) -> T:
+        """Replace the stored record with ``obj``, atomically, only if it exists.
+
+        Raises:
+            NotFound: nothing is stored under the key; nothing was written.
+        """
+        seconds = self._resolve_ttl(ttl)
+        key, payload = self._dump(obj)
+        if not self._backend.replace(key, payload, seconds):
+            raise NotFound(
+                f"{self._model.__qualname__} to update not found under key {key!r}",
+                model=self._model,
+                key=key,
+            )
+        return obj
+
+    def get_or_create(self, obj: T, *, ttl: TTLArg = DEFAULT) -> tuple[T, bool]:
+        """The stored record with ``obj``'s key, or ``obj`` inserted now.
+
+        Returns:
+            ``(record, created)``: ``created`` is True if ``obj`` was inserted.
+        """
+        seconds = self._resolve_ttl(ttl)
+        if self._needs_id(obj):
+            return self.create(obj, ttl=ttl), True
+        key, payload = self._dump(obj)
+        for _ in range(_GET_OR_CREATE_ATTEMPTS):
+            if self._backend.add(key, payload, seconds):
+                return obj, True
+            existing = self._backend.get(key)
+            if existing is not None:
+                return self._load(key, existing), False
+            # Deleted or expired between add and get: try to insert again.
+        raise AlreadyExists(  # pragma: no cover - needs a delete racing every attempt
+            f"{self._model.__qualname__} under key {key!r} kept changing; gave up after "
+            f"{_GET_OR_CREATE_ATTEMPTS} attempts",
+            model=self._model,
+            key=key,
+        )
+
+    def delete(self, pk: Any) -> bool:
+        """Remove the record with primary key ``pk``; True if it existed."""
+        return self._backend.delete(self._key_for(pk))
+
+    def delete_many(self, pks: Iterable[Any]) -> int:
+        """Remove the records for ``pks`` in one backend call; how many existed."""
+        keys = [self._key_for(pk) for pk in pks]
+        return self._backend.delete_many(keys) if keys else 0
+
+    # -- batch writes -------------------------------------------------------------
+
+    def create_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
+        """Insert every record whose key is free, in one backend call.
+
+        Never overwrites. Records are validated before anything is written.
+
+        Raises:
+            AlreadyExists: some keys were taken; ``.keys`` lists them. The other
+                records *were* written.
+        """
+        seconds = self._resolve_ttl(ttl)
+        objs = list(objs)
+        if not objs:
+            return []
+        pending = [i for i, obj in enumerate(objs) if self._needs_id(obj)]
+        encoded = {i: self._encode_checked(objs[i], None) for i in pending}
+        items = [self._dump(obj) if i not in encoded else ("", b"") for i, obj in enumerate(objs)]
+        if pending:
+            last = self._backend.incr(self._counter_key, len(pending))
+            for offset, i in enumerate(pending):
+                new_id = last - len(pending) + 1 + offset
+                obj, key, payload = self._with_id(objs[i], encoded[i], new_id)
+                objs[i] = obj
+                items[i] = (key, payload)
+        results = self._backend.add_many(items, seconds)
+        taken = [key for (key, _), ok in zip(items, results, strict=True) if not ok]
+        if taken:
+            raise AlreadyExists(
+                f"{self._model.__qualname__}: {len(taken)} of {len(items)} records already "
+                f"existed and were not written: {describe_keys(taken)}; the other "
+                f"{len(items) - len(taken)} were created",
+                model=self._model,
+                key=taken[0],
+                keys=taken,
+            )
+        return objs
+
+    def save_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
+        """Store every record (upsert) in one backend call."""
+        seconds = self._resolve_ttl(ttl)
+        objs = list(objs)
+        items = [self._dump(obj) for obj in objs]
+        if items:
+            self._backend.set_many(items, seconds)
+        return objs
+
+    def update_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
+        """Replace every stored record in one backend call; absent ones are not written.
+
+        Raises:
+            NotFound: some records were absent; ``.keys`` lists them. The others
+                *were* updated.
+        """
+        seconds = self._resolve_ttl(ttl)
+        objs = list(objs)
+        items = [self._dump(obj) for obj in objs]
+        if not items:
+            return objs
+        results = self._backend.replace_many(items, seconds)
+        missing = [key for (key, _), ok in zip(items, results, strict=True) if not ok]
+        if missing:
+            raise NotFound(
+                f"{self._model.__qualname__}: {len(missing)} of {len(items)} records to update "
+                f"were not found and were not written: {describe_keys(missing)}; the other "
+                f"{len(items) - len(missing)} were updated",
+                model=self._model,
+                key=missing[0],
+                keys=missing,
+            )
+        return objs
+
+    # -- encoding -----------------------------------------------------------------
+
+    def _resolve_ttl(self, ttl: TTLArg) -> float | None:
+        return self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
+
+    def _needs_id(self, obj: T) -> bool:
+        return self._auto is not None and getattr(obj, self._auto.attr, 0) is None
+
+    def _with_id(self, obj: T, data: dict[str, Any], new_id: int) -> tuple[T, str, bytes]:
+        assert self._auto is not None
+        obj = dataclasses.replace(obj, **{self._auto.attr: new_id})  # type: ignore[type-var]
+        data[self._auto.stored] = new_id
+        key = self._key_of(obj)
+        return obj, key, self._serialize(key, data)
+
+    def _dump(self, obj: T) -> tuple[str, bytes]:
+        """Key and payload of ``obj``; raises before any I/O if it is invalid."""
+        if not isinstance(obj, self._model):
+            raise ValidationError(
+                f"{self._model.__qualname__} repository got {type(obj).__qualname__}: {obj!r}",
+                model=self._model,
+                path="$",
+                expected=self._model.__qualname__,
+                actual=type(obj).__qualname__,
+            )
+        try:
+            key = self._key_of(obj)
+        except ValidationError:
+            self._encode_checked(obj, None)  # a clearer message when the record is wrong
+            raise
+        return key, self._serialize(key, self._encode_checked(obj, key))
+
+    def _encode_checked(self, obj: T, key: str | None) -> dict[str, Any]:
+        try:
+            return self._encode(obj)
+        except Exception as exc:
+            failure = self._compiled.explain_encode(obj)
+            raise self._invalid(failure, key, exc) from None
+
+    def _invalid(self, failure: Failure | None, key: str | None, exc: Exception) -> ValidationError:
+        name = self._model.__qualname__
+        if failure is None:  # pragma: no cover - the explain pass re-raises what failed
+            return ValidationError(f"{name}: invalid record ({exc!r})", model=self._model, key=key)
+        where = f" (key {key!r})" if key is not None else ""
+        return ValidationError(
+            f"{name}{where}: {failure.describe()}",
+            model=self._model,
+            key=key,
+            path=failure.path,
+            expected=failure.expected,
+            actual=failure.actual,
+        )
+
+    def _serialize(self, key: str, data: dict[str, Any]) -> bytes:
+        try:
+            return self._serializer.dumps(data)
+        except Exception as exc:
+            raise SerializationError(
+                f"{self._model.__qualname__} (key {key!r}): serializer "
+                f"{self._serializer.name!r} could not write the record: {exc}",
+                model=self._model,
+                key=key,
+                serializer=self._serializer.name,
+            ) from exc
+
+    def _load(self, key: str, payload: bytes) -> T:
+        try:
+            return self._decode(self._serializer.loads(payload))
+        except Exception as exc:
+            raise self._undecodable(key, payload, exc) from exc
+
+    def _undecodable(self, key: str, payload: bytes, exc: Exception) -> DeserializationError:
+        name = self._model.__qualname__
+        serializer = self._serializer.name
+        try:
+            data = self._serializer.loads(payload)
+        except Exception as load_exc:
+            return DeserializationError(
+                f"{name} (key {key!r}): stored bytes are not valid {serializer}: {load_exc}",
+                model=self._model,
+                key=key,
+                serializer=serializer,
+            )
+        failure = self._compiled.explain_decode(data)
+        detail = failure.describe() if failure is not None else repr(exc)
+        return DeserializationError(
+            f"{name} (key {key!r}, serializer {serializer!r}): stored record does not fit the "
+            f"model {detail}",
+            model=self._model,
+            key=key,
+            serializer=serializer,
+            path=None if failure is None else failure.path,
+        )
+
+
+def _strip_optional(field: FieldSpec) -> Any:
+    tp = field.annotation
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in get_args(tp) if a is not type(None))
+    return tp
+
+
+def _resolve_serializer(
+    serializer: str | Serializer, registry_: SerializerRegistry | None
+) -> Serializer:
+    if isinstance(serializer, str):
+        return (registry_ if registry_ is not None else registry).get(serializer)
+    if isinstance(serializer, Serializer) and not isinstance(serializer, type):
+        return serializer
+    raise ConfigurationError(
+        f"serializer must be a registry name or an object with name, binary, dumps() and "
+        f"loads(), not {serializer!r}"
+    )

@@ -1,0 +1,72 @@
+"""Inferred types users see, checked by ``mypy --strict`` (not run by pytest)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Annotated
+
+from typing_extensions import assert_type
+
+import cacheorm as co
+
+
+@dataclasses.dataclass
+class User:
+    id: Annotated[int, co.Field(primary_key=True)]
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    collector: Annotated[int, co.Field(primary_key=True)]
+    article: Annotated[int, co.Field(primary_key=True)]
+    mark: str = ""
+
+
+def check_repository_types() -> None:
+    users = co.Repository(User, backend=co.MemoryBackend(), serializer="json", ttl=3600)
+    assert_type(users, co.Repository[User])
+    assert_type(users.model, type[User])
+    assert_type(users.get(1), User)
+    assert_type(users.get_or_none(1), User | None)
+    assert_type(users.get_many([1, 2, 3]), list[User | None])
+    assert_type(users.create(User(id=1, name="Sam")), User)
+    assert_type(users.save(User(id=1, name="Sam"), ttl=co.DEFAULT), User)
+    assert_type(users.update(User(id=1, name="Sam"), ttl=None), User)
+    assert_type(users.get_or_create(User(id=1, name="Sam")), tuple[User, bool])
+    assert_type(users.create_many([User(id=2, name="Ann")]), list[User])
+    assert_type(users.save_many([User(id=2, name="Ann")]), list[User])
+    assert_type(users.update_many([User(id=2, name="Ann")]), list[User])
+    assert_type(users.exists(1), bool)
+    assert_type(users.delete(1), bool)
+    assert_type(users.delete_many([1, 2]), int)
+    assert_type(users.key_for(1), str)
+    assert_type(users.key_of(User(id=1, name="Sam")), str)
+
+    marks = co.Repository(Collection, key="collection.{collector}.{article}")
+    assert_type(marks, co.Repository[Collection])
+    assert_type(marks.get((1, 42)), Collection)
+
+
+def check_backend_protocol() -> None:
+    backend: co.Backend = co.MemoryBackend(max_entries=10)
+    assert_type(backend.get("k"), bytes | None)
+    assert_type(backend.get_many(["k"]), list[bytes | None])
+    assert_type(backend.incr("n", 2), int)
+
+
+def check_serializers() -> None:
+    serializer: co.Serializer = co.JSONSerializer()
+    assert_type(serializer.dumps({"a": 1}), bytes)
+    registry = co.SerializerRegistry()
+    registry.register("json2", co.JSONSerializer())
+    assert_type(registry.get("json2"), co.Serializer)
+    co.Repository(User, serializer=co.MsgpackSerializer(), registry=registry)
+
+
+def check_codecs() -> None:
+    stamp: co.Codec[datetime.datetime] = co.Timestamp("ms")
+    assert_type(stamp.decode(0), datetime.datetime)
+    field = co.Field(primary_key=True, name="user_id", codec=co.Timestamp("s"))
+    assert_type(field.primary_key, bool)
