@@ -128,7 +128,7 @@ def test_get_missing_raises_not_found_naming_the_key(users: co.Repository[User])
         users.get(404)
     assert isinstance(info.value, LookupError)
     assert info.value.key == "user:404"
-    assert "User 404 not found (key 'user:404')" == str(info.value)
+    assert str(info.value) == "User 404 not found (key 'user:404')"
 
 
 def test_get_or_none_and_exists(users: co.Repository[User]) -> None:
@@ -380,7 +380,7 @@ def test_repository_ttl_expires_records(clock: FakeClock) -> None:
 
 
 def test_per_call_ttl_overrides_and_none_means_no_expiry(clock: FakeClock) -> None:
-    """A per-call TTL wins over the default; None or 0 means never expire; DEFAULT is the default."""
+    """A per-call TTL wins over the default; None or 0 never expire; DEFAULT is the default."""
     repo = co.Repository(
         User, backend=co.MemoryBackend(clock=clock), ttl=datetime.timedelta(seconds=10)
     )
