@@ -274,6 +274,8 @@ class KeyScheme:
                     field=part.attr,
                 )
         self._callable: KeyFunction | None = None
+        #: ``key_for`` specialised for this scheme (no per-call shape checks for one part).
+        self.render: Callable[[Any], str] = self.key_for
         if callable(template):
             self._callable = template
             self.describe = f"{getattr(template, '__qualname__', repr(template))}(pk)"
@@ -291,6 +293,11 @@ class KeyScheme:
         self._literals = literals
         self._order = order
         self._formatters = formatters
+        if len(formatters) == 1:
+            head, tail, fmt = literals[0], literals[1], formatters[0]
+            self.render = (
+                (lambda pk: head + fmt(pk) + tail) if tail else (lambda pk: head + fmt(pk))
+            )
 
     def _bind(self, template: str) -> tuple[list[str], list[int]]:
         literals, names = parse_template(self.model, template)
@@ -336,7 +343,7 @@ class KeyScheme:
 
     def key_of(self, obj: Any) -> str:
         """The key of a record."""
-        return self.key_for(self.pk_of(obj))
+        return self.render(self.pk_of(obj))
 
     def pk_of(self, obj: Any) -> Any:
         """The primary-key value of a record (a tuple for composite keys)."""

@@ -107,7 +107,7 @@ class Repository(Generic[T]):
             prefix=prefix,
             template=key,
         )
-        self._key_for = self._keys.key_for
+        self._key_for = self._keys.render
         self._key_of = self._keys.key_of
         auto = compiled.spec.auto_field
         self._auto: FieldSpec | None = auto
