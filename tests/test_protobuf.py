@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import datetime
+import enum
+from typing import Annotated, Any
 
 import pytest
 
@@ -11,6 +14,7 @@ pytest.importorskip("google.protobuf")
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+import cacheorm as co
 from cacheorm._errors import MissingDependency
 from cacheorm._protobuf import ProtobufSerializer
 from cacheorm._serializers import Serializer
@@ -397,3 +401,81 @@ def test_wrong_shape_in_directory_raises(
     """A list for a map, a non-str map key or a list for a message raise TypeError."""
     with pytest.raises(TypeError, match=r"\$\.(contacts|parent)"):
         directory.dumps(data)
+
+
+# --- through a Repository -------------------------------------------------------------
+
+
+class Gender(enum.IntEnum):
+    UNKNOWN = 0
+    FEMALE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PhoneRecord:
+    number: str
+    kind: str = "home"
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRecord:
+    id: Annotated[int, co.Field(primary_key=True)]
+    name: str
+    height: float
+    married: bool
+    gender: Gender
+    email: str | None
+    tags: list[str]
+    created_at: datetime.datetime
+    avatar: bytes
+    phones: list[PhoneRecord]
+    best_phone: PhoneRecord | None
+    scores: dict[str, int]
+
+
+def test_repository_round_trips_a_record_through_a_real_message_class(
+    classes: tuple[type[Any], type[Any]],
+) -> None:
+    """A Repository with ProtobufSerializer stores real protobuf bytes and reads the record back."""
+    user_class = classes[1]
+    repo = co.Repository(UserRecord, serializer=co.ProtobufSerializer(user_class))
+    record = UserRecord(
+        id=7,
+        name="Zoë",
+        height=1.5,
+        married=True,
+        gender=Gender.FEMALE,
+        email=None,
+        tags=["a", "b"],
+        created_at=datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc),
+        avatar=b"\x00\x01\xff",
+        phones=[PhoneRecord("123"), PhoneRecord("456", "work")],
+        best_phone=PhoneRecord("789", "mobile"),
+        scores={"x": 2**40, "y": -1},
+    )
+    repo.create(record)
+    assert repo.get(7) == record
+    raw = repo.backend.get(repo.key_for(7))
+    assert raw is not None
+    message = user_class.FromString(raw)
+    assert message.name == "Zoë"
+    assert not message.HasField("email")
+    assert message.phones[1].kind == "work"
+    assert message.avatar == b"\x00\x01\xff"
+
+
+def test_repository_reports_a_record_the_message_cannot_hold(
+    classes: tuple[type[Any], type[Any]],
+) -> None:
+    """A model field with no message field is a SerializationError naming it; nothing is written."""
+
+    @dataclasses.dataclass
+    class Extra:
+        id: Annotated[int, co.Field(primary_key=True)]
+        nickname: str
+
+    repo = co.Repository(Extra, serializer=co.ProtobufSerializer(classes[1]))
+    with pytest.raises(co.SerializationError, match="nickname") as info:
+        repo.save(Extra(1, "x"))
+    assert info.value.serializer == "protobuf"
+    assert repo.get_or_none(1) is None
