@@ -25,6 +25,7 @@ import datetime as _dt
 import decimal
 import enum
 import uuid
+from collections import abc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -571,7 +572,7 @@ class EnumNode(Node):
 
 
 class LiteralNode(Node):
-    """``Literal[...]`` of str, int, bool, bytes or None: one of the listed values."""
+    """``Literal[...]`` of str, int, bool or None: one of the listed values."""
 
     identity_enc = identity_dec = True
 
@@ -633,25 +634,39 @@ class CodecNode(Node):
 
 
 class SequenceNode(Node):
-    """list[X], set[X], frozenset[X] and tuple[X, ...]: stored as a list."""
+    """list[X], set[X], frozenset[X], tuple[X, ...] and the abstract Sequence / Set: a list.
 
-    def __init__(self, kind: type, item: Node, desc: str) -> None:
+    Args:
+        kind: the type values are read back as (list, tuple, set, frozenset).
+        item: the items' node.
+        desc: the annotation, for messages.
+        accepts: what a written value must be an instance of (``kind`` by default;
+            ``collections.abc.Sequence`` accepts tuples too, but never text).
+    """
+
+    def __init__(self, kind: type, item: Node, desc: str, accepts: type | None = None) -> None:
         self.kind = kind
         self.item = item
         self.desc = desc
+        self.accepts = accepts or kind
+        self.ordered = kind is list or kind is tuple
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
-        kind = g.const(self.kind, "_t")
-        g.line(f"if not isinstance({src}, {kind}):")
+        accepts = g.const(self.accepts, "_t")
+        check = f"not isinstance({src}, {accepts})"
+        if self.accepts is abc.Sequence:
+            check += f" or isinstance({src}, (str, bytes, bytearray))"
+        g.line(f"if {check}:")
         with g.block():
             g.fail(path, self.desc, src)
-        if self.kind is list or self.kind is tuple:
+        if self.ordered:
             # A subclass (a namedtuple, say) would be pickled with its class.
+            kind = g.const(self.kind, "_t")
             g.line(f"if type({src}) is not {kind}:")
             with g.block():
-                g.line(f"{src} = {kind}({src})")
+                g.line(f"{src} = {'list' if self.accepts is not self.kind else kind}({src})")
         out = self._each(g, src, path, self.item.enc, self.item.identity_enc)
-        if out == src and self.kind is not list and self.kind is not tuple:
+        if out == src and not self.ordered:
             return f"list({src})"
         return out
 
@@ -744,7 +759,7 @@ class DictNode(Node):
         self.desc = desc
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
-        g.line(f"if not isinstance({src}, dict):")
+        g.line(f"if not isinstance({src}, {g.const(abc.Mapping, '_t')}):")
         with g.block():
             g.fail(path, self.desc, src)
         return self._each(g, src, path, self.key.enc, self.value.enc)

@@ -194,7 +194,7 @@ class _Compiler:
         if container in _LIST_ORIGINS or container in _SET_ORIGINS:
             (item,) = args or (Any,)
             kind = list if container in _LIST_ORIGINS else _SET_ORIGINS[container]
-            return c.SequenceNode(kind, self.node(item), type_name(tp))
+            return c.SequenceNode(kind, self.node(item), type_name(tp), accepts=container)
         if container is tuple:
             return self._tuple(tp, args)
         if container in _DICT_ORIGINS:
@@ -251,10 +251,8 @@ class _Compiler:
     @staticmethod
     def _literal(values: tuple[Any, ...]) -> c.Node:
         for value in values:
-            if value is not None and type(value) not in (str, int, bool, bytes):
-                raise _Unsupported(
-                    f"Literal values must be str, int, bool, bytes or None: {value!r}"
-                )
+            if value is not None and type(value) not in (str, int, bool):
+                raise _Unsupported(f"Literal values must be str, int, bool or None, not {value!r}")
         return c.LiteralNode(values)
 
     @staticmethod
