@@ -136,7 +136,10 @@ class Failure(Exception):
 
 
 def _short_repr(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int too long to print
+        return f"<unprintable {type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

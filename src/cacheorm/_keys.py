@@ -59,15 +59,34 @@ def _unwrap(tp: Any) -> Any:
 
 
 def _part_formatter(
-    model: type, part: KeyPart, escape: Callable[[str], str]
+    model: type, part: KeyPart, escape: Callable[[str], str], reserved: str
 ) -> Callable[[Any], str]:
-    """Choose the formatter for one key field, once, from its annotation."""
+    """Choose the formatter for one key field, once, from its annotation.
+
+    Parts whose characters could also appear in ``reserved`` (the template's
+    inner literals) are escaped too, so ``"{a}1{b}"`` stays injective for ints.
+    """
+    fmt, alphabet = _raw_formatter(model, part, escape)
+    if alphabet is None or not set(alphabet) & set(reserved):
+        return fmt
+    return lambda value: escape(fmt(value))
+
+
+_DIGITS = "0123456789"
+_HEX = _DIGITS + "abcdef"
+
+
+def _raw_formatter(
+    model: type, part: KeyPart, escape: Callable[[str], str]
+) -> tuple[Callable[[Any], str], str | None]:
+    """The formatter and the characters it can emit (None: it escapes already)."""
     tp = _unwrap(part.annotation)
     label = f"{model.__qualname__}.{part.attr}"
 
     def wrong(value: Any, expected: str) -> ValidationError:
         return ValidationError(
-            f"{label}: key part expected {expected}, got {type(value).__name__} {value!r}",
+            f"{label}: key part expected {expected}, "
+            f"got {type(value).__name__} {_safe_repr(value)}",
             model=model,
             path=part.attr,
             expected=expected,
@@ -78,10 +97,13 @@ def _part_formatter(
 
         def fmt_int(value: Any) -> str:
             if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-                return str(int(value))
+                try:
+                    return str(int(value))
+                except ValueError:  # more digits than int -> str allows
+                    raise wrong(value, "int of at most 4300 digits") from None
             raise wrong(value, "int")
 
-        return fmt_int
+        return fmt_int, _DIGITS + "-"
     if tp is str:
 
         def fmt_str(value: Any) -> str:
@@ -89,7 +111,7 @@ def _part_formatter(
                 return escape(value)
             raise wrong(value, "str")
 
-        return fmt_str
+        return fmt_str, None
     if tp is bool:
 
         def fmt_bool(value: Any) -> str:
@@ -97,7 +119,7 @@ def _part_formatter(
                 return "true" if value else "false"
             raise wrong(value, "bool")
 
-        return fmt_bool
+        return fmt_bool, "truefals"
     if tp is bytes:
 
         def fmt_bytes(value: Any) -> str:
@@ -105,7 +127,7 @@ def _part_formatter(
                 return bytes(value).hex()
             raise wrong(value, "bytes")
 
-        return fmt_bytes
+        return fmt_bytes, _HEX
     if tp is uuid.UUID:
 
         def fmt_uuid(value: Any) -> str:
@@ -113,7 +135,7 @@ def _part_formatter(
                 return str(value)
             raise wrong(value, "UUID")
 
-        return fmt_uuid
+        return fmt_uuid, _HEX + "-"
     if tp in (_dt.datetime, _dt.date):
 
         def fmt_date(value: Any) -> str:
@@ -124,7 +146,7 @@ def _part_formatter(
                 return escape(value.isoformat())
             raise wrong(value, tp.__name__)
 
-        return fmt_date
+        return fmt_date, None
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         members = {m: escape(str(m.value)) for m in tp}
         if len(set(members.values())) != len(members) or any(
@@ -142,7 +164,7 @@ def _part_formatter(
             except (KeyError, TypeError):
                 raise wrong(value, tp.__qualname__) from None
 
-        return fmt_enum
+        return fmt_enum, None
     if get_origin(tp) is typing.Literal:
         values = get_args(tp)
         kinds = {type(v) for v in values}
@@ -150,7 +172,13 @@ def _part_formatter(
             raise ModelDefinitionError(
                 f"{label}: a Literal key needs int or str values", model=model, field=part.attr
             )
-        allowed = {(type(v), v): (escape(v) if isinstance(v, str) else str(v)) for v in values}
+        allowed = {(type(v), v): escape(str(v)) for v in values}
+        if len(set(allowed.values())) != len(allowed):
+            raise ModelDefinitionError(
+                f"{label}: Literal key values {values!r} would share keys (like 1 and '1')",
+                model=model,
+                field=part.attr,
+            )
 
         def fmt_literal(value: Any) -> str:
             try:
@@ -158,13 +186,21 @@ def _part_formatter(
             except (KeyError, TypeError):
                 raise wrong(value, f"one of {values!r}") from None
 
-        return fmt_literal
+        return fmt_literal, None
     raise ModelDefinitionError(
         f"{label}: a primary key must be int, str, bool, bytes, UUID, date, datetime, "
         f"an int/str Enum or Literal (or a NewType of one), not {_name(tp)}",
         model=model,
         field=part.attr,
     )
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int too long to print
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _never(value: Any) -> Any:
@@ -288,8 +324,9 @@ class KeyScheme:
             literals[0] = prefix + literals[0]
         self.describe = template if isinstance(template, str) else literals[0] + "..."
         # Only the text between placeholders must never come from a value.
-        escape = escape_factory("".join(literals[1:-1]))
-        formatters = [_part_formatter(model, p, escape) for p in self.parts]
+        reserved = "".join(literals[1:-1])
+        escape = escape_factory(reserved)
+        formatters = [_part_formatter(model, p, escape, reserved) for p in self.parts]
         self._literals = literals
         self._order = order
         self._formatters = formatters
