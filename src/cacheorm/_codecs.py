@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from cacheorm._errors import safe_repr
+
 __all__ = ["Codec", "Failure", "Timestamp"]
 
 T = TypeVar("T")
@@ -129,18 +131,10 @@ class Failure(Exception):
         """One line: path, expected and actual (and the converter's complaint)."""
         text = f"at `{self.path}`: expected {self.expected}, got {self.actual}"
         if self.value is not MISSING and self.cause is None:
-            text += f" {_short_repr(self.value)}"
+            text += f" {safe_repr(self.value, 60)}"
         if self.cause is not None and str(self.cause):
             text += f" ({self.cause})"
         return text
-
-
-def _short_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # e.g. an int too long to print
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Fast(Exception):

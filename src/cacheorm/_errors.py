@@ -170,12 +170,8 @@ class DeserializationError(DataError):
         self.path = path
 
 
-class NotFound(CacheORMError, LookupError):
-    """No record is stored under the key (or, for batches, under ``keys``).
-
-    Attributes:
-        keys: every missing key, for batch operations (``[key]`` for single ones).
-    """
+class _KeyedError(CacheORMError):
+    """An error about one key, or about several keys of a batch (``keys``)."""
 
     def __init__(
         self,
@@ -193,23 +189,20 @@ class NotFound(CacheORMError, LookupError):
         return self.message
 
 
-class AlreadyExists(CacheORMError):
+class NotFound(_KeyedError, LookupError):
+    """No record is stored under the key (or, for batches, under ``keys``).
+
+    Attributes:
+        keys: every missing key, for batch operations (``[key]`` for single ones).
+    """
+
+
+class AlreadyExists(_KeyedError):
     """A record is already stored under the key (or, for batches, under ``keys``).
 
     Attributes:
         keys: every key that already existed, for batch operations.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        model: type | None = None,
-        key: str | None = None,
-        keys: Sequence[str] = (),
-    ) -> None:
-        super().__init__(message, model=model, key=key)
-        self.keys: list[str] = list(keys) if keys else ([key] if key is not None else [])
 
 
 class BackendError(CacheORMError):
@@ -233,6 +226,15 @@ class BackendError(CacheORMError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be reached (connection refused, timeout, ...)."""
+
+
+def safe_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, never raising (huge ints cannot print)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def describe_keys(keys: Sequence[str], limit: int = 10) -> str:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, get_args, get_origin
 
-from cacheorm._errors import ModelDefinitionError, ValidationError
+from cacheorm._errors import ModelDefinitionError, ValidationError, safe_repr
 
 __all__ = ["KeyPart", "KeyScheme", "escape_factory"]
 
@@ -85,8 +85,7 @@ def _raw_formatter(
 
     def wrong(value: Any, expected: str) -> ValidationError:
         return ValidationError(
-            f"{label}: key part expected {expected}, "
-            f"got {type(value).__name__} {_safe_repr(value)}",
+            f"{label}: key part expected {expected}, got {type(value).__name__} {safe_repr(value)}",
             model=model,
             path=part.attr,
             expected=expected,
@@ -193,14 +192,6 @@ def _raw_formatter(
         model=model,
         field=part.attr,
     )
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # e.g. an int too long to print
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _never(value: Any) -> Any:

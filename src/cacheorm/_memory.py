@@ -189,58 +189,38 @@ class MemoryBackend:
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` is absent or expired; True if stored."""
-        data = _as_bytes(_check_key(key), value)
-        _check_ttl(ttl)
-        with self._lock:
-            now = self._clock()
-            if self._live(key, now) is not None:
-                return False
-            self._store(key, data, self._deadline(ttl, now), now)
-            return True
+        return self._write_if([(_check_key(key), _as_bytes(key, value))], ttl, present=False)[0]
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
     ) -> list[bool]:
         """``add`` for each pair, in order; a later pair sees earlier ones."""
-        pairs = _as_items(items)
-        _check_ttl(ttl)
-        result: list[bool] = []
-        with self._lock:
-            now = self._clock()
-            expires_at = self._deadline(ttl, now)
-            for key, value in pairs:
-                absent = self._live(key, now) is None
-                if absent:
-                    self._store(key, value, expires_at, now)
-                result.append(absent)
-        return result
+        return self._write_if(_as_items(items), ttl, present=False)
 
     def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` holds a live value; True if stored."""
-        data = _as_bytes(_check_key(key), value)
-        _check_ttl(ttl)
-        with self._lock:
-            now = self._clock()
-            if self._live(key, now) is None:
-                return False
-            self._store(key, data, self._deadline(ttl, now), now)
-            return True
+        return self._write_if([(_check_key(key), _as_bytes(key, value))], ttl, present=True)[0]
 
     def replace_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
     ) -> list[bool]:
         """``replace`` for each pair, in order."""
-        pairs = _as_items(items)
+        return self._write_if(_as_items(items), ttl, present=True)
+
+    def _write_if(
+        self, pairs: list[tuple[str, bytes]], ttl: float | None, *, present: bool
+    ) -> list[bool]:
+        """Store each pair whose key's liveness equals ``present``, under one lock."""
         _check_ttl(ttl)
         result: list[bool] = []
         with self._lock:
             now = self._clock()
             expires_at = self._deadline(ttl, now)
             for key, value in pairs:
-                present = self._live(key, now) is not None
-                if present:
+                ok = (self._live(key, now) is not None) is present
+                if ok:
                     self._store(key, value, expires_at, now)
-                result.append(present)
+                result.append(ok)
         return result
 
     def delete(self, key: str, /) -> bool:

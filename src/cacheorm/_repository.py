@@ -331,16 +331,7 @@ class Repository(Generic[T]):
                 objs[i] = obj
                 items[i] = (key, payload)
         results = self._backend.add_many(items, seconds)
-        taken = [key for (key, _), ok in zip(items, results, strict=True) if not ok]
-        if taken:
-            raise AlreadyExists(
-                f"{self._model.__qualname__}: {len(taken)} of {len(items)} records already "
-                f"existed and were not written: {describe_keys(taken)}; the other "
-                f"{len(items) - len(taken)} were created",
-                model=self._model,
-                key=taken[0],
-                keys=taken,
-            )
+        self._raise_refused(items, results, AlreadyExists, "already existed", "created")
         return objs
 
     def save_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
@@ -365,17 +356,28 @@ class Repository(Generic[T]):
         if not items:
             return objs
         results = self._backend.replace_many(items, seconds)
-        missing = [key for (key, _), ok in zip(items, results, strict=True) if not ok]
-        if missing:
-            raise NotFound(
-                f"{self._model.__qualname__}: {len(missing)} of {len(items)} records to update "
-                f"were not found and were not written: {describe_keys(missing)}; the other "
-                f"{len(items) - len(missing)} were updated",
-                model=self._model,
-                key=missing[0],
-                keys=missing,
-            )
+        self._raise_refused(items, results, NotFound, "to update were not found", "updated")
         return objs
+
+    def _raise_refused(
+        self,
+        items: list[tuple[str, bytes]],
+        results: list[bool],
+        error: type[AlreadyExists | NotFound],
+        why: str,
+        done: str,
+    ) -> None:
+        """Raise ``error`` listing the keys a batch write refused, if any."""
+        refused = [key for (key, _), ok in zip(items, results, strict=True) if not ok]
+        if refused:
+            raise error(
+                f"{self._model.__qualname__}: {len(refused)} of {len(items)} records {why} "
+                f"and were not written: {describe_keys(refused)}; the other "
+                f"{len(items) - len(refused)} were {done}",
+                model=self._model,
+                key=refused[0],
+                keys=refused,
+            )
 
     # -- encoding -----------------------------------------------------------------
 
