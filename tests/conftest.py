@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
 import cacheorm as co
+
+pytest_plugins = ["pytester"]
+
+#: CI sets CACHEORM_REQUIRE_SERVERS=1: then no test may skip, so a missing
+#: redis-server, memcached or optional dependency fails the run instead of
+#: passing it quietly.
+REQUIRE_SERVERS_ENV = "CACHEORM_REQUIRE_SERVERS"
+
+
+def _forbid_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if os.environ.get(REQUIRE_SERVERS_ENV) != "1" or not report.skipped:
+        return
+    if hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"skipped ({reason}), but {REQUIRE_SERVERS_ENV}=1 forbids skips"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+    """Turn a skipped test into a failure when CACHEORM_REQUIRE_SERVERS=1."""
+    outcome = yield
+    _forbid_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[Any]:
+    """Turn a skipped module (importorskip) into a failure when CACHEORM_REQUIRE_SERVERS=1."""
+    outcome = yield
+    _forbid_skip(outcome.get_result())
 
 
 class FakeClock:
