@@ -57,3 +57,13 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against hand-written code, measured in the same run."""
     session.install(".[all]")
     session.run("python", "benchmarks/bench_core.py", *session.posargs)
+
+
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+def compat(session: nox.Session) -> None:
+    """The test suite (no coverage gate) on each supported Python that is installed.
+
+    Not part of CI, which has one Python; run it with ``nox -s compat``.
+    """
+    session.install("-e", ".[all]", *_group("test"))
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs)

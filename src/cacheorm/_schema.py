@@ -13,6 +13,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import sys
 import types
 import typing
 import uuid
@@ -162,10 +163,13 @@ class _Compiler:
         self.ns: dict[str, Any] = dict(c.BASE_NAMESPACE)
         self.models: dict[type, tuple[c.ModelNode, ModelSpec | None]] = {}
         self.order: list[type] = []
+        self._reading: list[type] = []  # the classes being read, innermost last
 
     # -- annotations ----------------------------------------------------------
 
     def node(self, tp: Any) -> c.Node:
+        if isinstance(tp, (str, typing.ForwardRef)):
+            tp = self._resolve(tp)
         if tp is Any:
             return c.AnyNode()
         origin = get_origin(tp)
@@ -207,6 +211,17 @@ class _Compiler:
                 )
             return c.DictNode(key, self.node(value_type), type_name(tp))
         raise _Unsupported(f"unsupported annotation {type_name(tp)}")
+
+    def _resolve(self, ref: str | typing.ForwardRef) -> Any:
+        """Evaluate a forward reference left inside a generic (``list["Node"]`` on 3.10)."""
+        text = ref if isinstance(ref, str) else ref.__forward_arg__
+        cls = self._reading[-1]
+        namespace = dict(vars(sys.modules[cls.__module__]))
+        namespace[cls.__name__] = cls
+        try:
+            return eval(text, namespace)
+        except Exception as exc:
+            raise _Unsupported(f"cannot resolve the forward reference {text!r}: {exc}") from None
 
     @staticmethod
     def _str_like(node: c.Node) -> bool:
@@ -291,7 +306,11 @@ class _Compiler:
         node = c.ModelNode(cls, names)
         self.models[cls] = (node, None)
         self.order.append(cls)
-        self.models[cls] = (node, self._read(cls))
+        self._reading.append(cls)
+        try:
+            self.models[cls] = (node, self._read(cls))
+        finally:
+            self._reading.pop()
         return node
 
     def _read(self, cls: type) -> ModelSpec:
