@@ -152,10 +152,10 @@ def test_non_str_key_raises_type_error(backend: MemoryBackend) -> None:
     assert len(backend) == 0
 
 
-@pytest.mark.parametrize("bad", [0, -5, math.nan])
+@pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf])
 def test_non_positive_ttl_is_refused(backend: MemoryBackend, bad: float) -> None:
-    """A TTL that is zero, negative or NaN raises ValueError and stores nothing."""
-    with pytest.raises(ValueError, match="ttl must be a positive number"):
+    """A TTL that is zero, negative, NaN or infinite raises ValueError and stores nothing."""
+    with pytest.raises(ValueError, match="ttl must be a finite, positive number"):
         backend.set("k", b"v", ttl=bad)
     assert backend.get("k") is None
 

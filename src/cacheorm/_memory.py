@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import threading
 import time
@@ -11,7 +10,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from cacheorm._backend import CasToken
-from cacheorm._errors import BackendError, InvalidTTL
+from cacheorm._checks import as_bytes as _as_bytes
+from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_key as _check_key
+from cacheorm._checks import check_ttl as _check_ttl
+from cacheorm._errors import BackendError
 
 __all__ = ["MemoryBackend"]
 
@@ -33,33 +36,6 @@ class _Entry:
         self.value = value
         self.expires_at = expires_at
         self.version = version
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"backend keys must be str, not {type(key).__name__}")
-    return key
-
-
-def _as_bytes(key: str, value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(
-        f"value for key {key!r} must be bytes, bytearray or memoryview, not {type(value).__name__}"
-    )
-
-
-def _as_items(items: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    return [(_check_key(key), _as_bytes(key, value)) for key, value in items]
-
-
-def _check_ttl(ttl: float | None) -> None:
-    if ttl is None:
-        return
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or math.isnan(ttl) or ttl <= 0:
-        raise InvalidTTL(f"ttl must be a positive number of seconds or None, not {ttl!r}")
 
 
 class MemoryBackend:

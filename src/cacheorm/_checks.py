@@ -1,0 +1,46 @@
+"""Argument checks every backend shares: keys are str, values bytes, TTLs positive seconds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from cacheorm._errors import InvalidTTL
+
+__all__ = ["as_bytes", "as_items", "check_key", "check_ttl"]
+
+
+def check_key(key: object) -> str:
+    """``key`` if it is a str; TypeError otherwise."""
+    if not isinstance(key, str):
+        raise TypeError(f"backend keys must be str, not {type(key).__name__}")
+    return key
+
+
+def as_bytes(key: str, value: object) -> bytes:
+    """``value`` as bytes (bytearray and memoryview are copied); TypeError naming ``key``."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(
+        f"value for key {key!r} must be bytes, bytearray or memoryview, not {type(value).__name__}"
+    )
+
+
+def as_items(items: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Every pair checked before any is used, so a bad one stores nothing."""
+    return [(check_key(key), as_bytes(key, value)) for key, value in items]
+
+
+def check_ttl(ttl: float | None) -> None:
+    """Raise InvalidTTL unless ``ttl`` is None or a finite, positive number of seconds."""
+    if ttl is None:
+        return
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, (int, float))
+        or not math.isfinite(ttl)
+        or ttl <= 0
+    ):
+        raise InvalidTTL(f"ttl must be a finite, positive number of seconds or None, not {ttl!r}")
