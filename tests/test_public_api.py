@@ -35,6 +35,7 @@ DOCUMENTED = {
     "SerializerRegistry",
     "Timestamp",
     "ValidationError",
+    "ValueTooLarge",
     "__version__",
     "registry",
 }
@@ -66,5 +67,5 @@ def test_every_error_derives_from_the_root() -> None:
         for n in cacheorm.__all__
         if isinstance(getattr(cacheorm, n), type) and issubclass(getattr(cacheorm, n), Exception)
     ]
-    assert len(errors) == 14
+    assert len(errors) == 15
     assert all(issubclass(e, cacheorm.CacheORMError) for e in errors)

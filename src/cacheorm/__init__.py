@@ -35,6 +35,7 @@ from cacheorm._errors import (
     SerializationError,
     SerializerNotFound,
     ValidationError,
+    ValueTooLarge,
 )
 from cacheorm._memory import MemoryBackend
 from cacheorm._protobuf import ProtobufSerializer
@@ -82,6 +83,7 @@ __all__ = [
     "SerializerRegistry",
     "Timestamp",
     "ValidationError",
+    "ValueTooLarge",
     "__version__",
     "registry",
 ]

@@ -15,7 +15,8 @@
     ├── NotFound                    no record under that key (also a LookupError)
     ├── AlreadyExists               a record exists under that key already
     └── BackendError                the store failed or refused an operation
-        └── BackendUnavailable      the store could not be reached
+        ├── BackendUnavailable      the store could not be reached
+        └── ValueTooLarge           a value over the store's item size limit (also a ValueError)
 
 Every exception carries the model, key and field it concerns as attributes
 (``None`` where they do not apply) and names them in its message.
@@ -40,6 +41,7 @@ __all__ = [
     "SerializationError",
     "SerializerNotFound",
     "ValidationError",
+    "ValueTooLarge",
 ]
 
 
@@ -226,6 +228,31 @@ class BackendError(CacheORMError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be reached (connection refused, timeout, ...)."""
+
+
+class ValueTooLarge(BackendError, ValueError):
+    """A value is larger than the store accepts; it was refused before sending.
+
+    Nothing was written and the value stored before, if any, is unchanged.
+
+    Attributes:
+        size: the value's size in bytes.
+        limit: the largest value the store accepts under that key, in bytes.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        size: int,
+        limit: int,
+        model: type | None = None,
+        key: str | None = None,
+        server: str | None = None,
+    ) -> None:
+        super().__init__(message, model=model, key=key, server=server)
+        self.size = size
+        self.limit = limit
 
 
 def safe_repr(value: object, limit: int = 80) -> str:
