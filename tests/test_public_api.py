@@ -19,6 +19,7 @@ DOCUMENTED = {
     "DefaultType",
     "DeserializationError",
     "Field",
+    "FileSystemBackend",
     "InvalidTTL",
     "JSONSerializer",
     "MemoryBackend",

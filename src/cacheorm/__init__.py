@@ -37,6 +37,7 @@ from cacheorm._errors import (
     ValidationError,
     ValueTooLarge,
 )
+from cacheorm._filesystem import FileSystemBackend
 from cacheorm._memory import MemoryBackend
 from cacheorm._protobuf import ProtobufSerializer
 from cacheorm._repository import Repository, registry
@@ -67,6 +68,7 @@ __all__ = [
     "DefaultType",
     "DeserializationError",
     "Field",
+    "FileSystemBackend",
     "InvalidTTL",
     "JSONSerializer",
     "MemoryBackend",
