@@ -152,7 +152,7 @@ def test_non_str_key_raises_type_error(backend: MemoryBackend) -> None:
     assert len(backend) == 0
 
 
-@pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf])
+@pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, 10**400])
 def test_non_positive_ttl_is_refused(backend: MemoryBackend, bad: float) -> None:
     """A TTL that is zero, negative, NaN or infinite raises ValueError and stores nothing."""
     with pytest.raises(ValueError, match="ttl must be a finite, positive number"):

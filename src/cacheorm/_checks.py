@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from cacheorm._errors import InvalidTTL
+from cacheorm._errors import InvalidTTL, safe_repr
 
 __all__ = ["as_bytes", "as_items", "check_key", "check_ttl"]
 
@@ -37,10 +37,14 @@ def check_ttl(ttl: float | None) -> None:
     """Raise InvalidTTL unless ``ttl`` is None or a finite, positive number of seconds."""
     if ttl is None:
         return
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, (int, float))
-        or not math.isfinite(ttl)
-        or ttl <= 0
-    ):
-        raise InvalidTTL(f"ttl must be a finite, positive number of seconds or None, not {ttl!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not _finite(ttl) or ttl <= 0:
+        raise InvalidTTL(
+            f"ttl must be a finite, positive number of seconds or None, not {safe_repr(ttl)}"
+        )
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond float range
+        return False
