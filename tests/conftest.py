@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import cacheorm as co
+from tests.servers import MemcachedServer, RedisServer, ServerMissing, start_memcached, start_redis
 
 pytest_plugins = ["pytester"]
 
@@ -61,9 +62,31 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """This session's Redis server: ``REDIS_URL``, or a redis-server started on a free port."""
+    try:
+        server = start_redis()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[MemcachedServer]:
+    """This session's memcached: ``MEMCACHED_SERVERS``, or a memcached started on a free port."""
+    try:
+        server = start_memcached()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["memory"])
 def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[co.Backend]:
-    """Every backend the repository suite runs against (memory, for now)."""
+    """Every backend the repository suite runs against, each empty."""
     store = co.MemoryBackend(clock=clock)
     yield store
     store.close()
