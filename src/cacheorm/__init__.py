@@ -38,8 +38,10 @@ from cacheorm._errors import (
     ValueTooLarge,
 )
 from cacheorm._filesystem import FileSystemBackend
+from cacheorm._memcached import MemcachedBackend
 from cacheorm._memory import MemoryBackend
 from cacheorm._protobuf import ProtobufSerializer
+from cacheorm._redis import RedisBackend
 from cacheorm._repository import Repository, registry
 from cacheorm._schema import Field
 from cacheorm._serializers import (
@@ -71,6 +73,7 @@ __all__ = [
     "FileSystemBackend",
     "InvalidTTL",
     "JSONSerializer",
+    "MemcachedBackend",
     "MemoryBackend",
     "MissingDependency",
     "ModelDefinitionError",
@@ -78,6 +81,7 @@ __all__ = [
     "NotFound",
     "PickleSerializer",
     "ProtobufSerializer",
+    "RedisBackend",
     "Repository",
     "SerializationError",
     "Serializer",
