@@ -1,0 +1,535 @@
+"""The backend contract suite: the semantics every cacheorm backend shares, as pytest tests.
+
+cacheorm runs this suite unchanged against its memory, filesystem, Redis and
+Memcached backends; a third-party backend proves itself the same way. Subclass
+:class:`BackendContract` in a test module (the class name must start with
+``Test``) and give it a ``backend`` fixture that yields an *empty* backend::
+
+    import pytest
+    from cacheorm.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        expiry_slack = 0.5  # how late the store may expire a key, in seconds
+
+        @pytest.fixture
+        def backend(self):
+            store = MyBackend("...")
+            store.clear()
+            yield store
+            store.close()
+
+TTL tests really wait for keys to expire (``short_ttl`` plus ``expiry_slack``
+seconds, about three times per run); a backend with an injectable clock can
+override :meth:`BackendContract.wait` to move its clock instead.
+
+This module needs pytest, which cacheorm itself does not depend on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import pytest
+
+from cacheorm._backend import Backend
+from cacheorm._errors import BackendError
+
+__all__ = ["AWKWARD_KEYS", "BackendContract"]
+
+#: Keys that a backend must store and keep apart although they are awkward for
+#: some store: empty, spaces, line breaks, NUL, control characters, non-ASCII,
+#: path-like, template-like and over 250 bytes (memcached's key limit).
+AWKWARD_KEYS: tuple[str, ...] = (
+    "",
+    " ",
+    "a b",
+    "tab\tkey",
+    "crlf\r\nset injected 0 0 1\r\nx",
+    "nul\x00byte",
+    "bell\x07del\x7f",
+    "ünïcødé ключ 鍵",
+    "emoji 🙂",
+    "../../etc/passwd",
+    "a/b\\c",
+    "{hash}:tag",
+    "%s %d %%",
+    "user:1",
+    "user:1 ",
+    "k" * 250,
+    "k" * 251,
+    "é" * 200,
+    "x" * 300,
+    "x" * 300 + "y",
+)
+
+
+class BackendContract:
+    """The shared backend semantics; subclass it and provide a ``backend`` fixture.
+
+    Attributes:
+        short_ttl: the TTL, in seconds, of keys that a test waits to see expire.
+        expiry_slack: how long after its TTL a key may still be visible, in seconds
+            (memcached's clock ticks in whole seconds).
+        large_value_size: the size of the "large value" test, in bytes; it must be
+            within the store's item size limit.
+        threads: how many threads the concurrency tests use.
+    """
+
+    short_ttl: ClassVar[float] = 1.0
+    expiry_slack: ClassVar[float] = 0.25
+    large_value_size: ClassVar[int] = 1_000_000
+    threads: ClassVar[int] = 8
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        """An empty backend; every subclass must override this fixture."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define a `backend` fixture yielding an empty backend"
+        )
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the backend's TTLs (a real sleep by default)."""
+        time.sleep(seconds)
+
+    def wait_for_expiry(self) -> None:
+        """Wait until a key written with ``short_ttl`` must have expired."""
+        self.wait(self.short_ttl + self.expiry_slack)
+
+    # -- the protocol ---------------------------------------------------------
+
+    def test_is_a_backend(self, backend: Backend) -> None:
+        """The backend satisfies the runtime-checkable Backend protocol."""
+        assert isinstance(backend, Backend)
+
+    # -- get / set ------------------------------------------------------------
+
+    def test_get_of_a_missing_key_is_none(self, backend: Backend) -> None:
+        """get, gets and exists report a key that was never written as absent."""
+        assert backend.get("missing") is None
+        assert backend.gets("missing") is None
+        assert backend.exists("missing") is False
+
+    def test_set_then_get_round_trips(self, backend: Backend) -> None:
+        """A value set under a key reads back byte for byte, and set overwrites."""
+        backend.set("k", b"v1")
+        assert backend.get("k") == b"v1"
+        assert backend.exists("k") is True
+        backend.set("k", b"v2")
+        assert backend.get("k") == b"v2"
+
+    def test_binary_and_empty_values_round_trip(self, backend: Backend) -> None:
+        """Every byte value (NUL, CR LF, 0xff) and the empty value are stored exactly."""
+        every_byte = bytes(range(256)) * 4
+        backend.set("bin", every_byte)
+        backend.set("crlf", b"\r\nEND\r\n")
+        backend.set("empty", b"")
+        assert backend.get("bin") == every_byte
+        assert backend.get("crlf") == b"\r\nEND\r\n"
+        assert backend.get("empty") == b""
+        assert backend.exists("empty") is True
+
+    def test_large_value_round_trips(self, backend: Backend) -> None:
+        """A value of ``large_value_size`` bytes is stored and read back whole."""
+        big = bytes(i % 251 for i in range(self.large_value_size))
+        backend.set("big", big)
+        assert backend.get("big") == big
+        assert backend.get_many(["big", "none"]) == [big, None]
+
+    def test_bytearray_and_memoryview_values(self, backend: Backend) -> None:
+        """bytearray and memoryview values are accepted and read back as bytes."""
+        ba: Any = bytearray(b"from bytearray")
+        mv: Any = memoryview(b"from memoryview")
+        backend.set("ba", ba)
+        backend.set("mv", mv)
+        assert backend.get("ba") == b"from bytearray"
+        assert backend.get("mv") == b"from memoryview"
+        assert type(backend.get("ba")) is bytes
+
+    @pytest.mark.parametrize("bad", ["text", 42, None, ["b"]])
+    def test_a_value_that_is_not_bytes_raises_and_stores_nothing(
+        self, backend: Backend, bad: Any
+    ) -> None:
+        """A value that is not bytes raises TypeError naming the key, before any write."""
+        with pytest.raises(TypeError, match="'the-key'"):
+            backend.set("the-key", bad)
+        with pytest.raises(TypeError, match="'the-key'"):
+            backend.add("the-key", bad)
+        assert backend.get("the-key") is None
+
+    def test_a_batch_with_one_bad_value_stores_nothing(self, backend: Backend) -> None:
+        """set_many and add_many check every pair before writing any."""
+        items: Any = [("a", b"1"), ("b", "not bytes"), ("c", b"3")]
+        with pytest.raises(TypeError, match="'b'"):
+            backend.set_many(items)
+        with pytest.raises(TypeError, match="'b'"):
+            backend.add_many(items)
+        with pytest.raises(TypeError, match="'b'"):
+            backend.replace_many(items)
+        assert backend.get_many(["a", "b", "c"]) == [None, None, None]
+
+    def test_a_key_that_is_not_str_raises_type_error(self, backend: Backend) -> None:
+        """bytes or int keys raise TypeError rather than being coerced."""
+        bad: Any
+        for bad in (b"k", 1):
+            with pytest.raises(TypeError, match="keys must be str"):
+                backend.get(bad)
+            with pytest.raises(TypeError, match="keys must be str"):
+                backend.set(bad, b"v")
+            with pytest.raises(TypeError, match="keys must be str"):
+                backend.get_many(["ok", bad])
+
+    @pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), True, "10"])
+    def test_a_bad_ttl_raises_before_any_write(self, backend: Backend, bad: Any) -> None:
+        """A zero, negative, NaN, infinite, bool or non-numeric TTL raises ValueError."""
+        writes: list[Callable[[], object]] = [
+            lambda: backend.set("k", b"v", ttl=bad),
+            lambda: backend.add("k", b"v", ttl=bad),
+            lambda: backend.set_many([("k", b"v")], ttl=bad),
+            lambda: backend.add_many([("k", b"v")], ttl=bad),
+        ]
+        for write in writes:
+            with pytest.raises(ValueError, match="ttl"):
+                write()
+        assert backend.get("k") is None
+
+    def test_awkward_keys_round_trip_and_stay_apart(self, backend: Backend) -> None:
+        """Keys with spaces, CR LF, NUL, unicode or over 250 bytes are stored and kept distinct."""
+        values = {key: f"value {i}".encode() for i, key in enumerate(AWKWARD_KEYS)}
+        for key, value in values.items():
+            backend.set(key, value)
+        for key, value in values.items():
+            assert backend.get(key) == value, key
+            assert backend.exists(key) is True, key
+        assert backend.get_many(list(values)) == list(values.values())
+        assert backend.get("injected") is None
+        assert backend.add(AWKWARD_KEYS[-1], b"again") is False
+        assert backend.replace(AWKWARD_KEYS[-2], b"replaced") is True
+        assert backend.get(AWKWARD_KEYS[-2]) == b"replaced"
+        assert backend.get(AWKWARD_KEYS[-1]) == values[AWKWARD_KEYS[-1]]
+        assert backend.delete_many(list(values)) == len(values)
+        assert backend.get_many(list(values)) == [None] * len(values)
+
+    def test_awkward_keys_work_in_batches_and_counters(self, backend: Backend) -> None:
+        """Batch writes, counters and compare-and-set accept the awkward keys too."""
+        keys = list(AWKWARD_KEYS)
+        assert backend.add_many([(k, b"1") for k in keys]) == [True] * len(keys)
+        assert backend.replace_many([(k, k.encode()) for k in keys]) == [True] * len(keys)
+        assert backend.get_many(keys) == [k.encode() for k in keys]
+        for key in keys:
+            backend.delete(key)
+            assert backend.incr(key, 2) == 2, key
+            got = backend.gets(key)
+            assert got is not None
+            assert backend.cas(key, b"done", got[1]) is True, key
+        assert backend.get_many(keys) == [b"done"] * len(keys)
+
+    # -- batches ---------------------------------------------------------------
+
+    def test_get_many_keeps_order_and_none_for_misses(self, backend: Backend) -> None:
+        """get_many answers in input order, None where absent, duplicates answered twice."""
+        backend.set("a", b"1")
+        backend.set("c", b"3")
+        assert backend.get_many(["c", "b", "a", "c"]) == [b"3", None, b"1", b"3"]
+        assert backend.get_many([]) == []
+
+    def test_get_many_of_a_thousand_keys(self, backend: Backend) -> None:
+        """A batch of 1,000 keys is written and read back in order."""
+        items = [(f"key:{i}", f"value {i}".encode()) for i in range(1000)]
+        backend.set_many(items)
+        keys = [k for k, _ in items] + ["key:missing"]
+        assert backend.get_many(keys) == [v for _, v in items] + [None]
+
+    def test_set_many_stores_every_pair_and_the_last_duplicate_wins(self, backend: Backend) -> None:
+        """set_many stores each pair; a key given twice keeps the later value."""
+        backend.set_many([("a", b"1"), ("b", b"2"), ("a", b"3")])
+        assert backend.get_many(["a", "b"]) == [b"3", b"2"]
+        backend.set_many([])
+
+    def test_add_stores_only_when_absent(self, backend: Backend) -> None:
+        """add writes a new key, refuses an existing one and leaves its value alone."""
+        assert backend.add("k", b"first") is True
+        assert backend.add("k", b"second") is False
+        assert backend.get("k") == b"first"
+
+    def test_replace_stores_only_when_present(self, backend: Backend) -> None:
+        """replace refuses a missing key (creating nothing) and overwrites an existing one."""
+        assert backend.replace("k", b"v") is False
+        assert backend.exists("k") is False
+        backend.set("k", b"old")
+        assert backend.replace("k", b"new") is True
+        assert backend.get("k") == b"new"
+
+    def test_add_many_reports_each_pair_and_later_pairs_see_earlier_ones(
+        self, backend: Backend
+    ) -> None:
+        """add_many answers per pair in order; a key repeated in the batch is added once."""
+        backend.set("taken", b"old")
+        result = backend.add_many([("new", b"1"), ("taken", b"2"), ("new", b"3"), ("n2", b"4")])
+        assert result == [True, False, False, True]
+        assert backend.get_many(["new", "taken", "n2"]) == [b"1", b"old", b"4"]
+        assert backend.add_many([]) == []
+
+    def test_replace_many_reports_each_pair_in_order(self, backend: Backend) -> None:
+        """replace_many writes the present keys only and says which."""
+        backend.set_many([("a", b"1"), ("c", b"3")])
+        assert backend.replace_many([("a", b"A"), ("b", b"B"), ("c", b"C"), ("a", b"A2")]) == [
+            True,
+            False,
+            True,
+            True,
+        ]
+        assert backend.get_many(["a", "b", "c"]) == [b"A2", None, b"C"]
+        assert backend.replace_many([]) == []
+
+    # -- delete / exists -----------------------------------------------------
+
+    def test_delete_reports_whether_the_key_existed(self, backend: Backend) -> None:
+        """delete is True once for a stored key, then False."""
+        backend.set("k", b"v")
+        assert backend.delete("k") is True
+        assert backend.delete("k") is False
+        assert backend.get("k") is None
+        assert backend.exists("k") is False
+
+    def test_delete_many_counts_the_keys_that_existed(self, backend: Backend) -> None:
+        """delete_many removes every key and counts each existing one once."""
+        backend.set_many([("a", b"1"), ("b", b"2")])
+        assert backend.delete_many(["a", "missing", "b", "a"]) == 2
+        assert backend.get_many(["a", "b"]) == [None, None]
+        assert backend.delete_many([]) == 0
+
+    # -- counters --------------------------------------------------------------
+
+    def test_incr_creates_a_counter_at_zero(self, backend: Backend) -> None:
+        """incr on a missing key starts from 0 and stores ASCII digits."""
+        assert backend.incr("n") == 1
+        assert backend.get("n") == b"1"
+        assert backend.incr("m", 5) == 5
+
+    def test_incr_adds_to_the_stored_value(self, backend: Backend) -> None:
+        """incr adds its delta to digits written by set, and to large values."""
+        backend.set("n", b"41")
+        assert backend.incr("n") == 42
+        assert backend.incr("n", 1000) == 1042
+        backend.set("big", str(2**40).encode())
+        assert backend.incr("big", 2**40) == 2**41
+        assert backend.get("big") == str(2**41).encode()
+
+    def test_incr_with_a_negative_delta(self, backend: Backend) -> None:
+        """A negative delta counts down, below zero too."""
+        backend.set("n", b"10")
+        assert backend.incr("n", -3) == 7
+        assert backend.incr("n", -10) == -3
+        assert backend.incr("fresh", -2) == -2
+        assert backend.incr("fresh", 5) == 3
+        assert backend.get("fresh") == b"3"
+
+    @pytest.mark.parametrize("stored", [b"abc", b"1.5", b"", b"\xff", b"0x10"])
+    def test_incr_of_a_non_integer_raises_backend_error(
+        self, backend: Backend, stored: bytes
+    ) -> None:
+        """incr refuses a value that is not an ASCII integer, naming the key, and keeps it."""
+        backend.set("the-key", stored)
+        with pytest.raises(BackendError, match="'the-key'") as info:
+            backend.incr("the-key")
+        assert info.value.key == "the-key"
+        assert backend.get("the-key") == stored
+
+    # -- compare-and-set ----------------------------------------------------
+
+    def test_cas_with_a_fresh_token_writes_once(self, backend: Backend) -> None:
+        """cas with the token from gets writes; the same token then no longer works."""
+        backend.set("k", b"v1")
+        got = backend.gets("k")
+        assert got is not None
+        value, token = got
+        assert value == b"v1"
+        assert backend.cas("k", b"v2", token) is True
+        assert backend.get("k") == b"v2"
+        assert backend.cas("k", b"v3", token) is False
+        assert backend.get("k") == b"v2"
+
+    def test_reads_do_not_change_the_token(self, backend: Backend) -> None:
+        """Reading a key (get, gets, get_many, exists) leaves its token valid."""
+        backend.set("k", b"v")
+        got = backend.gets("k")
+        assert got is not None
+        backend.get("k")
+        backend.gets("k")
+        backend.get_many(["k"])
+        backend.exists("k")
+        assert backend.cas("k", b"w", got[1]) is True
+
+    def test_cas_with_a_stale_token_fails(self, backend: Backend) -> None:
+        """cas refuses after another write changed the value, keeping that write."""
+        backend.set("k", b"v1")
+        got = backend.gets("k")
+        assert got is not None
+        backend.set("k", b"theirs")
+        assert backend.cas("k", b"mine", got[1]) is False
+        assert backend.get("k") == b"theirs"
+
+    @pytest.mark.parametrize("writer", ["set", "replace", "incr"])
+    def test_every_kind_of_write_invalidates_a_token(self, backend: Backend, writer: str) -> None:
+        """set, replace and incr each make an earlier token stale."""
+        backend.set("k", b"1")
+        got = backend.gets("k")
+        assert got is not None
+        if writer == "set":
+            backend.set("k", b"2")
+        elif writer == "replace":
+            assert backend.replace("k", b"2") is True
+        else:
+            assert backend.incr("k") == 2
+        assert backend.cas("k", b"mine", got[1]) is False
+        assert backend.get("k") == b"2"
+
+    def test_cas_on_a_deleted_key_fails_and_recreates_nothing(self, backend: Backend) -> None:
+        """cas never brings back a deleted key, nor accepts an old token once it is set again."""
+        backend.set("k", b"v")
+        got = backend.gets("k")
+        assert got is not None
+        backend.delete("k")
+        assert backend.cas("k", b"new", got[1]) is False
+        assert backend.exists("k") is False
+        backend.set("k", b"other")
+        assert backend.cas("k", b"new", got[1]) is False
+        assert backend.get("k") == b"other"
+
+    def test_cas_with_a_foreign_token_fails(self, backend: Backend) -> None:
+        """A token gets did not hand out never lets cas write, and does not raise."""
+        backend.set("k", b"v")
+        for bogus in [object(), None, "not a token", b"\x00" * 8, 1.5]:
+            assert backend.cas("k", b"new", bogus) is False
+        assert backend.get("k") == b"v"
+
+    def test_cas_on_a_missing_key_fails(self, backend: Backend) -> None:
+        """cas on a key that never existed writes nothing."""
+        backend.set("other", b"v")
+        got = backend.gets("other")
+        assert got is not None
+        assert backend.cas("missing", b"v", got[1]) is False
+        assert backend.exists("missing") is False
+
+    # -- TTL (real waits) -----------------------------------------------------
+
+    def test_keys_expire_after_their_ttl(self, backend: Backend) -> None:
+        """Every kind of write applies its TTL; an expired key is absent to every read."""
+        short = self.short_ttl
+        backend.set("set", b"1", ttl=short)
+        assert backend.add("add", b"1", ttl=short) is True
+        backend.set("replace", b"0")
+        assert backend.replace("replace", b"1", ttl=short) is True
+        backend.set_many([("many1", b"1"), ("many2", b"1")], ttl=short)
+        assert backend.add_many([("addmany", b"1")], ttl=short) == [True]
+        backend.set("replmany", b"0")
+        assert backend.replace_many([("replmany", b"1")], ttl=short) == [True]
+        backend.set("cas", b"0")
+        got = backend.gets("cas")
+        assert got is not None
+        assert backend.cas("cas", b"1", got[1], ttl=short) is True
+        backend.set("counter", b"5", ttl=short)
+        assert backend.incr("counter") == 6  # incr keeps the TTL
+        backend.set("long", b"1", ttl=3600)
+        backend.set("forever", b"1")
+        backend.set("cleared", b"1", ttl=short)
+        backend.set("cleared", b"2")  # a write without a TTL clears the old one
+        backend.set("extended", b"1", ttl=short)
+        backend.set("extended", b"2", ttl=3600)
+        short_keys = ["set", "add", "replace", "many1", "many2", "addmany", "replmany", "cas"]
+        short_keys.append("counter")
+        kept = ["long", "forever", "cleared", "extended"]
+        assert backend.get_many(short_keys + kept) == [b"1"] * 8 + [b"6", b"1", b"1", b"2", b"2"]
+
+        self.wait_for_expiry()
+
+        assert backend.get_many(short_keys + kept) == [None] * 9 + [b"1", b"1", b"2", b"2"]
+        for key in short_keys:
+            assert backend.get(key) is None, key
+            assert backend.gets(key) is None, key
+            assert backend.exists(key) is False, key
+
+    def test_an_expired_key_is_absent_to_writes(self, backend: Backend) -> None:
+        """After expiry add succeeds, replace/cas/delete fail, incr restarts at zero."""
+        short = self.short_ttl
+        for key in ["add", "replace", "cas", "delete", "delete_many", "incr", "add_many"]:
+            backend.set(key, b"7", ttl=short)
+        got = backend.gets("cas")
+        assert got is not None
+
+        self.wait_for_expiry()
+
+        assert backend.add("add", b"new") is True
+        assert backend.replace("replace", b"new") is False
+        assert backend.cas("cas", b"new", got[1]) is False
+        assert backend.delete("delete") is False
+        assert backend.delete_many(["delete_many"]) == 0
+        assert backend.incr("incr") == 1
+        assert backend.add_many([("add_many", b"new")]) == [True]
+        assert backend.get_many(["add", "replace", "cas", "incr", "add_many"]) == [
+            b"new",
+            None,
+            None,
+            b"1",
+            b"new",
+        ]
+
+    def test_a_fractional_ttl_is_honoured(self, backend: Backend) -> None:
+        """A TTL below one second keeps the key until it has passed, then drops it."""
+        backend.set("k", b"v", ttl=0.5)
+        assert backend.get("k") == b"v"
+        self.wait(0.5 + self.expiry_slack)
+        assert backend.get("k") is None
+
+    # -- threads -----------------------------------------------------------------
+
+    def _race(self, work: Callable[[int], Any]) -> list[Any]:
+        start = threading.Barrier(self.threads, timeout=30)
+
+        def run(i: int) -> Any:
+            start.wait()
+            return work(i)
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            return list(pool.map(run, range(self.threads)))
+
+    def test_concurrent_cas_increments_lose_nothing(self, backend: Backend) -> None:
+        """Threads doing gets/cas-retry increments of one key lose no increment."""
+        per_thread = 100
+        backend.set("n", b"0")
+
+        def work(_: int) -> None:
+            for _ in range(per_thread):
+                while True:
+                    got = backend.gets("n")
+                    assert got is not None
+                    if backend.cas("n", str(int(got[0]) + 1).encode(), got[1]):
+                        break
+
+        self._race(work)
+        assert backend.get("n") == str(self.threads * per_thread).encode()
+
+    def test_concurrent_incr_loses_nothing(self, backend: Backend) -> None:
+        """Threads calling incr on one missing key count every call exactly once."""
+        per_thread = 100
+
+        def work(_: int) -> None:
+            for _ in range(per_thread):
+                backend.incr("n")
+
+        self._race(work)
+        assert backend.get("n") == str(self.threads * per_thread).encode()
+
+    def test_concurrent_add_has_exactly_one_winner(self, backend: Backend) -> None:
+        """Threads racing add on one key: exactly one succeeds, and its value is stored."""
+        results = self._race(lambda i: backend.add("k", str(i).encode()))
+        assert results.count(True) == 1
+        assert backend.get("k") == str(results.index(True)).encode()
+
+    def test_close_can_be_called(self, backend: Backend) -> None:
+        """close() returns normally."""
+        backend.close()
