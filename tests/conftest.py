@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,12 +85,44 @@ def memcached_server() -> Iterator[MemcachedServer]:
     server.stop()
 
 
-@pytest.fixture(params=["memory"])
-def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[co.Backend]:
-    """Every backend the repository suite runs against, each empty."""
-    store = co.MemoryBackend(clock=clock)
+@pytest.fixture
+def redis_backend(redis_server: RedisServer) -> Iterator[co.RedisBackend]:
+    """A RedisBackend on an empty database of this session's server."""
+    store = co.RedisBackend.from_url(redis_server.url)
+    store.client.flushdb()
     yield store
     store.close()
+
+
+@pytest.fixture
+def memcached_backend(memcached_server: MemcachedServer) -> Iterator[co.MemcachedBackend]:
+    """A MemcachedBackend on this session's (flushed) memcached."""
+    store = co.MemcachedBackend.from_servers(memcached_server.servers)
+    store.client.flush_all(noreply=False)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def filesystem_backend(tmp_path: Path) -> Iterator[co.FileSystemBackend]:
+    """A FileSystemBackend in a fresh directory."""
+    store = co.FileSystemBackend(tmp_path / "store")
+    yield store
+    store.close()
+
+
+BACKENDS = ["memory", "filesystem", "redis", "memcached"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[co.Backend]:
+    """Every backend the repository suite runs against, each empty."""
+    if request.param == "memory":
+        store = co.MemoryBackend(clock=clock)
+        yield store
+        store.close()
+    else:
+        yield request.getfixturevalue(f"{request.param}_backend")
 
 
 @pytest.fixture(params=["json", "msgpack", "pickle"])
