@@ -103,15 +103,49 @@ def run_demo(backend: co.Backend, out: TextIO = sys.stdout) -> None:
     print("\ndone.", file=out)
 
 
+def _backend_from_args(args: argparse.Namespace) -> tuple[co.Backend, str]:
+    """The backend the command line asks for, and how to describe it."""
+    if args.redis is not None:
+        return co.RedisBackend.from_url(args.redis), f"Redis at {args.redis_label}"
+    if args.memcached is not None:
+        return co.MemcachedBackend.from_servers([args.memcached]), f"memcached at {args.memcached}"
+    if args.filesystem is not None:
+        return co.FileSystemBackend(args.filesystem), f"the filesystem under {args.filesystem}"
+    return co.MemoryBackend(), "the in-memory backend (MemoryBackend)"
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for printing."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m cacheorm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="walk through create/get/update/delete on the memory backend")
-    parser.parse_args(argv)
-    backend = co.MemoryBackend()
-    print("cacheorm demo on the in-memory backend (MemoryBackend)")
-    run_demo(backend)
+    demo = commands.add_parser(
+        "demo", help="walk through create/get/update/delete (in memory unless told otherwise)"
+    )
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument("--redis", metavar="URL", help="a Redis URL: redis://, rediss:// or unix://")
+    where.add_argument("--memcached", metavar="HOST:PORT", help="a memcached server")
+    where.add_argument("--filesystem", metavar="DIR", help="a directory to keep records in")
+    args = parser.parse_args(argv)
+    args.redis_label = None if args.redis is None else _without_password(args.redis)
+    try:
+        backend, label = _backend_from_args(args)
+        print(f"cacheorm demo on {label}")
+        try:
+            run_demo(backend)
+        finally:
+            backend.close()
+    except co.CacheORMError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
