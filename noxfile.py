@@ -54,9 +54,14 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: ratios against hand-written code, measured in the same run."""
+    """Benchmarks: ratios against hand-written code, measured in the same run.
+
+    The backend benchmark starts its own redis-server and memcached; arguments go
+    to it (``nox -s bench -- --quick``, ``-- --only redis``).
+    """
     session.install(".[all]")
-    session.run("python", "benchmarks/bench_core.py", *session.posargs)
+    session.run("python", "benchmarks/bench_core.py")
+    session.run("python", "benchmarks/bench_backends.py", *session.posargs)
 
 
 @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
