@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -508,3 +509,57 @@ def test_default_backend_is_a_private_memory_backend() -> None:
     assert isinstance(first.backend, co.MemoryBackend)
     assert first.get(1).name == "a"
     assert second.get_or_none(1) is None
+
+
+# -- on real servers -----------------------------------------------------------------
+
+
+def _commandstats(client: Any) -> dict[str, int]:
+    """Redis ``INFO commandstats`` as {command: calls}."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+
+
+def test_repository_batches_are_one_redis_command_each(redis_backend: co.RedisBackend) -> None:
+    """On Redis, get_many of 1,000 records is one MGET and delete_many one DEL, counted by Redis."""
+    repo = co.Repository(User, backend=redis_backend)
+    repo.save_many([User(id=i, name=f"u{i}") for i in range(1000)])
+    redis_backend.client.config_resetstat()
+    records = repo.get_many([*range(1000), 5000])
+    assert len([r for r in records if r is not None]) == 1000
+    assert records[-1] is None
+    assert repo.delete_many(range(1000)) == 1000
+    calls = _commandstats(redis_backend.client)
+    calls.pop("config|resetstat", None)
+    calls.pop("info", None)
+    assert calls == {"mget": 1, "del": 1}
+
+
+def test_repository_create_on_redis_is_one_set_nx_with_its_expiry(
+    redis_backend: co.RedisBackend,
+) -> None:
+    """create with a TTL is a single SET carrying NX and PX, never SETNX then EXPIRE."""
+    repo = co.Repository(User, backend=redis_backend, ttl=60)
+    redis_backend.client.config_resetstat()
+    repo.create(User(id=1, name="Sam"))
+    calls = _commandstats(redis_backend.client)
+    assert calls.get("set") == 1
+    assert "setnx" not in calls
+    assert "expire" not in calls
+    assert "pexpire" not in calls
+    assert 59_000 < redis_backend.client.pttl("user:1") <= 60_000
+
+
+@pytest.mark.parametrize("server_backend", ["redis_backend", "memcached_backend"])
+def test_repository_ttl_really_expires_on_servers(
+    request: pytest.FixtureRequest, server_backend: str
+) -> None:
+    """A record written with a 1 s TTL is readable at once and gone after it has passed."""
+    backend: co.Backend = request.getfixturevalue(server_backend)
+    repo = co.Repository(User, backend=backend, ttl=1)
+    repo.create(User(id=1, name="Sam"))
+    repo.save(User(id=2, name="Kim"), ttl=None)
+    assert repo.get(1).name == "Sam"
+    time.sleep(3.0 if server_backend == "memcached_backend" else 1.2)
+    assert repo.get_or_none(1) is None
+    assert repo.get(2).name == "Kim"
