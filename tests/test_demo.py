@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cacheorm as co
-from cacheorm.__main__ import main, run_demo
+from cacheorm.__main__ import _without_password, main, run_demo
 from tests.servers import MemcachedServer, RedisServer, closed_port
 
 
@@ -51,47 +51,63 @@ def test_module_entry_point_runs_the_demo() -> None:
     assert done.stdout.rstrip().endswith("done.")
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cacheorm", "demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def _run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``python -m cacheorm demo ARGS`` in this process: exit code, stdout, stderr."""
+    code = main(["demo", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_demo_runs_on_redis(redis_server: RedisServer) -> None:
+def test_demo_runs_on_redis(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
     """`demo --redis URL` runs the same walk-through on a real Redis server."""
-    done = _run_cli("--redis", redis_server.url)
-    assert done.returncode == 0, done.stderr
-    assert f"Redis at {redis_server.url}" in done.stdout
-    assert "AlreadyExists" in done.stdout
-    assert done.stdout.rstrip().endswith("done.")
+    code, out, err = _run_cli(capsys, "--redis", redis_server.url)
+    assert code == 0, err
+    assert f"Redis at {redis_server.url}" in out
+    assert "AlreadyExists" in out
+    assert out.rstrip().endswith("done.")
 
 
-def test_demo_runs_on_memcached(memcached_server: MemcachedServer) -> None:
+def test_demo_runs_on_memcached(
+    memcached_server: MemcachedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`demo --memcached HOST:PORT` runs the same walk-through on a real memcached."""
-    done = _run_cli("--memcached", memcached_server.servers[0])
-    assert done.returncode == 0, done.stderr
-    assert f"memcached at {memcached_server.servers[0]}" in done.stdout
-    assert done.stdout.rstrip().endswith("done.")
+    code, out, err = _run_cli(capsys, "--memcached", memcached_server.servers[0])
+    assert code == 0, err
+    assert f"memcached at {memcached_server.servers[0]}" in out
+    assert out.rstrip().endswith("done.")
 
 
-def test_demo_runs_on_the_filesystem(tmp_path: Path) -> None:
+def test_demo_runs_on_the_filesystem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`demo --filesystem DIR` keeps the records in files under DIR."""
-    done = _run_cli("--filesystem", str(tmp_path / "records"))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.rstrip().endswith("done.")
+    code, out, err = _run_cli(capsys, "--filesystem", str(tmp_path / "records"))
+    assert code == 0, err
+    assert out.rstrip().endswith("done.")
     assert any(p.is_file() for p in (tmp_path / "records").rglob("*"))
 
 
-def test_demo_reports_an_unreachable_server_without_the_password() -> None:
+def test_demo_reports_an_unreachable_server_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """A server that is down ends the demo with exit 1 and a one-line error, no password."""
     url = f"redis://app:s3cret-pw@127.0.0.1:{closed_port()}/0"
-    done = _run_cli("--redis", url)
-    assert done.returncode == 1
-    assert "BackendUnavailable" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert "s3cret-pw" not in done.stdout + done.stderr
-    assert "redis://app:***@127.0.0.1" in done.stdout
+    code, out, err = _run_cli(capsys, "--redis", url)
+    assert code == 1
+    assert err.startswith("error: BackendUnavailable: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "s3cret-pw" not in out + err
+    assert "redis://app:***@127.0.0.1" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("rediss://user:p@ss@h:1", "rediss://user:***@h:1"),
+        ("redis://user@h:1", "redis://user@h:1"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_printed_urls_never_show_a_password(url: str, shown: str) -> None:
+    """The demo masks the password of the URL it prints."""
+    assert _without_password(url) == shown

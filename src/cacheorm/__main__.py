@@ -43,8 +43,13 @@ class Customer:
     )
 
 
-def run_demo(backend: co.Backend, out: TextIO = sys.stdout) -> None:
-    """Create, read, update and delete a few customers on ``backend``, printing each step."""
+def run_demo(backend: co.Backend, out: TextIO | None = None) -> None:
+    """Create, read, update and delete a few customers on ``backend``, printing each step.
+
+    Prints to ``out``, or to ``sys.stdout`` as it is at the time of the call.
+    """
+    if out is None:
+        out = sys.stdout
 
     def step(title: str) -> None:
         print(f"\n== {title}", file=out)
