@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from cacheorm._errors import (
     MissingDependency,
 )
 from cacheorm._redis import RedisBackend
-from tests.servers import RedisServer, closed_port
+from tests.servers import RedisServer, ServerProcess, closed_port, free_port
 
 PASSWORD = "s3cret-pw"
 
@@ -118,6 +119,51 @@ def test_from_url_tcp(redis_server: RedisServer, store: RedisBackend) -> None:
     host_port = redis_server.url.removeprefix("redis://").split("/")[0]
     assert store.server == host_port
     assert repr(store) == f"RedisBackend(server={host_port!r}, db=0)"
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A redis-server speaking TLS with a fresh self-signed certificate: (rediss URL, CA file)."""
+    openssl, server = shutil.which("openssl"), shutil.which("redis-server")
+    if openssl is None or server is None:
+        pytest.skip("the TLS test needs openssl and redis-server on PATH")
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    plain, tls = free_port(), free_port()
+    process = ServerProcess(
+        name="redis-server (TLS)",
+        argv=[server, "--port", str(plain), "--tls-port", str(tls), "--bind", "127.0.0.1",
+              "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+              "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+              "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+        host="127.0.0.1",
+        port=plain,
+    )  # fmt: skip
+    process.start(b"PING\r\n", b"+PONG")
+    yield f"rediss://127.0.0.1:{tls}/0", str(cert)
+    process.stop()
+
+
+def test_from_url_rediss_speaks_tls(tls_redis: tuple[str, str]) -> None:
+    """from_url with rediss:// stores and reads over TLS, verifying the server's certificate."""
+    url, ca = tls_redis
+    backend = RedisBackend.from_url(url, ssl_ca_certs=ca)
+    try:
+        backend.set("k", b"over TLS")
+        assert backend.get("k") == b"over TLS"
+        assert backend.client.connection_pool.connection_class is redis.SSLConnection
+    finally:
+        backend.close()
+    untrusting = RedisBackend.from_url(url)  # the system CAs do not know this certificate
+    with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1"):
+        untrusting.get("k")
+    untrusting.close()
 
 
 def test_from_url_unix_socket(redis_server: RedisServer) -> None:
