@@ -27,6 +27,7 @@ This module needs pytest, which cacheorm itself does not depend on.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -494,8 +495,13 @@ class BackendContract:
             start.wait()
             return work(i)
 
-        with ThreadPoolExecutor(self.threads) as pool:
-            return list(pool.map(run, range(self.threads)))
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(1e-5)  # switch threads often, so that races show up
+        try:
+            with ThreadPoolExecutor(self.threads) as pool:
+                return list(pool.map(run, range(self.threads)))
+        finally:
+            sys.setswitchinterval(previous)
 
     def test_concurrent_cas_increments_lose_nothing(self, backend: Backend) -> None:
         """Threads doing gets/cas-retry increments of one key lose no increment."""
