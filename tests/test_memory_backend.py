@@ -1,18 +1,17 @@
-"""Tests for the in-process MemoryBackend."""
+"""MemoryBackend specifics: construction, exact TTL boundaries, LRU, locking.
+
+The semantics every backend shares are in the contract suite (tests/test_contract.py).
+"""
 
 from __future__ import annotations
 
 import math
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from types import TracebackType
 
 import pytest
 
-from cacheorm._backend import Backend
-from cacheorm._errors import BackendError
 from cacheorm._memory import MemoryBackend
 
 
@@ -36,21 +35,7 @@ def backend(clock: FakeClock) -> MemoryBackend:
     return MemoryBackend(clock=clock)
 
 
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Make the interpreter switch threads very often, so races show up."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
-
-
 # -- protocol and construction ------------------------------------------------
-
-
-def test_is_a_backend() -> None:
-    """MemoryBackend satisfies the runtime-checkable Backend protocol."""
-    assert isinstance(MemoryBackend(), Backend)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
@@ -84,74 +69,6 @@ def test_default_clock_is_real_time() -> None:
 # -- round trips and value types -----------------------------------------------
 
 
-def test_set_then_get_round_trips(backend: MemoryBackend) -> None:
-    """A value set under a key comes back unchanged and other keys stay absent."""
-    backend.set("k", b"hello")
-    assert backend.get("k") == b"hello"
-    assert backend.get("other") is None
-
-
-def test_binary_values_with_nul_bytes_round_trip(backend: MemoryBackend) -> None:
-    """Every byte value, NUL included, survives a round trip, also an empty value."""
-    value = bytes(range(256)) + b"\x00\x00tail\x00"
-    backend.set("bin", value)
-    backend.set("empty", b"")
-    assert backend.get("bin") == value
-    assert backend.get("empty") == b""
-
-
-def test_large_value_round_trips(backend: MemoryBackend) -> None:
-    """A 1 MiB value comes back whole through get, get_many and gets."""
-    value = bytes(range(256)) * 4096
-    assert len(value) == 1024 * 1024
-    backend.set("big", value)
-    assert backend.get("big") == value
-    assert backend.get_many(["big"]) == [value]
-    got = backend.gets("big")
-    assert got is not None
-    assert got[0] == value
-
-
-def test_bytearray_and_memoryview_are_stored_as_bytes(backend: MemoryBackend) -> None:
-    """bytearray and memoryview values are copied into bytes, so later mutation is not seen."""
-    buf = bytearray(b"abc")
-    backend.set("ba", buf)  # type: ignore[arg-type]
-    backend.set("mv", memoryview(b"xyz"))  # type: ignore[arg-type]
-    buf[0] = ord("Z")
-    got_ba, got_mv = backend.get("ba"), backend.get("mv")
-    assert (type(got_ba), got_ba) == (bytes, b"abc")
-    assert (type(got_mv), got_mv) == (bytes, b"xyz")
-
-
-@pytest.mark.parametrize("bad", ["text", 42, None, [1, 2]])
-def test_non_bytes_value_raises_type_error_naming_key(backend: MemoryBackend, bad: object) -> None:
-    """A non-bytes-like value is refused with a TypeError naming the key, storing nothing."""
-    with pytest.raises(TypeError, match="'the-key'"):
-        backend.set("the-key", bad)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="'the-key'"):
-        backend.add("the-key", bad)  # type: ignore[arg-type]
-    assert not backend.exists("the-key")
-
-
-def test_batch_with_one_bad_value_stores_nothing(backend: MemoryBackend) -> None:
-    """set_many and add_many check every value before writing any of them."""
-    items = [("a", b"1"), ("b", "not bytes"), ("c", b"3")]
-    with pytest.raises(TypeError, match="'b'"):
-        backend.set_many(items)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="'b'"):
-        backend.add_many(items)  # type: ignore[arg-type]
-    assert backend.get_many(["a", "b", "c"]) == [None, None, None]
-
-
-def test_non_str_key_raises_type_error(backend: MemoryBackend) -> None:
-    """Keys must be str: bytes keys are refused by reads and writes alike."""
-    with pytest.raises(TypeError, match="keys must be str"):
-        backend.set(b"k", b"v")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="keys must be str"):
-        backend.get(b"k")  # type: ignore[arg-type]
-    assert len(backend) == 0
-
-
 @pytest.mark.parametrize("bad", [0, -5, math.nan, math.inf, 10**400])
 def test_non_positive_ttl_is_refused(backend: MemoryBackend, bad: float) -> None:
     """A TTL that is zero, negative, NaN or infinite raises ValueError and stores nothing."""
@@ -161,19 +78,6 @@ def test_non_positive_ttl_is_refused(backend: MemoryBackend, bad: float) -> None
 
 
 # -- batch forms ---------------------------------------------------------------
-
-
-def test_get_many_preserves_order_and_none_for_misses(backend: MemoryBackend) -> None:
-    """get_many answers in the order asked, with None for each missing key and repeats honoured."""
-    backend.set_many([("a", b"1"), ("c", b"3")])
-    assert backend.get_many(["c", "missing", "a", "c"]) == [b"3", None, b"1", b"3"]
-    assert backend.get_many([]) == []
-
-
-def test_set_many_stores_every_pair_and_last_duplicate_wins(backend: MemoryBackend) -> None:
-    """set_many stores all pairs in order, so a repeated key ends with its last value."""
-    backend.set_many([("a", b"1"), ("b", b"2"), ("a", b"3")])
-    assert backend.get_many(["a", "b"]) == [b"3", b"2"]
 
 
 def test_batch_calls_take_the_lock_once(backend: MemoryBackend) -> None:
@@ -209,41 +113,6 @@ def test_batch_calls_take_the_lock_once(backend: MemoryBackend) -> None:
     for expected, call in enumerate(calls, start=1):
         call()
         assert lock.count == expected
-
-
-# -- add / replace -------------------------------------------------------------
-
-
-def test_add_stores_only_when_absent(backend: MemoryBackend) -> None:
-    """add writes a missing key and refuses, leaving the value alone, when it exists."""
-    assert backend.add("k", b"first") is True
-    assert backend.add("k", b"second") is False
-    assert backend.get("k") == b"first"
-
-
-def test_replace_stores_only_when_present(backend: MemoryBackend) -> None:
-    """replace refuses a missing key without creating it and overwrites an existing one."""
-    assert backend.replace("k", b"v") is False
-    assert backend.exists("k") is False
-    backend.set("k", b"old")
-    assert backend.replace("k", b"new") is True
-    assert backend.get("k") == b"new"
-
-
-def test_add_many_later_pairs_see_earlier_ones(backend: MemoryBackend) -> None:
-    """add_many works in order: an existing key fails, and a repeat of a key just added fails."""
-    backend.set("existing", b"x")
-    result = backend.add_many([("a", b"1"), ("existing", b"2"), ("a", b"3"), ("b", b"4")])
-    assert result == [True, False, False, True]
-    assert backend.get_many(["a", "existing", "b"]) == [b"1", b"x", b"4"]
-
-
-def test_replace_many_reports_each_pair_in_order(backend: MemoryBackend) -> None:
-    """replace_many replaces present keys only, and a repeated key ends with its last value."""
-    backend.set_many([("a", b"1"), ("b", b"2")])
-    result = backend.replace_many([("a", b"A"), ("missing", b"M"), ("b", b"B"), ("a", b"AA")])
-    assert result == [True, False, True, True]
-    assert backend.get_many(["a", "b", "missing"]) == [b"AA", b"B", None]
 
 
 # -- TTL -----------------------------------------------------------------------
@@ -368,57 +237,7 @@ def test_write_with_new_ttl_replaces_old_ttl(backend: MemoryBackend, clock: Fake
     assert backend.get("k") is None
 
 
-# -- delete / exists -----------------------------------------------------------
-
-
-def test_delete_reports_whether_key_existed(backend: MemoryBackend) -> None:
-    """delete removes a key and returns True once, then False."""
-    backend.set("k", b"v")
-    assert backend.delete("k") is True
-    assert backend.get("k") is None
-    assert backend.delete("k") is False
-
-
-def test_delete_many_counts_existing_keys(backend: MemoryBackend) -> None:
-    """delete_many returns how many keys it removed, counting a repeated key once."""
-    backend.set_many([("a", b"1"), ("b", b"2"), ("c", b"3")])
-    assert backend.delete_many(["a", "missing", "b", "a"]) == 2
-    assert backend.get_many(["a", "b", "c"]) == [None, None, b"3"]
-    assert backend.delete_many([]) == 0
-
-
-def test_exists_tracks_presence(backend: MemoryBackend) -> None:
-    """exists is False before a write, True after, and False after delete."""
-    assert backend.exists("k") is False
-    backend.set("k", b"")
-    assert backend.exists("k") is True
-    backend.delete("k")
-    assert backend.exists("k") is False
-
-
 # -- incr ----------------------------------------------------------------------
-
-
-def test_incr_creates_counter_at_zero(backend: MemoryBackend) -> None:
-    """incr on a missing key starts from 0 and stores ASCII decimal bytes."""
-    assert backend.incr("n") == 1
-    assert backend.incr("m", 5) == 5
-    assert backend.get_many(["n", "m"]) == [b"1", b"5"]
-
-
-def test_incr_adds_to_existing_value(backend: MemoryBackend) -> None:
-    """incr adds delta to a stored ASCII integer, leading zeros allowed."""
-    backend.set("n", b"0041")
-    assert backend.incr("n") == 42
-    assert backend.get("n") == b"42"
-
-
-def test_incr_with_negative_delta(backend: MemoryBackend) -> None:
-    """A negative delta decrements, and the counter may go below zero."""
-    backend.set("n", b"2")
-    assert backend.incr("n", -5) == -3
-    assert backend.get("n") == b"-3"
-    assert backend.incr("n", 10) == 7
 
 
 def test_incr_keeps_existing_ttl(backend: MemoryBackend, clock: FakeClock) -> None:
@@ -432,33 +251,7 @@ def test_incr_keeps_existing_ttl(backend: MemoryBackend, clock: FakeClock) -> No
     assert backend.get("n") is None
 
 
-@pytest.mark.parametrize(
-    "stored",
-    [b"abc", b"1.5", b"", b" 1", b"1_000", b"+1", "\u0663".encode(), b"\xff", b"9" * 5000],
-)
-def test_incr_of_non_integer_raises_backend_error(backend: MemoryBackend, stored: bytes) -> None:
-    """incr refuses a value that is not an ASCII integer with a BackendError naming the key."""
-    backend.set("the-key", stored)
-    with pytest.raises(BackendError, match="'the-key'") as info:
-        backend.incr("the-key")
-    assert info.value.key == "the-key"
-    assert backend.get("the-key") == stored
-
-
 # -- gets / cas ----------------------------------------------------------------
-
-
-def test_cas_with_fresh_token_writes(backend: MemoryBackend) -> None:
-    """cas with the token gets returned writes, and that token cannot be used again."""
-    backend.set("k", b"v1")
-    got = backend.gets("k")
-    assert got is not None
-    value, token = got
-    assert value == b"v1"
-    assert backend.cas("k", b"v2", token) is True
-    assert backend.get("k") == b"v2"
-    assert backend.cas("k", b"v3", token) is False
-    assert backend.get("k") == b"v2"
 
 
 def test_token_changes_on_every_write_only(backend: MemoryBackend) -> None:
@@ -474,30 +267,6 @@ def test_token_changes_on_every_write_only(backend: MemoryBackend) -> None:
     assert third[1] != first[1]
 
 
-def test_cas_with_stale_token_fails(backend: MemoryBackend) -> None:
-    """cas refuses when another write happened after gets, leaving that write in place."""
-    backend.set("k", b"v1")
-    got = backend.gets("k")
-    assert got is not None
-    backend.incr("other")
-    backend.set("k", b"theirs")
-    assert backend.cas("k", b"mine", got[1]) is False
-    assert backend.get("k") == b"theirs"
-
-
-def test_cas_on_deleted_key_fails(backend: MemoryBackend) -> None:
-    """cas neither recreates a deleted key nor accepts an old token once it is set again."""
-    backend.set("k", b"v")
-    got = backend.gets("k")
-    assert got is not None
-    backend.delete("k")
-    assert backend.cas("k", b"new", got[1]) is False
-    assert backend.exists("k") is False
-    backend.set("k", b"v")
-    assert backend.cas("k", b"new", got[1]) is False
-    assert backend.get("k") == b"v"
-
-
 def test_cas_with_foreign_token_fails(backend: MemoryBackend) -> None:
     """A token that gets did not hand out (wrong type or value) never lets cas write."""
     backend.set("k", b"v")
@@ -508,21 +277,6 @@ def test_cas_with_foreign_token_fails(backend: MemoryBackend) -> None:
     for bogus in [str(token), float(token), object(), None]:
         assert backend.cas("k", b"new", bogus) is False
     assert backend.get("k") == b"v"
-
-
-def test_cas_applies_its_ttl(backend: MemoryBackend, clock: FakeClock) -> None:
-    """A successful cas sets the TTL it is given."""
-    backend.set("k", b"v")
-    got = backend.gets("k")
-    assert got is not None
-    assert backend.cas("k", b"new", got[1], ttl=5) is True
-    clock.now += 6
-    assert backend.get("k") is None
-
-
-def test_gets_on_missing_key_is_none(backend: MemoryBackend) -> None:
-    """gets returns None for a key that was never written."""
-    assert backend.gets("nope") is None
 
 
 # -- LRU -----------------------------------------------------------------------
@@ -634,64 +388,3 @@ def test_clear_invalidates_old_tokens(backend: MemoryBackend) -> None:
 
 
 # -- threads -------------------------------------------------------------------
-
-
-@pytest.mark.usefixtures("fast_switching")
-def test_concurrent_cas_increments_lose_nothing() -> None:
-    """8 threads doing 500 gets/cas-retry increments each leave the counter at exactly 4000."""
-    b = MemoryBackend()
-    b.set("n", b"0")
-    threads, per_thread = 8, 500
-    start = threading.Barrier(threads, timeout=10)
-
-    def work() -> int:
-        start.wait()
-        retries = 0
-        for _ in range(per_thread):
-            while True:
-                got = b.gets("n")
-                assert got is not None
-                value, token = got
-                if b.cas("n", str(int(value) + 1).encode(), token):
-                    break
-                retries += 1
-        return retries
-
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(work) for _ in range(threads)]
-        for future in futures:
-            future.result()
-    assert b.get("n") == str(threads * per_thread).encode()
-
-
-@pytest.mark.usefixtures("fast_switching")
-def test_concurrent_incr_loses_nothing() -> None:
-    """8 threads doing 500 incr calls each leave the counter at exactly 4000."""
-    b = MemoryBackend()
-    start = threading.Barrier(8, timeout=10)
-
-    def work() -> None:
-        start.wait()
-        for _ in range(500):
-            b.incr("n")
-
-    with ThreadPoolExecutor(8) as pool:
-        for future in [pool.submit(work) for _ in range(8)]:
-            future.result()
-    assert b.get("n") == b"4000"
-
-
-@pytest.mark.usefixtures("fast_switching")
-def test_concurrent_add_has_one_winner() -> None:
-    """16 threads racing add on one key produce exactly one True, whose value is stored."""
-    b = MemoryBackend()
-    start = threading.Barrier(16, timeout=10)
-
-    def work(i: int) -> bool:
-        start.wait()
-        return b.add("k", str(i).encode())
-
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(work, range(16)))
-    assert results.count(True) == 1
-    assert b.get("k") == str(results.index(True)).encode()
