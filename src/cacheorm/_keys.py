@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import operator
 import re
 import string
 import types
@@ -303,6 +304,8 @@ class KeyScheme:
         self._callable: KeyFunction | None = None
         #: ``key_for`` specialised for this scheme (no per-call shape checks for one part).
         self.render: Callable[[Any], str] = self.key_for
+        #: ``key_of`` specialised likewise.
+        self.render_of: Callable[[Any], str] = self.key_of
         if callable(template):
             self._callable = template
             self.describe = f"{getattr(template, '__qualname__', repr(template))}(pk)"
@@ -323,9 +326,13 @@ class KeyScheme:
         self._formatters = formatters
         if len(formatters) == 1:
             head, tail, fmt = literals[0], literals[1], formatters[0]
-            self.render = (
-                (lambda pk: head + fmt(pk) + tail) if tail else (lambda pk: head + fmt(pk))
-            )
+            get = operator.attrgetter(self.parts[0].attr)
+            if tail:
+                self.render = lambda pk: head + fmt(pk) + tail
+                self.render_of = lambda obj: head + fmt(get(obj)) + tail
+            else:
+                self.render = lambda pk: head + fmt(pk)
+                self.render_of = lambda obj: head + fmt(get(obj))
 
     def _bind(self, template: str) -> tuple[list[str], list[int]]:
         literals, names = parse_template(self.model, template)

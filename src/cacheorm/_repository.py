@@ -82,6 +82,7 @@ class Repository(Generic[T]):
                 f"{backend!r} does not implement the cacheorm Backend protocol"
             )
         self._serializer = _resolve_serializer(serializer, registry)
+        self._dumps = self._serializer.dumps
         compiled: CompiledModel[T] = compile_model(model, binary=self._serializer.binary)
         self._model = model
         self._compiled = compiled
@@ -108,7 +109,7 @@ class Repository(Generic[T]):
             template=key,
         )
         self._key_for = self._keys.render
-        self._key_of = self._keys.key_of
+        self._key_of = self._keys.render_of
         auto = compiled.spec.auto_field
         self._auto: FieldSpec | None = auto
         self._counter_key = f"{prefix}{namespace}:__seq__"
@@ -234,8 +235,8 @@ class Repository(Generic[T]):
             AlreadyExists: a record is stored under the key; nothing was written.
             ValidationError: ``obj`` does not match the model; nothing was written.
         """
-        seconds = self._resolve_ttl(ttl)
-        if self._needs_id(obj):
+        seconds = self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
+        if self._auto is not None and self._needs_id(obj):
             data = self._encode_checked(obj, None)
             new_id = self._backend.incr(self._counter_key, 1)
             obj, key, payload = self._with_id(obj, data, new_id)
@@ -262,7 +263,7 @@ class Repository(Generic[T]):
         Raises:
             NotFound: nothing is stored under the key; nothing was written.
         """
-        seconds = self._resolve_ttl(ttl)
+        seconds = self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
         key, payload = self._dump(obj)
         if not self._backend.replace(key, payload, seconds):
             raise NotFound(
@@ -409,7 +410,15 @@ class Repository(Generic[T]):
         except ValidationError:
             self._encode_checked(obj, None)  # a clearer message when the record is wrong
             raise
-        return key, self._serialize(key, self._encode_checked(obj, key))
+        # _encode_checked and _serialize, inlined: this is every write's hot path.
+        try:
+            data = self._encode(obj)
+        except Exception as exc:
+            raise self._invalid(self._compiled.explain_encode(obj), key, exc) from None
+        try:
+            return key, self._dumps(data)
+        except Exception as exc:
+            raise self._unserializable(key, exc) from exc
 
     def _encode_checked(self, obj: T, key: str | None) -> dict[str, Any]:
         try:
@@ -434,15 +443,18 @@ class Repository(Generic[T]):
 
     def _serialize(self, key: str, data: dict[str, Any]) -> bytes:
         try:
-            return self._serializer.dumps(data)
+            return self._dumps(data)
         except Exception as exc:
-            raise SerializationError(
-                f"{self._model.__qualname__} (key {key!r}): serializer "
-                f"{self._serializer.name!r} could not write the record: {exc}",
-                model=self._model,
-                key=key,
-                serializer=self._serializer.name,
-            ) from exc
+            raise self._unserializable(key, exc) from exc
+
+    def _unserializable(self, key: str, exc: Exception) -> SerializationError:
+        return SerializationError(
+            f"{self._model.__qualname__} (key {key!r}): serializer "
+            f"{self._serializer.name!r} could not write the record: {exc}",
+            model=self._model,
+            key=key,
+            serializer=self._serializer.name,
+        )
 
     def _load(self, key: str, payload: bytes) -> T:
         try:
