@@ -77,17 +77,15 @@ class SendCounter:
 def sends(store: RedisBackend, monkeypatch: pytest.MonkeyPatch) -> SendCounter:
     """A counter of the writes the backend's connections make to their socket."""
     store.client.ping()  # connect (and send the handshake) before counting
-    pool = store.client.connection_pool
-    conn = pool.get_connection()
-    pool.release(conn)
+    connection_class = store.client.connection_pool.connection_class
     counter = SendCounter()
-    original: Callable[..., None] = type(conn).send_packed_command
+    original: Callable[..., None] = connection_class.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:
         counter.sends += 1
         original(self, command, check_health)
 
-    monkeypatch.setattr(type(conn), "send_packed_command", counting)
+    monkeypatch.setattr(connection_class, "send_packed_command", counting)
     return counter
 
 
@@ -684,13 +682,14 @@ def test_batch_error_names_first_key_and_count() -> None:
 
 def test_closed_port_with_retries_is_still_quick() -> None:
     """An explicit no-backoff retry policy passes through from_url and fails fast."""
-    backend = down_backend(retry=Retry(NoBackoff(), 2))
+    retry = Retry(NoBackoff(), 2)
+    backend = down_backend(retry=retry)
     try:
         start = time.monotonic()
         with pytest.raises(BackendUnavailable):
             backend.get("k")
         assert time.monotonic() - start < 10
-        assert backend.client.connection_pool.connection_kwargs["retry"].get_retries() == 2
+        assert backend.client.connection_pool.connection_kwargs["retry"] is retry
     finally:
         backend.close()
 
