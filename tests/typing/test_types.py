@@ -56,6 +56,22 @@ def check_backend_protocol() -> None:
     assert_type(backend.incr("n", 2), int)
 
 
+def check_every_backend_satisfies_the_protocol() -> None:
+    # Structural checks: mypy rejects these assignments if a backend's
+    # signatures drift from the Backend protocol.
+    backends: list[co.Backend] = [
+        co.MemoryBackend(),
+        co.FileSystemBackend("/tmp/records"),
+        co.RedisBackend.from_url("redis://127.0.0.1:6379/0"),
+        co.MemcachedBackend.from_servers(["127.0.0.1:11211"]),
+    ]
+    assert_type(co.RedisBackend.from_url("redis://127.0.0.1:6379/0"), co.RedisBackend)
+    assert_type(co.MemcachedBackend.from_servers(["127.0.0.1:11211"]), co.MemcachedBackend)
+    assert_type(co.FileSystemBackend("/tmp/records").purge_expired(), int)
+    users = co.Repository(User, backend=backends[2], serializer="msgpack")
+    assert_type(users.get_many([1, 2]), list[User | None])
+
+
 def check_serializers() -> None:
     serializer: co.Serializer = co.JSONSerializer()
     assert_type(serializer.dumps({"a": 1}), bytes)
