@@ -182,7 +182,7 @@ def start_memcached(count: int = 1) -> MemcachedServer:
     processes: list[ServerProcess] = []
     try:
         for _ in range(count):
-            processes.append(_start_one_memcached(binary))
+            processes.append(start_one_memcached(binary))
     except BaseException:
         for process in processes:
             process.stop()
@@ -190,14 +190,18 @@ def start_memcached(count: int = 1) -> MemcachedServer:
     return MemcachedServer(servers=[p.address for p in processes], processes=processes)
 
 
-def _start_one_memcached(binary: str) -> ServerProcess:
+def start_one_memcached(
+    binary: str, *extra: str, port: int | None = None, threads: int = 2
+) -> ServerProcess:
+    """A new memcached on ``port`` (a free one if None), with ``extra`` options."""
     last: Exception | None = None
     for _ in range(3):
-        port = free_port()
-        argv = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-t", "2"]
+        use = free_port() if port is None else port
+        argv = [binary, "-l", "127.0.0.1", "-p", str(use), "-U", "0", "-m", "64"]
+        argv += ["-t", str(threads), *extra]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             argv += ["-u", "root"]  # memcached refuses to run as root without -u
-        server = ServerProcess(name="memcached", argv=argv, host="127.0.0.1", port=port)
+        server = ServerProcess(name="memcached", argv=argv, host="127.0.0.1", port=use)
         try:
             server.start(b"version\r\n", b"VERSION")
         except RuntimeError as exc:
@@ -205,7 +209,7 @@ def _start_one_memcached(binary: str) -> ServerProcess:
             server.stop()
             continue
         return server
-    raise RuntimeError(f"could not start memcached: {last}")
+    raise RuntimeError(f"could not start memcached {list(extra)}: {last}")
 
 
 def closed_port() -> int:

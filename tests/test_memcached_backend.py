@@ -38,7 +38,12 @@ from cacheorm._errors import (
     ValueTooLarge,
 )
 from cacheorm._memcached import ITEM_OVERHEAD, MemcachedBackend
-from tests.servers import MemcachedServer, ServerProcess, closed_port, free_port
+from tests.servers import (
+    MemcachedServer,
+    ServerProcess,
+    closed_port,
+    start_one_memcached,
+)
 
 U64 = 2**64
 DAY = 24 * 3600
@@ -78,22 +83,7 @@ def start_memcached(*extra: str, port: int | None = None) -> ServerProcess:
     binary = shutil.which("memcached")
     if binary is None:
         pytest.skip("memcached is not installed")
-    last: Exception | None = None
-    for _ in range(3):
-        use = free_port() if port is None else port
-        argv = [binary, "-l", "127.0.0.1", "-p", str(use), "-U", "0", "-m", "64", "-t", "1"]
-        argv += list(extra)
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            argv += ["-u", "root"]
-        server = ServerProcess(name="memcached", argv=argv, host="127.0.0.1", port=use)
-        try:
-            server.start(b"version\r\n", b"VERSION")
-        except RuntimeError as exc:
-            last = exc
-            server.stop()
-            continue
-        return server
-    raise RuntimeError(f"could not start memcached {extra}: {last}")
+    return start_one_memcached(binary, *extra, port=port, threads=1)
 
 
 @pytest.fixture(scope="module")
