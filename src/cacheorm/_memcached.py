@@ -479,17 +479,7 @@ class MemcachedBackend:
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` is absent or expired, atomically; True if stored."""
-        bkey = self._bkey(key)
-        data = _as_bytes(key, value)
-        expire = _expire(ttl)
-        if len(data) > self._unchecked:
-            self._check_size(key, bkey, len(data))
-        try:
-            with self._lock:
-                stored: bool = self._client.add(bkey, data, expire, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, key, len(data), bkey) from exc
-        return stored
+        return self._store_if("add", key, value, ttl)
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -502,6 +492,10 @@ class MemcachedBackend:
 
     def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` holds a live value, atomically; True if stored."""
+        return self._store_if("replace", key, value, ttl)
+
+    def _store_if(self, command: str, key: str, value: bytes, ttl: float | None) -> bool:
+        """One memcached ``add`` or ``replace``; True if the server stored the value."""
         bkey = self._bkey(key)
         data = _as_bytes(key, value)
         expire = _expire(ttl)
@@ -509,7 +503,7 @@ class MemcachedBackend:
             self._check_size(key, bkey, len(data))
         try:
             with self._lock:
-                stored: bool = self._client.replace(bkey, data, expire, noreply=False)
+                stored: bool = getattr(self._client, command)(bkey, data, expire, noreply=False)
         except self._errors as exc:
             raise self._fail(exc, key, len(data), bkey) from exc
         return stored

@@ -302,16 +302,7 @@ class RedisBackend:
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` is absent (``SET NX``, expiry included); True if stored."""
-        data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
-        try:
-            if px is None:
-                stored = self._execute("SET", key, data, "NX")
-            else:
-                stored = self._execute("SET", key, data, "NX", "PX", px)
-        except self._errors as exc:
-            raise self._fail("SET NX", key, exc) from exc
-        return stored is True
+        return self._set_if("NX", key, value, ttl)
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -321,15 +312,19 @@ class RedisBackend:
 
     def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` holds a value (``SET XX``, expiry included); True if stored."""
+        return self._set_if("XX", key, value, ttl)
+
+    def _set_if(self, condition: str, key: str, value: bytes, ttl: float | None) -> bool:
+        """One ``SET key value NX|XX [PX ms]``; True if the condition held and it stored."""
         data = _as_bytes(_check_key(key), value)
         px = _px(ttl)
         try:
             if px is None:
-                stored = self._execute("SET", key, data, "XX")
+                stored = self._execute("SET", key, data, condition)
             else:
-                stored = self._execute("SET", key, data, "XX", "PX", px)
+                stored = self._execute("SET", key, data, condition, "PX", px)
         except self._errors as exc:
-            raise self._fail("SET XX", key, exc) from exc
+            raise self._fail(f"SET {condition}", key, exc) from exc
         return stored is True
 
     def replace_many(
