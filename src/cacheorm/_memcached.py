@@ -442,17 +442,7 @@ class MemcachedBackend:
             TypeError: ``key`` is not a str or ``value`` not bytes-like.
             ValueTooLarge: ``value`` is over the size limit; nothing was sent.
         """
-        bkey = self._bkey(key)
-        data = _as_bytes(key, value)
-        expire = _expire(ttl)
-        if len(data) > self._unchecked:
-            self._check_size(key, bkey, len(data))
-        try:
-            with self._lock:
-                stored = self._client.set(bkey, data, expire, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, key, len(data), bkey) from exc
-        if not stored:
+        if not self._store_if("set", key, value, ttl):
             raise self._unconfirmed([key])
 
     def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
@@ -495,7 +485,7 @@ class MemcachedBackend:
         return self._store_if("replace", key, value, ttl)
 
     def _store_if(self, command: str, key: str, value: bytes, ttl: float | None) -> bool:
-        """One memcached ``add`` or ``replace``; True if the server stored the value."""
+        """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
         bkey = self._bkey(key)
         data = _as_bytes(key, value)
         expire = _expire(ttl)
