@@ -11,7 +11,10 @@ DOCUMENTED = {
     "Backend",
     "BackendError",
     "BackendUnavailable",
+    "BatchWriteError",
     "CacheORMError",
+    "ConflictError",
+    "OutcomeUnknown",
     "CasToken",
     "Codec",
     "ConfigurationError",
@@ -70,5 +73,5 @@ def test_every_error_derives_from_the_root() -> None:
         for n in cacheorm.__all__
         if isinstance(getattr(cacheorm, n), type) and issubclass(getattr(cacheorm, n), Exception)
     ]
-    assert len(errors) == 15
+    assert len(errors) == 18
     assert all(issubclass(e, cacheorm.CacheORMError) for e in errors)

@@ -14,8 +14,11 @@
     │   └── DeserializationError    stored bytes could not be turned back into a record
     ├── NotFound                    no record under that key (also a LookupError)
     ├── AlreadyExists               a record exists under that key already
+    ├── ConflictError               compare-and-set kept losing to other writers; nothing written
     └── BackendError                the store failed or refused an operation
         ├── BackendUnavailable      the store could not be reached
+        │   ├── OutcomeUnknown      a write was sent but its reply was lost: it may have happened
+        │   └── BatchWriteError     a batch write failed part-way: written / not written / unknown
         └── ValueTooLarge           a value over the store's item size limit (also a ValueError)
 
 Every exception carries the model, key and field it concerns as attributes
@@ -30,14 +33,17 @@ __all__ = [
     "AlreadyExists",
     "BackendError",
     "BackendUnavailable",
+    "BatchWriteError",
     "CacheORMError",
     "ConfigurationError",
+    "ConflictError",
     "DataError",
     "DeserializationError",
     "InvalidTTL",
     "MissingDependency",
     "ModelDefinitionError",
     "NotFound",
+    "OutcomeUnknown",
     "SerializationError",
     "SerializerNotFound",
     "ValidationError",
@@ -207,6 +213,27 @@ class AlreadyExists(_KeyedError):
     """
 
 
+class ConflictError(_KeyedError):
+    """A read-modify-write lost its compare-and-set to other writers too many times.
+
+    Nothing was written by the call that raised it.
+
+    Attributes:
+        attempts: how many times the update was tried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        model: type | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message, model=model, key=key)
+        self.attempts = attempts
+
+
 class BackendError(CacheORMError):
     """The backend failed or refused an operation.
 
@@ -228,6 +255,44 @@ class BackendError(CacheORMError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be reached (connection refused, timeout, ...)."""
+
+
+class OutcomeUnknown(BackendUnavailable):
+    """A write that must not be repeated was sent, and then the connection failed.
+
+    The server may or may not have applied it. cacheorm never resends such a
+    write (an insert-if-absent, an increment, a compare-and-set) on its own:
+    resending could apply it twice or report your own write as a conflict.
+    Read the key to find out, then decide.
+    """
+
+
+class BatchWriteError(BackendUnavailable):
+    """A batch write failed part-way; says what happened to each key.
+
+    Attributes:
+        written: keys the server confirmed it stored.
+        not_written: keys that were certainly not stored (never sent, or refused
+            because the condition did not hold).
+        unknown: keys whose request was sent but whose reply was lost; they may
+            or may not have been stored.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        written: Sequence[str] = (),
+        not_written: Sequence[str] = (),
+        unknown: Sequence[str] = (),
+        model: type | None = None,
+        key: str | None = None,
+        server: str | None = None,
+    ) -> None:
+        super().__init__(message, model=model, key=key, server=server)
+        self.written: list[str] = list(written)
+        self.not_written: list[str] = list(not_written)
+        self.unknown: list[str] = list(unknown)
 
 
 class ValueTooLarge(BackendError, ValueError):
