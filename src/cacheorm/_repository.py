@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar, get_args, get_origin
 
 from cacheorm._backend import Backend
 from cacheorm._codecs import Failure
 from cacheorm._errors import (
     AlreadyExists,
+    BackendError,
     ConfigurationError,
+    ConflictError,
     DeserializationError,
     ModelDefinitionError,
     NotFound,
@@ -20,6 +24,7 @@ from cacheorm._errors import (
     ValidationError,
     describe_keys,
 )
+from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
@@ -33,6 +38,10 @@ T = TypeVar("T")
 registry = default_registry()
 
 _GET_OR_CREATE_ATTEMPTS = 5
+#: Compare-and-set attempts of update_with / patch before ConflictError.
+UPDATE_ATTEMPTS = 100
+#: Seconds a get_or_load lease is held at most (a crashed loader blocks no longer).
+LOCK_TIMEOUT = 10.0
 
 
 class Repository(Generic[T]):
@@ -101,15 +110,18 @@ class Repository(Generic[T]):
         self._prefix = prefix
         if key is not None and not (isinstance(key, str) or callable(key)):
             raise ConfigurationError(f"key must be a template str or a callable, not {key!r}")
+        parts = self._key_parts(key)
         self._keys = KeyScheme(
             model,
-            self._key_parts(key),
+            parts,
             namespace=namespace,
             prefix=prefix,
             template=key,
         )
         self._key_for = self._keys.render
         self._key_of = self._keys.render_of
+        self._key_attrs = frozenset(part.attr for part in parts)
+        self._flights: SingleFlight[Any] = SingleFlight()
         auto = compiled.spec.auto_field
         self._auto: FieldSpec | None = auto
         self._counter_key = f"{prefix}{namespace}:__seq__"
@@ -296,6 +308,319 @@ class Repository(Generic[T]):
             model=self._model,
             key=key,
         )
+
+    # -- read-modify-write ----------------------------------------------------------
+
+    def update_with(
+        self,
+        pk: Any,
+        fn: Callable[[T], T],
+        *,
+        ttl: TTLArg = DEFAULT,
+        attempts: int = UPDATE_ATTEMPTS,
+    ) -> T:
+        """Replace the record with ``fn(record)``, atomically, and return the new record.
+
+        Reads the record with a compare-and-set token, applies ``fn`` and
+        writes the result only if nobody changed the record in between
+        (Redis: a Lua script on the key; Memcached: ``gets``/``cas``; memory
+        and filesystem: under their lock). On a conflict it reads again and
+        calls ``fn`` again, with a short jittered back-off, so ``fn`` must be
+        a pure function of the record. Concurrent ``update_with`` calls on
+        one record therefore never lose an update, and an update racing a
+        ``delete`` never brings the record back.
+
+        Args:
+            pk: the primary key.
+            fn: the new record from the current one (a new object, or the same
+                one changed; ``dataclasses.replace`` suits frozen models). It
+                must keep the primary key.
+            ttl: the TTL of the written record, as for :meth:`update`.
+            attempts: how many reads and compare-and-sets to try before giving up.
+
+        Raises:
+            NotFound: no record under ``pk`` (also when it is deleted meanwhile).
+            ConflictError: ``attempts`` compare-and-sets all lost to other
+                writers; nothing was written.
+            ValidationError: ``fn`` returned something that is not a valid
+                record of the model, or changed its primary key; nothing was written.
+            OutcomeUnknown: the connection failed after a compare-and-set was
+                sent, so it may have been applied; it is never resent.
+        """
+        key = self._key_for(pk)
+        seconds = self._resolve_ttl(ttl)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError(f"attempts must be a positive int, not {attempts!r}")
+        backend = self._backend
+        delays = backoff_delays()
+        for _ in range(attempts):
+            found = backend.gets(key)
+            if found is None:
+                raise NotFound(
+                    f"{self._model.__qualname__} {pk!r} to update not found (key {key!r})",
+                    model=self._model,
+                    key=key,
+                )
+            payload, token = found
+            new = fn(self._load(key, payload))
+            new_key, new_payload = self._dump(new)
+            if new_key != key:
+                raise ValidationError(
+                    f"{self._model.__qualname__} (key {key!r}): the update function changed "
+                    f"the primary key (to key {new_key!r}); nothing was written",
+                    model=self._model,
+                    key=key,
+                )
+            if backend.cas(key, new_payload, token, seconds):
+                return new
+            time.sleep(next(delays))
+        raise ConflictError(
+            f"{self._model.__qualname__} (key {key!r}): {attempts} compare-and-set attempts "
+            "lost to concurrent writers; nothing was written",
+            attempts=attempts,
+            model=self._model,
+            key=key,
+        )
+
+    def patch(
+        self,
+        pk: Any,
+        changes: Mapping[str, Any] | None = None,
+        /,
+        *,
+        ttl: TTLArg = DEFAULT,
+        **fields: Any,
+    ) -> T:
+        """Set some fields of the stored record, atomically; the new record.
+
+        ``repo.patch(1, name="Sam")`` or ``repo.patch(1, {"name": "Sam"})``
+        (the mapping form also reaches a field called ``ttl``). It is
+        :meth:`update_with` with ``dataclasses.replace``, so it is safe
+        against concurrent writers the same way.
+
+        Raises:
+            ValidationError: a name is not an init field of the model, is part
+                of the primary key, or a value does not fit its annotation;
+                checked before anything is written.
+            NotFound, ConflictError, OutcomeUnknown: as for :meth:`update_with`.
+        """
+        values = {**(changes or {}), **fields}
+        init_fields = {f.name for f in dataclasses.fields(self._model) if f.init}  # type: ignore[arg-type]
+        for name in values:
+            if name in self._key_attrs:
+                raise ValidationError(
+                    f"{self._model.__qualname__}.{name} is part of the primary key and cannot "
+                    "be patched; create a new record and delete the old one",
+                    model=self._model,
+                    path=name,
+                )
+            if name not in init_fields:
+                raise ValidationError(
+                    f"{self._model.__qualname__} has no field {name!r} to patch "
+                    f"(fields: {', '.join(sorted(init_fields))})",
+                    model=self._model,
+                    path=name,
+                )
+        if not values:
+            raise ValidationError(
+                f"{self._model.__qualname__}: patch() needs at least one field to set",
+                model=self._model,
+            )
+
+        def apply(record: T) -> T:
+            return dataclasses.replace(record, **values)  # type: ignore[type-var]
+
+        return self.update_with(pk, apply, ttl=ttl)
+
+    # -- read-through -------------------------------------------------------------------
+
+    def get_or_load(
+        self,
+        pk: Any,
+        loader: Callable[[], T],
+        *,
+        ttl: TTLArg = DEFAULT,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> T:
+        """The cached record, or the one ``loader()`` returns, cached now (read-through).
+
+        Stampede protection: when many callers miss the same key at once,
+        ``loader`` runs once. Within one process the other callers wait for
+        that call and share its result or its exception; across processes a
+        lease in the backend (an atomic ``add`` of ``<key>\\0lease`` that
+        expires after ``lock_timeout`` seconds) lets one process load while the
+        others poll for the value. A holder that crashes blocks the others
+        for at most ``lock_timeout``; then one of them loads.
+
+        Args:
+            pk: the primary key.
+            loader: returns the record (from your database, say). It must carry
+                ``pk``. If it raises, the exception propagates (to every caller
+                waiting in this process) and nothing is cached; waiting
+                processes then try to load themselves.
+            ttl: the cached record's TTL, as for :meth:`save`.
+            lock_timeout: how long one load may hold the lease, in seconds;
+                make it longer than the loader's slowest run.
+
+        Raises:
+            ValidationError: the loader returned something that is not a
+                record of the model, or a record with another primary key.
+        """
+        key = self._key_for(pk)
+        seconds = self._resolve_ttl(ttl)
+        timeout = _positive("lock_timeout", lock_timeout)
+        payload = self._backend.get(key)
+        if payload is not None:
+            return self._load(key, payload)
+        result: T = self._flights.run(
+            key, lambda: self._load_through(key, loader, seconds, timeout)
+        )
+        return result
+
+    def _load_through(
+        self, key: str, loader: Callable[[], T], seconds: float | None, timeout: float
+    ) -> T:
+        backend = self._backend
+        lease = Lease(backend, key + LEASE_SUFFIX, timeout)
+        delays = backoff_delays(0.002, 0.05)
+        while True:
+            if lease.acquire():
+                try:
+                    payload = backend.get(key)  # cached while we raced for the lease?
+                    if payload is not None:
+                        return self._load(key, payload)
+                    obj = loader()
+                    loaded_key, data = self._dump(obj)
+                    self._check_loaded(key, loaded_key)
+                    backend.set(key, data, seconds)
+                    return obj
+                finally:
+                    lease.release()
+            # Another process is loading: poll for its value, or for its lease to go.
+            while True:
+                time.sleep(next(delays))
+                payload, holder = backend.get_many([key, lease.key])
+                if payload is not None:
+                    return self._load(key, payload)
+                if holder is None:
+                    break  # it failed (nothing cached) or its lease expired: load here
+
+    def get_or_load_many(
+        self,
+        pks: Iterable[Any],
+        loader: Callable[[list[Any]], Iterable[T]],
+        *,
+        ttl: TTLArg = DEFAULT,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> list[T | None]:
+        """:meth:`get_or_load` for many keys: the records in input order, None where not found.
+
+        One ``get_many`` finds the cached records; the missing keys are leased
+        in one ``add_many``; ``loader`` is called once with the primary keys
+        this call leased (in input order, without duplicates) and returns the
+        records it found, in any order; those are cached in one ``set_many``.
+        Keys another caller is loading are polled for until its value arrives
+        or its lease goes. A key the loader did not return is None in the
+        result and is not cached.
+
+        Raises:
+            ValidationError: the loader returned a non-record, or a record
+                whose key was not asked for.
+        """
+        pks = list(pks)
+        keys = [self._key_for(pk) for pk in pks]
+        seconds = self._resolve_ttl(ttl)
+        timeout = _positive("lock_timeout", lock_timeout)
+        if not keys:
+            return []
+        backend = self._backend
+        found: dict[str, T | None] = {}
+        missing: dict[str, Any] = {}
+        for pk, key, payload in zip(pks, keys, backend.get_many(keys), strict=True):
+            if payload is not None:
+                found[key] = self._load(key, payload)
+            else:
+                missing.setdefault(key, pk)
+        delays = backoff_delays(0.002, 0.05)
+        token = new_token()
+        while missing:
+            waiting = list(missing)
+            taken = backend.add_many([(key + LEASE_SUFFIX, token) for key in waiting], timeout)
+            mine = [key for key, ok in zip(waiting, taken, strict=True) if ok]
+            if mine:
+                try:
+                    self._load_many(mine, missing, found, loader, seconds)
+                finally:
+                    _release_all(backend, [key + LEASE_SUFFIX for key in mine], token)
+                for key in mine:
+                    del missing[key]
+            if not missing:
+                break
+            # Other callers are loading the rest: poll until their values arrive
+            # or their leases go (then the add_many above takes them over).
+            waiting = list(missing)
+            while True:
+                time.sleep(next(delays))
+                polled = backend.get_many(waiting + [key + LEASE_SUFFIX for key in waiting])
+                held = False
+                for i, key in enumerate(waiting):
+                    payload = polled[i]
+                    if payload is not None:
+                        found[key] = self._load(key, payload)
+                        del missing[key]
+                    elif polled[len(waiting) + i] is not None:
+                        held = True
+                waiting = list(missing)
+                if not held:
+                    break
+        return [found.get(key) for key in keys]
+
+    def _load_many(
+        self,
+        mine: list[str],
+        missing: dict[str, Any],
+        found: dict[str, T | None],
+        loader: Callable[[list[Any]], Iterable[T]],
+        seconds: float | None,
+    ) -> None:
+        """Load and cache the keys this call leased (``mine``) into ``found``."""
+        backend = self._backend
+        need: list[str] = []
+        for key, payload in zip(mine, backend.get_many(mine), strict=True):
+            if payload is not None:  # cached while we raced for the lease
+                found[key] = self._load(key, payload)
+            else:
+                need.append(key)
+        if not need:
+            return
+        wanted = set(need)
+        items: list[tuple[str, bytes]] = []
+        loaded: dict[str, T] = {}
+        for obj in loader([missing[key] for key in need]):
+            key, data = self._dump(obj)
+            if key not in wanted:
+                raise ValidationError(
+                    f"{self._model.__qualname__}: the loader returned a record under key "
+                    f"{key!r}, which was not asked for; nothing was cached",
+                    model=self._model,
+                    key=key,
+                )
+            if key not in loaded:
+                items.append((key, data))
+            loaded[key] = obj
+        if items:
+            backend.set_many(items, seconds)
+        for key in need:
+            found[key] = loaded.get(key)
+
+    def _check_loaded(self, key: str, loaded_key: str) -> None:
+        if loaded_key != key:
+            raise ValidationError(
+                f"{self._model.__qualname__}: the loader for key {key!r} returned a record "
+                f"under key {loaded_key!r}; nothing was cached",
+                model=self._model,
+                key=key,
+            )
 
     def delete(self, pk: Any) -> bool:
         """Remove the record with primary key ``pk``; True if it existed."""
@@ -484,6 +809,29 @@ class Repository(Generic[T]):
             serializer=serializer,
             path=None if failure is None else failure.path,
         )
+
+
+def _positive(name: str, value: object) -> float:
+    """``value`` as a positive finite number of seconds, or ConfigurationError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _release_all(backend: Backend, lease_keys: list[str], token: bytes) -> None:
+    """Delete the leases in ``lease_keys`` that still hold ``token`` (best effort)."""
+    try:
+        held = backend.get_many(lease_keys)
+        ours = [key for key, value in zip(lease_keys, held, strict=True) if value == token]
+        if ours:
+            backend.delete_many(ours)
+    except BackendError:
+        pass  # they expire on their own
 
 
 def _strip_optional(field: FieldSpec) -> Any:
