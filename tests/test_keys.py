@@ -788,3 +788,63 @@ def test_int_pk_beyond_str_digit_limit_raises_cacheorm_error() -> None:
     except co.ValidationError:
         return
     assert key == "user:1" + "0" * 5000
+
+
+# -- Redis Cluster hash tags ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setting:
+    user: Annotated[str, co.Field(primary_key=True, hash_tag=True)]
+    name: Annotated[str, co.Field(primary_key=True)]
+    value: str = ""
+
+
+def _slot(key: str) -> int:
+    redis_crc = pytest.importorskip("redis.crc")
+    slot: int = redis_crc.key_slot(key.encode())
+    return slot
+
+
+def test_a_hash_tag_field_puts_a_users_records_in_one_slot() -> None:
+    repo = co.Repository(Setting)
+    assert repo.key_for(("sam", "theme")) == "setting:{sam}:theme"
+    slots = {_slot(repo.key_for(("sam", name))) for name in ("theme", "lang", "tz", "a:b")}
+    assert slots == {_slot("{sam}")}
+
+
+@given(user=st.text(max_size=30), name=st.text(max_size=30))
+def test_braces_in_a_key_part_cannot_move_a_record_to_another_slot(user: str, name: str) -> None:
+    repo = co.Repository(Setting)
+    key = repo.key_for((user, name))
+    tag = key[len("setting:{") : key.index("}")]
+    assert "{" not in tag
+    assert "}" not in tag
+    if tag:  # an empty tag makes Redis hash the whole key
+        assert _slot(key) == _slot("{" + tag + "}")
+
+
+def test_a_template_places_the_hash_tag_itself() -> None:
+    @dataclasses.dataclass
+    class UserSettings:
+        user_id: int
+        theme: str = "dark"
+
+    repo = co.Repository(UserSettings, key="user:{{{user_id}}}:settings")
+    assert repo.key_for(5) == "user:{5}:settings"
+    assert _slot(repo.key_for(5)) == _slot("{5}")
+
+
+def test_hash_tag_mistakes_are_refused_at_definition() -> None:
+    with pytest.raises(ValueError, match="hash_tag=True\\) needs primary_key=True"):
+        co.Field(hash_tag=True)
+
+    @dataclasses.dataclass
+    class Two:
+        a: Annotated[str, co.Field(primary_key=True, hash_tag=True)]
+        b: Annotated[str, co.Field(primary_key=True, hash_tag=True)]
+
+    with pytest.raises(co.ModelDefinitionError, match="only one field can be Field"):
+        co.Repository(Two)
+    with pytest.raises(co.ModelDefinitionError, match="write the braces in the template"):
+        co.Repository(Setting, key="s.{user}.{name}")

@@ -43,10 +43,11 @@ def escape_factory(reserved: str) -> Callable[[str], str]:
 
 
 class KeyPart(typing.NamedTuple):
-    """One key field: its attribute name and annotation."""
+    """One key field: its attribute name, annotation and whether it is the hash tag."""
 
     attr: str
     annotation: Any
+    hash_tag: bool = False
 
 
 def _unwrap(tp: Any) -> Any:
@@ -310,8 +311,20 @@ class KeyScheme:
             self._callable = template
             self.describe = f"{getattr(template, '__qualname__', repr(template))}(pk)"
             return
+        tagged = [i for i, p in enumerate(self.parts) if p.hash_tag]
+        if tagged and template is not None:
+            raise ModelDefinitionError(
+                f"{model.__qualname__}.{self.parts[tagged[0]].attr}: Field(hash_tag=True) "
+                f"applies to the default key scheme; with key={template!r} write the braces "
+                "in the template instead ('user:{{{user_id}}}:settings')",
+                model=model,
+                field=self.parts[tagged[0]].attr,
+            )
         if template is None:
             literals = [f"{prefix}{namespace}:", *([":"] * (len(self.parts) - 1)), ""]
+            for i in tagged:  # a hash tag: "{" + part + "}" (the part's braces are escaped)
+                literals[i] += "{"
+                literals[i + 1] = "}" + literals[i + 1]
             order = list(range(len(self.parts)))
         else:
             literals, order = self._bind(template)

@@ -143,7 +143,10 @@ class Repository(Generic[T]):
                         "which is not a stored field",
                         model=self._model,
                     ) from None
-        return [KeyPart(f.attr, _strip_optional(f) if f.auto else f.annotation) for f in fields]
+        return [
+            KeyPart(f.attr, _strip_optional(f) if f.auto else f.annotation, f.hash_tag)
+            for f in fields
+        ]
 
     # -- introspection ----------------------------------------------------------
 

@@ -41,16 +41,22 @@ class Field:
             built-in conversion (for ``X | None`` it handles the ``X``).
         auto: fill this integer primary key from an atomic backend counter when
             it is ``None`` on ``create``.
+        hash_tag: in the default key scheme, write this primary-key part inside
+            ``{...}``, so Redis Cluster places every record with the same value
+            in one slot (``"settings:{42}:theme"``). At most one per model.
     """
 
     primary_key: bool = False
     name: str | None = None
     codec: c.Codec[Any] | None = None
     auto: bool = False
+    hash_tag: bool = False
 
     def __post_init__(self) -> None:
         if self.auto and not self.primary_key:
             raise ValueError("Field(auto=True) needs primary_key=True")
+        if self.hash_tag and not self.primary_key:
+            raise ValueError("Field(hash_tag=True) needs primary_key=True")
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
             raise ValueError(f"Field(name=...) must be a non-empty str, not {self.name!r}")
         if self.codec is not None and not isinstance(self.codec, c.Codec):
@@ -69,6 +75,7 @@ class FieldSpec:
     auto: bool
     default: Any
     default_factory: Callable[[], Any] | None
+    hash_tag: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -354,6 +361,14 @@ class _Compiler:
                 model=cls,
                 field=autos[0].attr,
             )
+        tags = [s.attr for s in specs if s.hash_tag]
+        if len(tags) > 1:
+            raise ModelDefinitionError(
+                f"{cls.__qualname__}: only one field can be Field(hash_tag=True), not "
+                f"{', '.join(tags)} (Redis Cluster hashes only the first {{...}} of a key)",
+                model=cls,
+                field=tags[1],
+            )
         return ModelSpec(cls, tuple(specs), key_fields, autos[0] if autos else None)
 
     def _field(self, cls: type, dc_field: dataclasses.Field[Any], hint: Any) -> FieldSpec:
@@ -397,6 +412,7 @@ class _Compiler:
             auto=field.auto,
             default=dc_field.default if dc_field.default is not dataclasses.MISSING else c.MISSING,
             default_factory=None if factory is dataclasses.MISSING else factory,
+            hash_tag=field.hash_tag,
         )
 
     # -- code -----------------------------------------------------------------
