@@ -43,6 +43,15 @@ def check_repository_types() -> None:
     assert_type(users.delete_many([1, 2]), int)
     assert_type(users.key_for(1), str)
     assert_type(users.key_of(User(id=1, name="Sam")), str)
+    assert_type(users.update_with(1, lambda u: dataclasses.replace(u, name="Max")), User)
+    assert_type(users.patch(1, name="Max"), User)
+    users.update_with(1, lambda u: u.name)  # type: ignore[arg-type,return-value]
+    assert_type(users.patch(1, {"name": "Max"}, ttl=60), User)
+    assert_type(users.get_or_load(1, lambda: User(id=1, name="Sam"), ttl=60), User)
+    assert_type(
+        users.get_or_load_many([1, 2], lambda pks: [User(id=pk, name="") for pk in pks]),
+        list[User | None],
+    )
 
     marks = co.Repository(Collection, key="collection.{collector}.{article}")
     assert_type(marks, co.Repository[Collection])
