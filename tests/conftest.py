@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 import cacheorm as co
-from tests.servers import MemcachedServer, RedisServer, ServerMissing, start_memcached, start_redis
+from tests.servers import (
+    MemcachedServer,
+    RedisClusterServer,
+    RedisServer,
+    ServerMissing,
+    start_memcached,
+    start_memcached_pool,
+    start_redis,
+    start_redis_cluster,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -129,3 +138,60 @@ def backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[co.Bac
 def serializer_name(request: pytest.FixtureRequest) -> str:
     """Each built-in serializer."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """This session's Redis Cluster: ``REDIS_CLUSTER_NODES``, or 3 primaries started here."""
+    try:
+        cluster = start_redis_cluster()
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_pool() -> Iterator[MemcachedServer]:
+    """This session's 3 memcached: ``MEMCACHED_POOL_SERVERS``, or 3 started here."""
+    try:
+        pool = start_memcached_pool(3)
+    except ServerMissing as exc:
+        pytest.skip(str(exc))
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture
+def redis_cluster_backend(redis_cluster: RedisClusterServer) -> Iterator[co.RedisBackend]:
+    """A RedisBackend on a ``redis.cluster.RedisCluster`` client, every primary flushed."""
+    cluster = pytest.importorskip("redis.cluster")
+    nodes = []
+    for address in redis_cluster.startup_nodes:
+        host, _, port = address.rpartition(":")
+        nodes.append(cluster.ClusterNode(host.strip("[]"), int(port)))
+    client = cluster.RedisCluster(startup_nodes=nodes, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.flushall(target_nodes=cluster.RedisCluster.PRIMARIES)
+        store = co.RedisBackend(client)
+    except BaseException:
+        client.close()
+        raise
+    yield store
+    store.close()
+    client.close()
+
+
+@pytest.fixture
+def memcached_pool_backend(memcached_pool: MemcachedServer) -> Iterator[co.MemcachedBackend]:
+    """A MemcachedBackend on all servers of ``memcached_pool``, each flushed."""
+    base = pytest.importorskip("pymemcache.client.base")
+    for address in memcached_pool.servers:
+        client = base.Client(address, connect_timeout=5, timeout=5)
+        try:
+            client.flush_all(noreply=False)
+        finally:
+            client.close()
+    store = co.MemcachedBackend.from_servers(memcached_pool.servers)
+    yield store
+    store.close()
