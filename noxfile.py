@@ -56,12 +56,14 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against hand-written code, measured in the same run.
 
-    The backend benchmark starts its own redis-server and memcached; arguments go
-    to it (``nox -s bench -- --quick``, ``-- --only redis``).
+    The backend benchmarks start their own redis-server, Redis Cluster and
+    memcached processes; arguments go to both (``nox -s bench -- --quick``,
+    ``-- --only redis``).
     """
     session.install(".[all]")
     session.run("python", "benchmarks/bench_core.py")
     session.run("python", "benchmarks/bench_backends.py", *session.posargs)
+    session.run("python", "benchmarks/bench_scaleout.py", *session.posargs)
 
 
 @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
