@@ -1,9 +1,16 @@
 """Tests for serializers and the serializer registry."""
 
+import copyreg
 import dataclasses
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import hmac
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -484,6 +491,419 @@ def test_pickle_round_trips_when_asked_for() -> None:
     assert payload is not None
     assert payload[:1] == b"\x80"  # pickle protocol marker
     assert repo.get(1) == record
+
+
+# -- hostile data: json ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Blob:
+    id: Annotated[int, PK]
+    value: Any = None
+
+
+def _int_str_limit() -> int:
+    """Python's int/str digit limit; 0 where there is none (older 3.10, or switched off)."""
+    get_limit = getattr(sys, "get_int_max_str_digits", None)
+    return int(get_limit()) if get_limit is not None else 0
+
+
+def _nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+STRICT = co.JSONSerializer(allow_nan=False)
+
+
+def test_json_serializer_options_and_repr() -> None:
+    """allow_nan is keyword-only, defaults to True, must be a bool and shows in repr."""
+    assert co.JSONSerializer().allow_nan is True
+    assert repr(co.JSONSerializer()) == "JSONSerializer()"
+    assert STRICT.allow_nan is False
+    assert repr(STRICT) == "JSONSerializer(allow_nan=False)"
+    assert STRICT.name == "json"
+    with pytest.raises(co.ConfigurationError, match="allow_nan must be a bool"):
+        co.JSONSerializer(allow_nan=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        co.JSONSerializer(False)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_strict_json_refuses_nan_and_infinity_on_write(value: float) -> None:
+    """allow_nan=False: NaN/Infinity raise SerializationError naming the key; nothing written."""
+    backend = co.MemoryBackend()
+    repo = co.Repository(Note, backend=backend, serializer=STRICT)
+    with pytest.raises(co.SerializationError) as info:
+        repo.save(Note(id=1, score=value))
+    assert info.value.key == "note:1"
+    assert "'note:1'" in str(info.value)
+    assert "allow_nan=False" in str(info.value)
+    assert len(backend) == 0
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"1" + b"0" * 400 + b".5"],
+    ids=["NaN", "Infinity", "-Infinity", "1e400", "-1e999", "400-digit-float"],
+)
+def test_strict_json_refuses_nan_tokens_and_overflowing_floats_on_read(literal: bytes) -> None:
+    """allow_nan=False: NaN/Infinity tokens and floats beyond range raise DeserializationError."""
+    backend = co.MemoryBackend()
+    backend.set("note:1", b'{"id":1,"score":' + literal + b"}")
+    repo = co.Repository(Note, backend=backend, serializer=STRICT)
+    with pytest.raises(co.DeserializationError) as info:
+        repo.get(1)
+    assert info.value.key == "note:1"
+    assert "'note:1'" in str(info.value)
+    with pytest.raises(ValueError, match=r"strict JSON|beyond the float range"):
+        STRICT.loads(literal)
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 5e-324, -0.0, 0.1, 2.0**53 + 1])
+def test_strict_json_round_trips_finite_floats_exactly(value: float) -> None:
+    """allow_nan=False still reads back every finite float bit for bit (sign of zero included)."""
+    repo = co.Repository(Note, serializer=STRICT)
+    repo.save(Note(id=1, score=value))
+    score = repo.get(1).score
+    assert score == value
+    assert math.copysign(1.0, score) == math.copysign(1.0, value)
+
+
+def test_default_json_reads_python_nan_tokens() -> None:
+    """The default JSON reads the NaN / Infinity tokens it writes."""
+    serializer = co.JSONSerializer()
+    assert serializer.dumps([math.inf, -math.inf]) == b"[Infinity,-Infinity]"
+    assert math.isnan(serializer.loads(b"NaN"))
+    assert serializer.loads(b"[Infinity,-Infinity]") == [math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+@pytest.mark.parametrize(
+    "count",
+    [2**53 + 1, 2**63, 2**64, -(2**63) - 1, 2**200, -(2**1000)],
+    ids=["2**53+1", "2**63", "2**64", "-2**63-1", "2**200", "-2**1000"],
+)
+def test_big_ints_round_trip_exactly(serializer: str, count: int) -> None:
+    """json and pickle carry ints beyond 64 bits exactly, never rounded through a float."""
+    repo = co.Repository(Note, serializer=serializer)
+    repo.save(Note(id=1, count=count))
+    stored = repo.get(1).count
+    assert type(stored) is int
+    assert stored == count
+
+
+def test_json_int_at_the_digit_limit_round_trips_and_beyond_it_is_refused() -> None:
+    """An int of as many digits as Python converts round-trips; one more is a SerializationError."""
+    limit = _int_str_limit()
+    backend = co.MemoryBackend()
+    repo = co.Repository(Note, backend=backend)
+    widest = -(10 ** (limit or 5000) - 1)
+    repo.save(Note(id=1, count=widest))
+    assert repo.get(1).count == widest
+    too_wide = 10 ** (limit or 5000)
+    if not limit:  # no limit in this interpreter: any int round-trips
+        repo.save(Note(id=2, count=too_wide))
+        assert repo.get(2).count == too_wide
+        return
+    with pytest.raises(co.SerializationError) as info:
+        repo.save(Note(id=2, count=too_wide))
+    assert info.value.key == "note:2"
+    assert "set_int_max_str_digits" in str(info.value)
+    assert backend.get("note:2") is None
+
+
+def test_json_integer_literal_beyond_the_digit_limit_is_a_deserialization_error() -> None:
+    """A planted JSON integer literal longer than Python converts raises, naming the key."""
+    limit = _int_str_limit()
+    backend = co.MemoryBackend()
+    digits = b"7" * ((limit or 5000) + 1)
+    backend.set("note:1", b'{"id":1,"count":' + digits + b"}")
+    repo = co.Repository(Note, backend=backend)
+    if not limit:
+        assert repo.get(1).count == int(digits)
+        return
+    with pytest.raises(co.DeserializationError) as info:
+        repo.get(1)
+    assert info.value.key == "note:1"
+    assert "'note:1'" in str(info.value)
+
+
+def test_json_too_deep_is_a_value_error_not_recursion_error() -> None:
+    """Nesting beyond the recursion limit raises ValueError both ways, never RecursionError."""
+    serializer = co.JSONSerializer()
+    with pytest.raises(ValueError, match="nested too deeply") as read:
+        serializer.loads(b"[" * 100_000 + b"]" * 100_000)
+    assert not isinstance(read.value, RecursionError)
+    with pytest.raises(ValueError, match="nested too deeply") as write:
+        serializer.dumps(_nested_list(100_000))
+    assert not isinstance(write.value, RecursionError)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+def test_too_deep_any_value_is_a_serialization_error(serializer: str) -> None:
+    """A value nested too deeply for the serializer raises SerializationError; nothing written."""
+    pytest.importorskip("msgpack")
+    backend = co.MemoryBackend()
+    repo = co.Repository(Blob, backend=backend, serializer=serializer)
+    with pytest.raises(co.SerializationError) as info:
+        repo.save(Blob(id=1, value=_nested_list(100_000)))
+    assert info.value.key == "blob:1"
+    assert not isinstance(info.value.__cause__, RecursionError)
+    assert len(backend) == 0
+
+
+def test_json_value_error_other_than_nan_is_reraised_in_strict_mode() -> None:
+    """Strict JSON passes other ValueErrors (an int too long to print) through unchanged."""
+    limit = _int_str_limit()
+    if not limit:
+        assert STRICT.dumps(10**5000)
+        return
+    with pytest.raises(ValueError, match="set_int_max_str_digits"):
+        STRICT.dumps(10**limit)
+
+
+# -- hostile data: msgpack ---------------------------------------------------------------
+
+
+def test_msgpack_errors_are_described() -> None:
+    """msgpack's message-less errors (out-of-range int, too deep, reserved byte) get messages."""
+    pytest.importorskip("msgpack")
+    serializer = co.MsgpackSerializer()
+    assert repr(serializer) == "MsgpackSerializer()"
+    with pytest.raises(ValueError, match=r"-2\*\*63 to 2\*\*64 - 1"):
+        serializer.dumps({"n": 2**64})
+    with pytest.raises(ValueError, match="nested deeper than msgpack allows"):
+        serializer.loads(b"\x91" * 100_000 + b"\xc0")
+    with pytest.raises(ValueError, match="reserved type byte"):
+        serializer.loads(b"\xc1")
+    with pytest.raises(ValueError, match="incomplete input"):
+        serializer.loads(b"\x81\xa1a")  # truncated map
+
+
+def test_msgpack_int_out_of_range_message_names_the_range() -> None:
+    """Through a repository, an int beyond 64 bits says which range msgpack carries."""
+    pytest.importorskip("msgpack")
+    repo = co.Repository(Note, serializer="msgpack")
+    with pytest.raises(co.SerializationError, match=r"'note:1'.*-2\*\*63 to 2\*\*64 - 1"):
+        repo.save(Note(id=1, count=-(2**63) - 1))
+
+
+# -- hostile data: pickle ------------------------------------------------------------------
+
+KEY = b"0123456789abcdef0123456789abcdef"
+SIGNED = co.PickleSerializer(signing_key=KEY)
+PRIMITIVES: dict[str, Any] = {
+    "none": None,
+    "bools": [True, False],
+    "ints": [0, -1, 2**64, -(2**200)],
+    "floats": [0.5, math.inf, -0.0],
+    "text": "héllo \x00 😀",
+    "bytes": b"\x00\xff",
+    "nested": {"a": [{"b": [1, "2"]}], "": {}},
+}
+
+
+@pytest.mark.parametrize("signing_key", ["text key of enough length", bytearray(32), 12345, b""])
+def test_signing_key_must_be_bytes(signing_key: Any) -> None:
+    """A signing_key that is not bytes, or empty, raises ConfigurationError."""
+    with pytest.raises(co.ConfigurationError, match="signing_key must be"):
+        co.PickleSerializer(signing_key=signing_key)
+
+
+def test_signing_key_must_be_at_least_16_bytes() -> None:
+    """15 bytes are refused, 16 accepted; the key is keyword-only."""
+    with pytest.raises(co.ConfigurationError, match="at least 16 bytes long, not 15"):
+        co.PickleSerializer(signing_key=b"k" * 15)
+    assert co.PickleSerializer(signing_key=b"k" * 16).signed
+    with pytest.raises(TypeError):
+        co.PickleSerializer(KEY)  # type: ignore[misc]
+
+
+def test_pickle_serializer_names_and_repr_never_show_the_key() -> None:
+    """Unsigned is "pickle", signed is "pickle-signed"; neither repr shows the key."""
+    plain = co.PickleSerializer()
+    assert (plain.name, plain.signed, repr(plain)) == ("pickle", False, "PickleSerializer()")
+    assert (SIGNED.name, SIGNED.signed) == ("pickle-signed", True)
+    assert repr(SIGNED) == "PickleSerializer(signing_key=...)"
+    assert KEY.decode() not in repr(SIGNED)
+    assert isinstance(SIGNED, co.Serializer)
+    assert co.PickleSerializer.name == "pickle"
+
+
+def test_default_registry_pickle_is_unsigned_and_opt_in() -> None:
+    """ "pickle" in the default registry is the unsigned, restricted serializer; json is default."""
+    plain = co.registry.get("pickle")
+    assert isinstance(plain, co.PickleSerializer)
+    assert not plain.signed
+    assert co.Repository(Note).serializer.name == "json"
+
+
+def test_signed_pickle_by_name_in_a_registry() -> None:
+    """registry.register("pickle-signed", PickleSerializer(signing_key=...)) works by name."""
+    reg = co.SerializerRegistry()
+    reg.register("pickle-signed", co.PickleSerializer(signing_key=KEY))
+    backend = co.MemoryBackend()
+    repo = co.Repository(Note, backend=backend, serializer="pickle-signed", registry=reg)
+    record = Note(id=1, text="t", data=b"\x00", score=-0.0, count=2**70)
+    repo.save(record)
+    payload = backend.get("note:1")
+    assert payload is not None
+    assert payload[:1] == b"\x00"
+    assert repo.get(1) == record
+
+
+@pytest.mark.parametrize("serializer", [co.PickleSerializer(), SIGNED], ids=["plain", "signed"])
+def test_pickle_round_trips_every_primitive(serializer: co.PickleSerializer) -> None:
+    """Every primitive a codec produces (and tuples, sets, bytearray) pickles and reads back."""
+    data = {**PRIMITIVES, "tuple": (1, 2), "set": {1, 2}, "frozen": frozenset({3})}
+    data["bytearray"] = bytearray(b"ab")
+    assert serializer.loads(serializer.dumps(data)) == data
+
+
+class Shade(enum.IntEnum):
+    DARK = 1
+
+
+class Label(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [dt.datetime(2024, 1, 1), decimal.Decimal("1.5"), Shade.DARK, Label("x"), object(), 1j],
+    ids=["datetime", "Decimal", "IntEnum", "str-subclass", "object", "complex"],
+)
+@pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
+def test_pickle_refuses_to_write_non_primitives(value: Any, signed: bool) -> None:
+    """A value needing a class reference raises SerializationError naming its type; no write."""
+    backend = co.MemoryBackend()
+    serializer = SIGNED if signed else co.PickleSerializer()
+    repo = co.Repository(Blob, backend=backend, serializer=serializer)
+    with pytest.raises(co.SerializationError) as info:
+        repo.save(Blob(id=1, value=value))
+    assert info.value.key == "blob:1"
+    assert type(value).__qualname__ in str(info.value)
+    assert len(backend) == 0
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_reads_primitive_pickles_of_any_protocol(protocol: int) -> None:
+    """Payloads written by plain pickle.dumps (earlier cacheorm versions) still read back."""
+    data = {k: v for k, v in PRIMITIVES.items() if protocol >= 3 or k != "bytes"}
+    assert co.PickleSerializer().loads(pickle.dumps(data, protocol=protocol)) == data
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize(
+    "value",
+    [dt.datetime(2024, 1, 1), decimal.Decimal("1.5"), Shade.DARK, {"id": 1, "v": Label("x")}],
+    ids=["datetime", "Decimal", "IntEnum", "nested-str-subclass"],
+)
+def test_pickle_refuses_globals_on_read(value: Any, protocol: int) -> None:
+    """A pickle holding any class reference is refused before the class is looked up."""
+    payload = pickle.dumps(value, protocol=protocol)
+    with pytest.raises(pickle.UnpicklingError, match=r"refers to .*nothing was run"):
+        co.PickleSerializer().loads(payload)
+
+
+def _record_call(*args: Any) -> None:
+    CALLS.append(args)
+
+
+CALLS: list[Any] = []
+
+
+def test_pickle_refuses_copyreg_extension_codes() -> None:
+    """EXT opcodes are refused: pickle serves a cached extension without calling find_class."""
+    CALLS.clear()
+    copyreg.add_extension(__name__, "_record_call", 0x7FFFFFF0)
+    try:
+        payload = b"\x80\x02\x84\xf0\xff\xff\x7f)R."  # EXT4 code; empty tuple; REDUCE
+        pickle.loads(payload)  # control: plain pickle calls the function
+        assert CALLS == [()]
+        with pytest.raises(pickle.UnpicklingError, match="extension opcode EXT4"):
+            co.PickleSerializer().loads(payload)
+        assert co.PickleSerializer().loads(pickle.dumps(PRIMITIVES)) == PRIMITIVES
+    finally:
+        copyreg.remove_extension(__name__, "_record_call", 0x7FFFFFF0)
+    assert CALLS == [()]
+
+
+@pytest.mark.parametrize(
+    "payload", [b"Pid\n.", b"\x80\x05\x8c\x02idQ."], ids=["PERSID", "BINPERSID"]
+)
+def test_pickle_refuses_persistent_ids(payload: bytes) -> None:
+    """Persistent-id opcodes are refused."""
+    with pytest.raises(pickle.UnpicklingError):
+        co.PickleSerializer().loads(payload)
+
+
+def test_pickle_refuses_trailing_bytes() -> None:
+    """Bytes after the pickle's STOP are refused, not ignored."""
+    payload = co.PickleSerializer().dumps({"a": 1})
+    with pytest.raises(pickle.UnpicklingError, match="2 bytes follow the end"):
+        co.PickleSerializer().loads(payload + b"xx")
+
+
+def test_signed_and_unsigned_pickles_do_not_mix() -> None:
+    """Unsigned reads of a signed payload and signed reads of an unsigned one both raise."""
+    data = {"a": [1, b"2"]}
+    with pytest.raises(ValueError, match=r"signed pickle; read it with .*signing_key"):
+        co.PickleSerializer().loads(SIGNED.dumps(data))
+    with pytest.raises(ValueError, match="not a signed pickle"):
+        SIGNED.loads(co.PickleSerializer().dumps(data))
+    other = co.PickleSerializer(signing_key=b"x" * 32)
+    with pytest.raises(ValueError, match="signature does not match"):
+        other.loads(SIGNED.dumps(data))
+    assert SIGNED.loads(SIGNED.dumps(data)) == data
+
+
+def test_signed_pickle_layout_is_header_mac_pickle() -> None:
+    """A signed payload is the header, HMAC-SHA256(key, header + pickle), then the pickle."""
+    body = co.PickleSerializer().dumps(PRIMITIVES)
+    payload = SIGNED.dumps(PRIMITIVES)
+    header = payload[:6]
+    assert header == b"\x00COPS1"
+    assert payload[6:38] == hmac.new(KEY, header + body, hashlib.sha256).digest()
+    assert payload[38:] == body
+
+
+def test_every_bit_flip_of_a_signed_pickle_is_refused() -> None:
+    """Flipping any single bit of a signed payload makes it unreadable."""
+    payload = SIGNED.dumps({"id": 1, "text": "abc", "data": b"\x00"})
+    for index in range(len(payload)):
+        for bit in range(8):
+            forged = bytearray(payload)
+            forged[index] ^= 1 << bit
+            with pytest.raises((ValueError, pickle.UnpicklingError)):
+                SIGNED.loads(bytes(forged))
+
+
+def test_every_truncation_of_a_signed_pickle_is_refused() -> None:
+    """Every prefix of a signed payload (and the empty payload) is refused."""
+    payload = SIGNED.dumps({"id": 1, "text": "abc"})
+    for end in range(len(payload)):
+        with pytest.raises(ValueError, match=r"signed pickle|signature does not match"):
+            SIGNED.loads(payload[:end])
+
+
+def test_registry_repr_lists_names() -> None:
+    """A registry's repr lists its names, sorted."""
+    assert repr(co.SerializerRegistry({"b": HeaderJSON(), "a": HeaderJSON()})) == (
+        "SerializerRegistry(['a', 'b'])"
+    )
+
+
+def test_msgpack_serializer_without_msgpack_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MsgpackSerializer() raises MissingDependency naming the extra when msgpack is missing."""
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+    with pytest.raises(co.MissingDependency, match=r"cacheorm\[msgpack\]"):
+        co.MsgpackSerializer()
 
 
 # -- optional extras ----------------------------------------------------------------
