@@ -742,3 +742,109 @@ def test_os_error_is_backend_unavailable(
     with pytest.raises(BackendUnavailable, match="unreachable") as info:
         store.exists("k")
     assert info.value.__cause__ is error
+
+
+# -- connections borrowed for writes that are never resent ---------------------
+
+
+#: redis-py before 5.3 needs a command name to hand out a connection (and warns after).
+OLD_POOLS = tuple(int(part) for part in redis.__version__.split(".")[:2]) < (5, 3)
+
+
+class NamedConnectionPool(redis.ConnectionPool):
+    """A pool whose get_connection needs a command name, as in redis-py < 5.3."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.names: list[str] = []
+
+    def get_connection(self, command_name: str, *keys: Any, **options: Any) -> Any:  # type: ignore[override]
+        """Record the name; hand out a connection as the base pool does."""
+        self.names.append(command_name)
+        if OLD_POOLS:
+            return super().get_connection(command_name)
+        return super().get_connection()
+
+
+def test_a_pool_whose_get_connection_needs_a_command_name_is_given_one(
+    redis_server: RedisServer,
+) -> None:
+    """Connections for writes that are never resent are borrowed from a pool that needs a
+    command name with one, and from the current pool without one (no DeprecationWarning)."""
+    pool = NamedConnectionPool(**redis.ConnectionPool.from_url(redis_server.url).connection_kwargs)
+    server = _redis._Server.of_pool("old", pool)
+    connection = server.acquire()
+    connection.send_command("PING")
+    assert connection.read_response() in (b"PONG", "PONG")
+    server.release(connection)
+    assert pool.names == ["_"]
+    pool.disconnect()
+    assert _redis._needs_command_name(pool.get_connection) is True
+    assert _redis._needs_command_name(redis.ConnectionPool().get_connection) is OLD_POOLS
+    assert _redis._needs_command_name(object()) is False  # type: ignore[arg-type]
+
+
+def test_closed_single_connection_client_is_unavailable(redis_server: RedisServer) -> None:
+    """A single_connection_client that was closed raises BackendUnavailable, not a crash."""
+    backend = RedisBackend.from_url(redis_server.url, single_connection_client=True)
+    assert backend.add("k", b"v") in (True, False)
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="closed"):
+        backend.add("k", b"v")
+
+
+def test_key_utf8_cannot_encode_in_batches_is_a_backend_error(
+    store: RedisBackend, raw: redis.Redis
+) -> None:
+    """A batch with a key that cannot be sent as UTF-8 is a BackendError (not unavailable)
+    raised before anything is sent."""
+    for write in (
+        lambda: store.set_many([("ok", b"1"), ("a\ud800", b"v")]),
+        lambda: store.set_many([("ok", b"1"), ("a\ud800", b"v")], ttl=5),
+        lambda: store.add_many([("ok", b"1"), ("a\ud800", b"v")]),
+        lambda: store.add("a\ud800", b"v"),
+        lambda: store.incr("a\ud800"),
+    ):
+        with pytest.raises(BackendError, match="ud800") as info:
+            write()
+        assert not isinstance(info.value, BackendUnavailable)
+        assert isinstance(info.value.__cause__, UnicodeEncodeError)
+    assert raw.exists("ok") == 0
+
+
+def test_redis_refusing_the_expiry_in_batches_is_invalid_ttl(
+    store: RedisBackend, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Error replies inside a pipeline become the error of the first refused key."""
+    monkeypatch.setattr(_redis, "_MAX_TTL_MS", 2**64)
+    ttl = (2**63 - 1000) / 1000
+    for write in (
+        lambda: store.add("k", b"v", ttl=ttl),
+        lambda: store.add_many([("k", b"v"), ("j", b"v")], ttl=ttl),
+        lambda: store.set_many([("k", b"v"), ("j", b"v")], ttl=ttl),
+        lambda: store.replace_many([("k", b"v")], ttl=ttl),
+    ):
+        with pytest.raises(InvalidTTL, match="invalid expire time") as info:
+            write()
+        assert info.value.key == "k"
+    assert raw.exists("k", "j") == 0
+
+
+def test_cas_error_after_reloading_the_script_is_a_backend_error(
+    store: RedisBackend, raw: redis.Redis
+) -> None:
+    """EVALSHA answered NOSCRIPT, then EVAL fails on a list key: BackendError naming it."""
+    raw.rpush("list", b"x")
+    raw.script_flush()
+    with pytest.raises(BackendError, match="WRONGTYPE") as info:
+        store.cas("list", b"v", TOKEN_V)
+    assert info.value.key == "list"
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("5.2.1", (5, 2)), ("8.1.0", (8, 1)), ("6.0.0b2", (6, 0)), ("7", (7, 0)), ("", (0, 0))],
+)
+def test_redis_version_is_read_once_as_major_minor(version: str, expected: tuple[int, int]) -> None:
+    """The redis-py version picks the retry rule (5.x retries only listed errors)."""
+    assert _redis._version(type("module", (), {"__version__": version})) == expected

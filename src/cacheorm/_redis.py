@@ -1,16 +1,24 @@
 """A Redis backend on redis-py: one command (one round trip) per operation, batches pipelined.
 
-redis-py is an optional dependency (``pip install 'cacheorm[redis]'``); it is
-imported when a :class:`RedisBackend` is built, so ``import cacheorm`` works
-without it.
+The same class works on one server (``redis.Redis``) and on a Redis Cluster
+(``redis.cluster.RedisCluster``). redis-py is an optional dependency
+(``pip install 'cacheorm[redis]'``); it is imported when a
+:class:`RedisBackend` is built, so ``import cacheorm`` works without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import hashlib
+import inspect
+import itertools
 import math
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from cacheorm._backend import CasToken
@@ -21,14 +29,21 @@ from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
+    BatchWriteError,
     ConfigurationError,
     InvalidTTL,
     MissingDependency,
+    OutcomeUnknown,
+    describe_keys,
     safe_repr,
 )
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
+
+    #: What :class:`RedisBackend` wraps.
+    RedisClient = redis.Redis | redis.cluster.RedisCluster
 
 __all__ = ["RedisBackend"]
 
@@ -57,12 +72,32 @@ else
 end
 return 1
 """
+_CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+#: How many MOVED / ASK / TRYAGAIN replies one cluster command follows before giving up.
+_MAX_REDIRECTS = 5
+#: How long to wait before resending after TRYAGAIN (a slot being migrated).
+_TRYAGAIN_DELAY = 0.05
+#: At most this many threads call cluster nodes at once.
+_MAX_THREADS = 16
+
+
+class _Outcome(enum.Enum):
+    """What happened to a batch command that got no reply."""
+
+    NOT_SENT = "not sent"  # never reached the server (or refused unapplied)
+    UNKNOWN = "unknown"  # sent, and the reply was lost
+
+
+_NOT_SENT = _Outcome.NOT_SENT
+_UNKNOWN = _Outcome.UNKNOWN
 
 
 def _import_redis() -> Any:
     """The ``redis`` module, or MissingDependency naming the ``redis`` extra."""
     try:
         import redis
+        import redis.cluster
     except ImportError:
         raise MissingDependency("RedisBackend", "redis") from None
     return redis
@@ -85,9 +120,8 @@ def _px(ttl: float | None) -> int | None:
     return math.ceil(ms)
 
 
-def _server_address(client: Any) -> str:
-    """``host:port`` or the unix socket path the client connects to; never a password."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+def _address(kwargs: Any) -> str:
+    """``host:port`` or the unix socket path of connection keyword arguments; never a password."""
     if not isinstance(kwargs, dict):
         return "<unknown redis server>"
     path = kwargs.get("path")
@@ -97,6 +131,11 @@ def _server_address(client: Any) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     return f"{host}:{kwargs.get('port', 6379)}"
+
+
+def _server_address(client: Any) -> str:
+    """``host:port`` or the unix socket path the client connects to; never a password."""
+    return _address(getattr(getattr(client, "connection_pool", None), "connection_kwargs", None))
 
 
 def _key_list(keys: Sequence[str]) -> list[str]:
@@ -119,6 +158,93 @@ def _describe(keys: str | Sequence[str]) -> tuple[str, str | None]:
     return f"{len(keys)} keys, the first {safe_repr(keys[0])}", keys[0]
 
 
+def _version(module: Any) -> tuple[int, int]:
+    """``(major, minor)`` of a module's ``__version__`` (0 for parts that are not numbers)."""
+    parts = [*str(getattr(module, "__version__", "")).split("."), "", ""][:2]
+    numbers = [int("".join(itertools.takewhile(str.isdigit, part)) or 0) for part in parts]
+    return numbers[0], numbers[1]
+
+
+def _needs_command_name(get_connection: Callable[..., Any]) -> bool:
+    """Whether ``pool.get_connection`` takes a command name (redis-py < 5.3 requires one)."""
+    try:
+        parameter = inspect.signature(get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+class _Server:
+    """One Redis server (or cluster node): its address and how to borrow a connection.
+
+    ``acquire`` returns a connected connection, or raises before anything was
+    sent; ``release`` gives it back. Connections keep their pool's settings
+    (timeouts, TLS, auth, the ``Retry`` cacheorm uses for idempotent batches).
+    """
+
+    __slots__ = ("acquire", "name", "pool", "release")
+
+    def __init__(
+        self,
+        name: str,
+        acquire: Callable[[], Any],
+        release: Callable[[Any], None],
+        pool: object = None,
+    ) -> None:
+        self.name = name
+        self.acquire = acquire
+        self.release = release
+        self.pool = pool
+
+    @classmethod
+    def of_pool(cls, name: str, pool: Any) -> _Server:
+        """The server behind a redis-py connection pool."""
+        get: Callable[..., Any] = pool.get_connection
+        if _needs_command_name(get):
+            pooled = get
+
+            def get() -> Any:
+                return pooled("_")
+
+        return cls(name, get, pool.release, pool)
+
+    @classmethod
+    def of_single_connection(cls, name: str, client: Any) -> _Server:
+        """The one connection of a ``single_connection_client=True`` client, under its lock."""
+        lock = getattr(client, "single_connection_lock", None) or threading.RLock()
+
+        def acquire() -> Any:
+            lock.acquire()
+            connection = client.connection
+            if connection is None:
+                lock.release()
+                raise _import_redis().exceptions.ConnectionError("the client is closed")
+            return connection
+
+        def release(_: Any) -> None:
+            lock.release()
+
+        return cls(name, acquire, release)
+
+
+class _Broken(Exception):
+    """A connection failed during an exchange of pipelined commands.
+
+    Attributes:
+        replies: the replies read before it failed, in command order.
+        sent: how many commands (from the first) may have reached the server.
+        cause: redis-py's exception.
+        server: the server's address.
+    """
+
+    def __init__(self, replies: list[Any], sent: int, cause: BaseException, server: str) -> None:
+        super().__init__(str(cause))
+        self.replies = replies
+        self.sent = sent
+        self.cause = cause
+        self.server = server
+
+
 class RedisBackend:
     """Stores bytes in Redis (or anything speaking its protocol: Valkey, KeyDB, ...).
 
@@ -126,61 +252,146 @@ class RedisBackend:
     batch is one command (MGET, MSET, DEL) or one non-transactional pipeline,
     so one round trip too. ``add`` and ``replace`` are ``SET NX`` / ``SET XX``
     with the expiry in the same command, ``incr`` is INCRBY (it keeps the
-    key's TTL) and ``cas`` is a one-key Lua script. TTLs are sent as whole
-    milliseconds, rounded up; a write without a TTL clears any TTL the key had.
+    key's TTL) and ``cas`` is a one-key Lua script (EVALSHA, and EVAL when the
+    server does not have it). TTLs are sent as whole milliseconds, rounded up;
+    a write without a TTL clears any TTL the key had.
 
-    Connection handling, timeouts and the retry policy are the redis-py
-    client's. Every redis-py error is translated: connection failures and
-    timeouts raise :class:`~cacheorm.BackendUnavailable`, anything else
-    :class:`~cacheorm.BackendError`; both name the operation, the key and the
-    server address (never a password) and chain the redis-py exception.
+    **Redis Cluster.** Given a ``redis.cluster.RedisCluster`` (or built with
+    :meth:`from_cluster` / ``from_url(url, cluster=True)``), keys are routed
+    by hash slot. A batch groups its keys by the node that owns their slot and
+    sends one pipeline per node (an MGET, MSET or DEL per slot, or one command
+    per key), calling the nodes concurrently from a small thread pool that
+    :meth:`close` shuts down; results come back in input order. A MOVED or
+    ASK reply means the command was not applied, so it is redirected (after
+    refreshing the slot map for MOVED), at most five times, for every kind of
+    write.
+
+    **Retries.** Connections, timeouts and TLS are the redis-py client's.
+
+    * Idempotent operations keep the client's retry policy: ``get``,
+      ``get_many``, ``set``, ``replace``, ``delete``, ``delete_many``,
+      ``exists`` and ``gets`` run through the client, which retries a command
+      on ``ConnectionError`` / ``TimeoutError`` according to its ``Retry``
+      (``redis.Redis(host=...)`` retries by default in redis-py 6+, ten
+      times in 8.x; a client built by ``from_url`` does not unless given
+      ``retry=``; redis-py 5.x retries only the errors named in
+      ``retry_on_error``). ``set_many`` and ``replace_many`` resend, on the
+      connection's ``Retry``, only the commands whose replies were lost. On a
+      cluster, ``RedisCluster``'s own ``retry`` applies to single-key
+      operations (it refreshes the slot map between attempts); batches to a
+      node are not retried there, since redis-py gives node connections no
+      retries. A ``DEL`` that is retried after its reply was lost does not
+      count the keys it already removed, so ``delete`` / ``delete_many`` may
+      then undercount.
+    * Operations that must not run twice are never resent: ``add`` and
+      ``add_many`` (``SET NX``: a resend would report your own write as
+      AlreadyExists), ``incr`` (INCRBY: a resend counts twice) and ``cas`` (a
+      resend fails against your own write, and the caller would apply its
+      update again). They run on a connection taken from the pool, outside
+      the client's ``Retry``. If the connection fails before the command was
+      sent, nothing happened and :class:`~cacheorm.BackendUnavailable` is
+      raised; if it fails after, :class:`~cacheorm.OutcomeUnknown` says the
+      write may or may not have been applied. Read the key to find out.
+    * A batch write that fails part-way raises
+      :class:`~cacheorm.BatchWriteError`: ``written`` (the server confirmed),
+      ``not_written`` (certainly never applied: not sent, or refused unapplied
+      by the cluster) and ``unknown`` (sent, reply lost). Pipelined replies
+      are read one by one, so the ones that arrived count. One MSET is atomic:
+      all its keys are written, or all unknown. An ``add_many`` /
+      ``replace_many`` key that is in none of the lists was refused by its
+      condition (a normal ``False``).
+
+    To configure retries, give redis-py the policy:
+    ``redis.Redis(host=..., retry=Retry(ExponentialBackoff(), 3),
+    retry_on_error=[...], socket_timeout=2.0)``, or
+    ``RedisBackend.from_url(url, retry=Retry(NoBackoff(), 0), socket_timeout=2.0)``
+    (which defaults both socket timeouts to 5 s), or
+    ``RedisBackend.from_cluster(nodes, retry=Retry(...))`` for a cluster.
+
+    **Errors.** Every redis-py error is translated: connection failures,
+    timeouts and cluster outages (``ClusterDownError``,
+    ``RedisClusterException``) raise :class:`~cacheorm.BackendUnavailable`
+    (or its subclasses above), anything else :class:`~cacheorm.BackendError`;
+    all name the operation, the key and the server or node address (never a
+    password) and chain the redis-py exception.
 
     Args:
-        client: a ``redis.Redis`` client built with ``decode_responses=False``
-            (the default). :meth:`close` closes it.
+        client: a ``redis.Redis`` or ``redis.cluster.RedisCluster`` client built
+            with ``decode_responses=False`` (the default). :meth:`close` closes it.
 
     Raises:
         MissingDependency: redis-py is not installed.
-        TypeError: ``client`` is not a ``redis.Redis``.
+        TypeError: ``client`` is not a redis-py client.
         ConfigurationError: the client decodes responses to str.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         redis_module = _import_redis()
-        if not isinstance(client, redis_module.Redis):
+        cluster_class = redis_module.cluster.RedisCluster
+        if not isinstance(client, (redis_module.Redis, cluster_class)):
             raise TypeError(
-                f"RedisBackend needs a redis.Redis client, not {type(client).__name__}; "
-                "use RedisBackend.from_url(url) to build one from a URL"
+                "RedisBackend needs a redis.Redis or redis.cluster.RedisCluster client, "
+                f"not {type(client).__name__}; use RedisBackend.from_url(url) to build one "
+                "from a URL"
             )
-        pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+        exceptions = redis_module.exceptions
+        self._cluster: Any = client if isinstance(client, cluster_class) else None
+        if self._cluster is not None:
+            pool_kwargs = getattr(self._cluster.nodes_manager, "connection_kwargs", {}) or {}
+            startup = list(getattr(self._cluster.nodes_manager, "startup_nodes", {}) or {})
+            self._server = f"cluster {','.join(startup) or '<no startup node>'}"
+        else:
+            pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+            self._server = _server_address(client)
         if pool_kwargs.get("decode_responses"):
             raise ConfigurationError(
                 "RedisBackend needs a redis client with decode_responses=False: values are bytes"
             )
-        self._client: redis.Redis = client
-        self._server = _server_address(client)
+        self._client: RedisClient = client
         password = pool_kwargs.get("password")
         self._password: str | None = str(password) if password else None
         self._db = pool_kwargs.get("db", 0)
         # Bound once: the hot paths then cost one attribute lookup per call.
         self._execute: Callable[..., Any] = client.execute_command
-        self._cas_script: Callable[..., Any] = client.register_script(_CAS_SCRIPT)
-        exceptions = redis_module.exceptions
+        self._main: _Server | None = None
+        if self._cluster is None:
+            if getattr(client, "connection", None) is not None:
+                self._main = _Server.of_single_connection(self._server, client)
+            else:
+                self._main = _Server.of_pool(self._server, client.connection_pool)
+        self._nodes: dict[str, _Server] = {}
+        self._threads: ThreadPoolExecutor | None = None
+        self._threads_lock = threading.Lock()
+        self._closed = False
+        # redis-py 5.x retries only the errors in a connection's retry_on_error.
+        self._listed_only = _version(redis_module) < (6, 0)
+        cluster_errors: tuple[type[BaseException], ...] = (
+            exceptions.RedisClusterException,
+            exceptions.ClusterError,
+        )
         self._errors: tuple[type[BaseException], ...] = (
             exceptions.RedisError,
             OSError,
             UnicodeEncodeError,
+            *cluster_errors,
         )
         self._unavailable: tuple[type[BaseException], ...] = (
             exceptions.ConnectionError,
             exceptions.TimeoutError,
             OSError,
+            *cluster_errors,
         )
         self._response_error: type[BaseException] = exceptions.ResponseError
+        self._no_script: type[BaseException] = exceptions.NoScriptError
+        self._loading: type[BaseException] = exceptions.BusyLoadingError
+        self._moved: type[BaseException] = exceptions.MovedError
+        self._ask: type[BaseException] = exceptions.AskError
+        self._try_again: type[BaseException] = exceptions.TryAgainError
+        self._cluster_down: type[BaseException] = exceptions.ClusterDownError
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisBackend:
-        """A backend on a new client for ``url``, built by ``redis.Redis.from_url``.
+    def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RedisBackend:
+        """A backend on a new client for ``url``, built by redis-py's ``from_url``.
 
         ``redis://[[user]:[password]@]host[:port][/db]``, ``rediss://...`` (TLS)
         and ``unix:///path/to/redis.sock[?db=N]`` are accepted. ``socket_timeout``
@@ -190,17 +401,24 @@ class RedisBackend:
         ``retry=`` says otherwise.
 
         Args:
-            url: the server's URL.
-            **kwargs: more ``redis.Redis`` / connection pool options.
+            url: the server's URL; with ``cluster=True``, any node of the cluster.
+            cluster: build a ``redis.cluster.RedisCluster``, which discovers
+                the other nodes from this one.
+            **kwargs: more ``redis.Redis`` / ``RedisCluster`` / connection pool options.
 
         Raises:
             MissingDependency: redis-py is not installed.
             ValueError: ``url`` is not a Redis URL (raised by redis-py).
             ConfigurationError: ``decode_responses`` was asked for.
+            BackendUnavailable: ``cluster=True`` and no node could be reached.
         """
         redis_module = _import_redis()
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
+        if cluster:
+            return cls._build_cluster(
+                lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs)
+            )
         client = redis_module.Redis.from_url(url, **kwargs)
         try:
             return cls(client)
@@ -208,26 +426,86 @@ class RedisBackend:
             client.close()
             raise
 
+    @classmethod
+    def from_cluster(cls, nodes: Sequence[str], **kwargs: Any) -> RedisBackend:
+        """A backend on a new ``redis.cluster.RedisCluster`` that starts from ``nodes``.
+
+        ``socket_timeout`` and ``socket_connect_timeout`` default to 5 seconds;
+        every other keyword (``retry``, ``password``, ``ssl``, ``address_remap``,
+        ...) goes to ``RedisCluster`` as is.
+
+        Args:
+            nodes: ``"host:port"`` of one or more cluster nodes.
+            **kwargs: more ``RedisCluster`` options.
+
+        Raises:
+            MissingDependency: redis-py is not installed.
+            ValueError: no node, or a node that is not ``host:port``.
+            ConfigurationError: ``decode_responses`` was asked for.
+            BackendUnavailable: no node could be reached.
+        """
+        redis_module = _import_redis()
+        if isinstance(nodes, str):
+            nodes = [nodes]
+        startup = []
+        for node in nodes:
+            host, sep, port = str(node).rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"cluster nodes are 'host:port', not {safe_repr(node)}")
+            startup.append(redis_module.cluster.ClusterNode(host.strip("[]"), int(port)))
+        if not startup:
+            raise ValueError("from_cluster needs at least one 'host:port' node")
+        kwargs.setdefault("socket_connect_timeout", 5.0)
+        kwargs.setdefault("socket_timeout", 5.0)
+        return cls._build_cluster(
+            lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs)
+        )
+
+    @classmethod
+    def _build_cluster(cls, build: Callable[[], Any]) -> RedisBackend:
+        """A backend on the cluster client ``build`` makes; its connection errors translated."""
+        exceptions = _import_redis().exceptions
+        try:
+            client = build()
+        except (exceptions.RedisClusterException, exceptions.RedisError, OSError) as exc:
+            raise BackendUnavailable(
+                f"redis cluster is unavailable: {exc}".replace("\n", " ")
+            ) from exc
+        try:
+            return cls(client)
+        except BaseException:
+            client.close()
+            raise
+
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> RedisClient:
         """The redis-py client, for commands this backend does not offer."""
         return self._client
 
     @property
     def server(self) -> str:
-        """The server address, ``host:port`` or a unix socket path."""
+        """The server address, ``host:port`` or a unix socket path; for a cluster,
+        ``"cluster "`` and the startup nodes' ``host:port``, comma-separated."""
         return self._server
 
     # -- error translation -------------------------------------------------
 
-    def _fail(self, op: str, keys: str | Sequence[str], exc: BaseException) -> Exception:
-        """The cacheorm exception for redis-py's ``exc`` during ``op`` on ``keys``."""
-        what, key = _describe(keys)
+    def _detail(self, exc: BaseException) -> str:
+        """redis-py's message, with any password masked."""
         detail = str(exc) or type(exc).__name__
         if self._password:
             detail = detail.replace(self._password, "***")
-        server = self._server
-        if isinstance(exc, self._unavailable):
+        return detail
+
+    def _fail(
+        self, op: str, keys: str | Sequence[str], exc: BaseException, server: str | None = None
+    ) -> Exception:
+        """The cacheorm exception for redis-py's ``exc`` during ``op`` on ``keys``."""
+        what, key = _describe(keys)
+        detail = self._detail(exc)
+        if server is None:
+            server = self._node_of(exc, key)
+        if isinstance(exc, self._unavailable):  # ClusterDownError is a ClusterError
             return BackendUnavailable(
                 f"redis {op} of {what} failed: server {server} is unavailable: {detail}",
                 key=key,
@@ -241,6 +519,435 @@ class RedisBackend:
             f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
         )
 
+    def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
+        """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
+        return OutcomeUnknown(
+            f"redis {op} of key {safe_repr(key)} was sent to {server}, then the connection "
+            f"failed before the reply ({self._detail(exc)}): the write may or may not have "
+            "been applied; cacheorm does not resend it. Read the key to find out.",
+            key=key,
+            server=server,
+        )
+
+    def _node_of(self, exc: BaseException, key: str | None) -> str:
+        """The node a redis-py error concerns (cluster), or this backend's server."""
+        if self._cluster is None:
+            return self._server
+        name = getattr(getattr(exc, "connection", None), "name", None)  # set by RedisCluster
+        if isinstance(name, str):
+            return name
+        if key is not None:
+            with contextlib.suppress(Exception):  # only for a message
+                return str(self._cluster.get_node_from_key(key).name)
+        return self._server
+
+    # -- sending without redis-py's retries -------------------------------------
+
+    def _exchange_one(self, server: _Server, op: str, key: str, args: tuple[Any, ...]) -> Any:
+        """Send one command once on a pooled connection of ``server``; its raw reply.
+
+        Raises:
+            BackendUnavailable: the connection failed before the command was sent.
+            OutcomeUnknown: it failed after, so the command may have run.
+            redis.exceptions.ResponseError: the server's error reply (the
+                connection stays usable).
+        """
+        try:
+            connection = server.acquire()
+        except self._errors as exc:
+            raise self._fail(op, key, exc, server.name) from exc
+        try:
+            try:
+                packed = connection.pack_command(*args)
+                # A failed send never delivered the whole command (sendall stops
+                # at the failure and redis-py closes the socket), so it did not run.
+                connection.send_packed_command(packed)
+            except self._errors as exc:
+                raise self._fail(op, key, exc, server.name) from exc
+            try:
+                return connection.read_response()
+            except self._response_error:
+                raise
+            except self._errors as exc:
+                if isinstance(exc, self._loading):  # refused while loading: not run
+                    raise self._fail(op, key, exc, server.name) from exc
+                raise self._unknown(op, key, exc, server.name) from exc
+        finally:
+            server.release(connection)
+
+    def _once(
+        self, op: str, key: str, args: tuple[Any, ...], fallback: tuple[Any, ...] | None = None
+    ) -> Any:
+        """Run a non-idempotent command once (following cluster redirects); its raw reply.
+
+        ``fallback`` is sent instead if the server answers NOSCRIPT (the
+        script was not run, so sending EVAL cannot apply it twice).
+        """
+        server = self._main
+        if server is None:
+            return self._cluster_once(op, key, args, fallback)
+        try:
+            return self._exchange_one(server, op, key, args)
+        except self._response_error as exc:
+            if fallback is None or not isinstance(exc, self._no_script):
+                raise self._fail(op, key, exc, server.name) from exc
+        try:
+            return self._exchange_one(server, op, key, fallback)
+        except self._response_error as exc:
+            raise self._fail(op, key, exc, server.name) from exc
+
+    def _cluster_once(
+        self, op: str, key: str, args: tuple[Any, ...], fallback: tuple[Any, ...] | None
+    ) -> Any:
+        """:meth:`_once` on a cluster: a batch of one command, to the key's node."""
+        slots = self._slots(op, [key])
+        outcome, failures = self._cluster_batch(op, [args], slots, idempotent=False)
+        if fallback is not None and isinstance(outcome[0], self._no_script):
+            outcome, failures = self._cluster_batch(op, [fallback], slots, idempotent=False)
+        reply = outcome[0]
+        if failures:
+            server, exc = failures[0]
+            if reply is _UNKNOWN:
+                raise self._unknown(op, key, exc, server) from exc
+            raise self._fail(op, key, exc, server) from exc
+        if isinstance(reply, BaseException):
+            raise self._fail(op, key, reply) from reply
+        return reply
+
+    # -- pipelines ------------------------------------------------------------------
+
+    def _exchange(
+        self, server: _Server, commands: Sequence[tuple[Any, ...]], idempotent: bool
+    ) -> list[Any]:
+        """Send ``commands`` in one write and read their replies one by one.
+
+        An error reply stands in the list as its ``ResponseError``. When
+        ``idempotent``, a connection failure is retried on the connection's
+        ``Retry``, resending only the commands whose replies were lost.
+
+        Raises:
+            _Broken: the connection failed; what was read and sent so far.
+        """
+        replies: list[Any] = []
+        sent = 0
+        try:
+            connection = server.acquire()
+        except self._errors as exc:
+            raise _Broken(replies, 0, exc, server.name) from exc
+        response_error = self._response_error
+        listed_only = self._listed_only
+
+        def fail(error: Exception) -> None:
+            connection.disconnect()
+            if listed_only and not isinstance(error, tuple(connection.retry_on_error or ())):
+                raise error
+
+        def attempt() -> None:
+            nonlocal sent
+            rest = commands[len(replies) :] if replies else commands
+            packed = connection.pack_commands(rest)
+            try:
+                connection.send_packed_command(packed)
+            except BaseException:
+                if len(rest) > 1:  # the first commands may have arrived whole
+                    sent = len(commands)
+                raise
+            sent = len(commands)
+            read = connection.read_response
+            append = replies.append
+            for _ in range(len(rest)):
+                try:
+                    append(read())
+                except response_error as exc:
+                    append(exc)
+
+        try:
+            if idempotent:
+                connection.retry.call_with_retry(attempt, fail)
+            else:
+                attempt()
+        except self._errors as exc:
+            raise _Broken(replies, sent, exc, server.name) from exc
+        finally:
+            server.release(connection)
+        return replies
+
+    def _outcome(self, broken: _Broken, count: int) -> list[Any]:
+        """Each command's reply, or _UNKNOWN / _NOT_SENT, after ``broken``."""
+        known = broken.replies
+        sent = max(broken.sent, len(known))
+        return [*known, *[_UNKNOWN] * (sent - len(known)), *[_NOT_SENT] * (count - sent)]
+
+    def _batch_error(
+        self,
+        op: str,
+        command_keys: Sequence[Sequence[str]],
+        outcome: Sequence[Any],
+        failures: Sequence[tuple[str, BaseException]],
+        conditional: bool = False,
+    ) -> Exception:
+        """BatchWriteError for a write batch whose commands ended as ``outcome``.
+
+        A command whose reply arrived wrote its keys (unless ``conditional``
+        and the reply is nil: refused, in no list); an error reply, and a
+        command never sent, did not; one sent without reply is unknown.
+        """
+        written: list[str] = []
+        not_written: list[str] = []
+        unknown: list[str] = []
+        for keys, reply in zip(command_keys, outcome, strict=True):
+            if reply is _UNKNOWN:
+                unknown.extend(keys)
+            elif reply is _NOT_SENT or isinstance(reply, BaseException):
+                not_written.extend(keys)
+            elif not (conditional and reply is None):
+                written.extend(keys)
+        every = [key for keys in command_keys for key in keys]
+        what, key = _describe(every)
+        servers = ", ".join(
+            dict.fromkeys(f"{name} ({self._detail(exc)})" for name, exc in failures)
+        )
+        parts = [f"{len(written)} written", f"{len(not_written)} not written"]
+        parts.append(f"{len(unknown)} unknown (sent, reply lost)")
+        if unknown:
+            parts[-1] += f": {describe_keys(unknown)}"
+        return BatchWriteError(
+            f"redis {op} batch of {what} failed part-way: {', '.join(parts)}; "
+            f"unavailable: {servers}",
+            written=written,
+            not_written=not_written,
+            unknown=unknown,
+            key=key,
+            server=failures[0][0] if failures else self._server,
+        )
+
+    def _write_batch(
+        self,
+        op: str,
+        commands: list[tuple[Any, ...]],
+        command_keys: Callable[[], Sequence[Sequence[str]]],
+        idempotent: bool,
+        conditional: bool = False,
+    ) -> list[Any]:
+        """Run a write pipeline on the one server; its replies, or BatchWriteError."""
+        server = self._main
+        assert server is not None
+        try:
+            replies = self._exchange(server, commands, idempotent)
+        except _Broken as broken:
+            cause = broken.cause
+            if broken.sent == 0 and not isinstance(cause, self._unavailable):
+                raise self._fail(op, [k for ks in command_keys() for k in ks], cause) from cause
+            outcome = self._outcome(broken, len(commands))
+            raise self._batch_error(
+                op, command_keys(), outcome, [(broken.server, cause)], conditional
+            ) from cause
+        return replies
+
+    def _first_error(self, op: str, replies: Sequence[Any], keys: Sequence[str]) -> None:
+        """Raise the cacheorm error for the first error reply among ``replies``, if any."""
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._fail(op, key, reply) from reply
+
+    # -- cluster routing ------------------------------------------------------------
+
+    def _pool_server(self, node: Any) -> _Server:
+        """The _Server of a cluster node (cached while its pool stays the same)."""
+        client = node.redis_connection
+        if client is None:
+            client = self._cluster.get_redis_connection(node)
+        pool = client.connection_pool
+        server = self._nodes.get(node.name)
+        if server is None or server.pool is not pool:
+            server = _Server.of_pool(node.name, pool)
+            self._nodes[node.name] = server
+        return server
+
+    def _slot_server(self, slot: int) -> _Server:
+        """The primary node that owns ``slot``, per the client's slot map."""
+        return self._pool_server(self._cluster.nodes_manager.get_node_from_slot(slot))
+
+    def _node_server(self, address: tuple[str, int]) -> _Server:
+        """The node at ``address`` (an ASK target), refreshing the slot map if it is new."""
+        host, port = address
+        remap = getattr(self._cluster.nodes_manager, "remap_host_port", None)
+        if remap is not None:  # the client's address_remap, as for CLUSTER SLOTS replies
+            host, port = remap(host, port)
+        node = self._cluster.get_node(host=host, port=port)
+        if node is None:
+            self._refresh_slots()
+            node = self._cluster.get_node(host=host, port=port)
+        if node is None:
+            raise _import_redis().exceptions.ConnectionError(
+                f"the cluster redirected to {host}:{port}, a node it does not list"
+            )
+        return self._pool_server(node)
+
+    def _refresh_slots(self) -> None:
+        """Reload the slot map from the cluster (CLUSTER SLOTS)."""
+        with contextlib.suppress(*self._errors):  # the next command reports an outage
+            self._cluster.nodes_manager.initialize()
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        """The threads that call cluster nodes concurrently, started on first use."""
+        with self._threads_lock:
+            if self._closed:
+                raise BackendUnavailable(
+                    f"this RedisBackend ({self._server}) is closed", server=self._server
+                )
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(
+                    max_workers=_MAX_THREADS, thread_name_prefix="cacheorm-redis-cluster"
+                )
+            return self._threads
+
+    def _try_exchange(
+        self, server: _Server, commands: list[tuple[Any, ...]], idempotent: bool
+    ) -> list[Any] | _Broken:
+        """:meth:`_exchange`, returning the failure instead of raising it."""
+        try:
+            return self._exchange(server, commands, idempotent)
+        except _Broken as broken:
+            return broken
+
+    def _cluster_batch(
+        self, op: str, commands: list[tuple[Any, ...]], slots: list[int], idempotent: bool
+    ) -> tuple[list[Any], list[tuple[str, BaseException]]]:
+        """Run ``commands`` (``slots[i]`` is command i's slot): one pipeline per node, at once.
+
+        Returns every command's reply in order (an error reply as its
+        exception; _UNKNOWN / _NOT_SENT where the connection failed) and the
+        ``(node, error)`` failures. MOVED and ASK replies are redirected.
+        """
+        count = len(commands)
+        outcome: list[Any] = [_NOT_SENT] * count
+        failures: list[tuple[str, BaseException]] = []
+        pending = list(range(count))
+        asks: dict[int, tuple[str, int]] = {}
+        for round_ in range(_MAX_REDIRECTS + 1):
+            groups: dict[tuple[str, bool], tuple[_Server, list[int]]] = {}
+            for i in pending:
+                target = asks.get(i)
+                try:
+                    server = self._node_server(target) if target else self._slot_server(slots[i])
+                except self._errors as exc:
+                    failures.append((self._server, exc))
+                    continue  # stays _NOT_SENT
+                group = groups.get((server.name, target is not None))
+                if group is None:
+                    group = groups[(server.name, target is not None)] = (server, [])
+                group[1].append(i)
+            jobs: list[tuple[_Server, list[tuple[Any, ...]], bool]] = []
+            for (_, asking), (server, indices) in groups.items():
+                if asking:  # ASKING goes right before each redirected command
+                    batch = [c for i in indices for c in (("ASKING",), commands[i])]
+                    jobs.append((server, batch, False))
+                else:
+                    jobs.append((server, [commands[i] for i in indices], idempotent))
+            results = self._run_jobs(jobs)
+            pending = []
+            refresh = wait = False
+            for ((_, asking), (server, indices)), result in zip(
+                groups.items(), results, strict=True
+            ):
+                if isinstance(result, _Broken):
+                    failures.append((result.server, result.cause))
+                    replies = result.replies[1::2] if asking else result.replies
+                    sent = len(indices) if result.sent else 0
+                    for n, i in enumerate(indices):
+                        if n < len(replies):
+                            outcome[i] = replies[n]
+                        else:
+                            outcome[i] = _UNKNOWN if n < sent else _NOT_SENT
+                    result = replies  # the replies that did arrive are still checked below
+                elif asking:
+                    result = result[1::2]
+                for i, reply in zip(indices, result, strict=False):
+                    if isinstance(reply, self._moved):
+                        refresh = True
+                    elif isinstance(reply, self._ask):
+                        asks[i] = (str(reply.host), int(reply.port))  # type: ignore[attr-defined]
+                    elif isinstance(reply, self._try_again):
+                        wait = True
+                    else:
+                        asks.pop(i, None)
+                        outcome[i] = reply
+                        if isinstance(reply, self._cluster_down):
+                            outcome[i] = _NOT_SENT  # refused unapplied
+                            failures.append((server.name, reply))
+                        continue
+                    outcome[i] = _NOT_SENT
+                    if isinstance(reply, self._moved):
+                        asks.pop(i, None)
+                    pending.append(i)
+            if not pending:
+                break
+            if round_ == _MAX_REDIRECTS:
+                failures.append(
+                    (
+                        self._server,
+                        _import_redis().exceptions.ClusterError(
+                            f"still redirected after {_MAX_REDIRECTS} redirections"
+                        ),
+                    )
+                )
+                break
+            if refresh:
+                self._refresh_slots()
+            if wait:
+                time.sleep(_TRYAGAIN_DELAY)
+        if failures and any(isinstance(exc, self._unavailable) for _, exc in failures):
+            self._refresh_slots()  # a failover may have moved slots to another node
+        return outcome, failures
+
+    def _run_jobs(
+        self, jobs: list[tuple[_Server, list[tuple[Any, ...]], bool]]
+    ) -> list[list[Any] | _Broken]:
+        """Run each ``(server, commands, idempotent)`` exchange, the servers concurrently."""
+        if len(jobs) <= 1:
+            return [self._try_exchange(*job) for job in jobs]
+        pool = self._thread_pool()
+        futures = [pool.submit(self._try_exchange, *job) for job in jobs[1:]]
+        first = self._try_exchange(*jobs[0])
+        return [first, *(future.result() for future in futures)]
+
+    def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
+        """Each key's hash slot."""
+        keyslot = self._cluster.keyslot
+        try:
+            return [keyslot(key) for key in keys]
+        except self._errors as exc:
+            raise self._fail(op, keys, exc) from exc
+
+    def _by_slot(self, op: str, keys: Sequence[str]) -> dict[int, list[int]]:
+        """The indices of ``keys``, grouped by hash slot (first appearance order)."""
+        groups: dict[int, list[int]] = {}
+        for i, slot in enumerate(self._slots(op, keys)):
+            group = groups.get(slot)
+            if group is None:
+                groups[slot] = [i]
+            else:
+                group.append(i)
+        return groups
+
+    def _cluster_failure(
+        self,
+        op: str,
+        command_keys: Sequence[Sequence[str]],
+        outcome: Sequence[Any],
+        failures: Sequence[tuple[str, BaseException]],
+        conditional: bool = False,
+    ) -> None:
+        """Raise for a cluster write batch with ``failures``, or for its first error reply."""
+        if failures:
+            raise self._batch_error(op, command_keys, outcome, failures, conditional) from failures[
+                0
+            ][1]
+        for keys, reply in zip(command_keys, outcome, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._fail(op, keys[0], reply) from reply
+
     # -- the Backend protocol ----------------------------------------------
 
     def get(self, key: str, /) -> bytes | None:
@@ -253,14 +960,34 @@ class RedisBackend:
         return value
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
-        """The values under ``keys`` (one MGET), in the same order, None where absent."""
+        """The values under ``keys`` (one MGET; per node and slot on a cluster), in order."""
         keys = _key_list(keys)
         if not keys:
             return []
+        if self._cluster is not None:
+            return self._cluster_get_many(keys)
         try:
             values: list[bytes | None] = self._execute("MGET", *keys, keys=keys)
         except self._errors as exc:
             raise self._fail("MGET", keys, exc) from exc
+        return values
+
+    def _cluster_get_many(self, keys: list[str]) -> list[bytes | None]:
+        """get_many on a cluster: an MGET per slot, pipelined per node, nodes at once."""
+        groups = list(self._by_slot("MGET", keys).items())
+        commands = [("MGET", *[keys[i] for i in indices]) for _, indices in groups]
+        outcome, failures = self._cluster_batch(
+            "MGET", commands, [slot for slot, _ in groups], idempotent=True
+        )
+        if failures:
+            name, exc = failures[0]
+            raise self._fail("MGET", keys, exc, name) from exc
+        values: list[bytes | None] = [None] * len(keys)
+        for (_, indices), reply in zip(groups, outcome, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._fail("MGET", keys[indices[0]], reply) from reply
+            for i, value in zip(indices, reply, strict=True):
+                values[i] = value
         return values
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
@@ -282,73 +1009,129 @@ class RedisBackend:
     def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
         """Store every pair: one MSET, or with ``ttl`` one pipeline of ``SET PX``.
 
-        Nothing is sent if a key or value has the wrong type or ``ttl`` is invalid.
+        On a cluster, an MSET per slot (or a ``SET PX`` per key), pipelined per
+        node. Nothing is sent if a key or value has the wrong type or ``ttl``
+        is invalid.
+
+        Raises:
+            BatchWriteError: the connection failed part-way; says which keys
+                were written, which not, and which are unknown.
         """
         pairs = _as_items(items)
         px = _px(ttl)
         if not pairs:
             return
-        try:
-            if px is None:
-                self._execute("MSET", *[part for pair in pairs for part in pair])
-            else:
-                pipe = self._client.pipeline(transaction=False)
-                queue: Callable[..., Any] = pipe.execute_command
-                for key, data in pairs:
-                    queue("SET", key, data, "PX", px)
-                pipe.execute()
-        except self._errors as exc:
-            raise self._fail("MSET" if px is None else "SET", [k for k, _ in pairs], exc) from exc
+        op = "MSET" if px is None else "SET"
+        if self._cluster is not None:
+            self._cluster_set_many(pairs, px)
+            return
+        if px is None:
+            command = ("MSET", *[part for pair in pairs for part in pair])
+            replies = self._write_batch(
+                op, [command], lambda: [[key for key, _ in pairs]], idempotent=True
+            )
+            self._first_error(op, replies, [pairs[0][0]])
+        else:
+            commands = [("SET", key, data, "PX", px) for key, data in pairs]
+            replies = self._write_batch(
+                op, commands, lambda: [[key] for key, _ in pairs], idempotent=True
+            )
+            self._first_error(op, replies, [key for key, _ in pairs])
+
+    def _cluster_set_many(self, pairs: list[tuple[str, bytes]], px: int | None) -> None:
+        """set_many on a cluster: MSET per slot, or SET PX per key; pipelined per node."""
+        keys = [key for key, _ in pairs]
+        commands: list[tuple[Any, ...]]
+        if px is None:
+            groups = list(self._by_slot("MSET", keys).items())
+            commands = [
+                ("MSET", *[part for i in indices for part in pairs[i]]) for _, indices in groups
+            ]
+            slots = [slot for slot, _ in groups]
+            command_keys: list[list[str]] = [[keys[i] for i in ix] for _, ix in groups]
+            op = "MSET"
+        else:
+            commands = [("SET", key, data, "PX", px) for key, data in pairs]
+            slots = self._slots("SET", keys)
+            command_keys = [[key] for key in keys]
+            op = "SET"
+        outcome, failures = self._cluster_batch(op, commands, slots, idempotent=True)
+        self._cluster_failure(op, command_keys, outcome, failures)
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` is absent (``SET NX``, expiry included); True if stored."""
-        return self._set_if("NX", key, value, ttl)
+        """Store only if ``key`` is absent (``SET NX``, expiry included); True if stored.
+
+        Never resent: see the class docstring.
+
+        Raises:
+            BackendUnavailable: the server could not be reached; nothing was written.
+            OutcomeUnknown: the command was sent and its reply lost.
+        """
+        data = _as_bytes(_check_key(key), value)
+        px = _px(ttl)
+        if px is None:
+            reply = self._once("SET NX", key, ("SET", key, data, "NX"))
+        else:
+            reply = self._once("SET NX", key, ("SET", key, data, "NX", "PX", px))
+        return reply is not None
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
     ) -> list[bool]:
-        """``add`` for each pair, in order, in one pipeline; a later pair sees earlier ones."""
-        return self._write_many("NX", _as_items(items), _px(ttl))
+        """``add`` for each pair, in order, in one pipeline; a later pair sees earlier ones.
+
+        Never resent, like ``add``.
+
+        Raises:
+            BatchWriteError: the connection failed part-way (see the class docstring).
+        """
+        return self._write_many("NX", _as_items(items), _px(ttl), idempotent=False)
 
     def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` holds a value (``SET XX``, expiry included); True if stored."""
-        return self._set_if("XX", key, value, ttl)
-
-    def _set_if(self, condition: str, key: str, value: bytes, ttl: float | None) -> bool:
-        """One ``SET key value NX|XX [PX ms]``; True if the condition held and it stored."""
         data = _as_bytes(_check_key(key), value)
         px = _px(ttl)
         try:
             if px is None:
-                stored = self._execute("SET", key, data, condition)
+                stored = self._execute("SET", key, data, "XX")
             else:
-                stored = self._execute("SET", key, data, condition, "PX", px)
+                stored = self._execute("SET", key, data, "XX", "PX", px)
         except self._errors as exc:
-            raise self._fail(f"SET {condition}", key, exc) from exc
+            raise self._fail("SET XX", key, exc) from exc
         return stored is True
 
     def replace_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
     ) -> list[bool]:
-        """``replace`` for each pair, in order, in one pipeline."""
-        return self._write_many("XX", _as_items(items), _px(ttl))
+        """``replace`` for each pair, in order, in one pipeline.
+
+        Raises:
+            BatchWriteError: the connection failed part-way (see the class docstring).
+        """
+        return self._write_many("XX", _as_items(items), _px(ttl), idempotent=True)
 
     def _write_many(
-        self, condition: str, pairs: list[tuple[str, bytes]], px: int | None
+        self, condition: str, pairs: list[tuple[str, bytes]], px: int | None, idempotent: bool
     ) -> list[bool]:
         """One pipeline of ``SET key value NX|XX [PX px]``; which pairs were stored."""
         if not pairs:
             return []
-        expiry: tuple[Any, ...] = () if px is None else ("PX", px)
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            queue: Callable[..., Any] = pipe.execute_command
-            for key, data in pairs:
-                queue("SET", key, data, condition, *expiry)
-            results = pipe.execute()
-        except self._errors as exc:
-            raise self._fail(f"SET {condition}", [k for k, _ in pairs], exc) from exc
-        return [result is True for result in results]
+        op = f"SET {condition}"
+        commands: list[tuple[Any, ...]]
+        if px is None:
+            commands = [("SET", key, data, condition) for key, data in pairs]
+        else:
+            commands = [("SET", key, data, condition, "PX", px) for key, data in pairs]
+        if self._cluster is not None:
+            keys = [key for key, _ in pairs]
+            outcome, failures = self._cluster_batch(op, commands, self._slots(op, keys), idempotent)
+            self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
+            return [reply is not None for reply in outcome]
+        replies = self._write_batch(
+            op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
+        )
+        self._first_error(op, replies, [key for key, _ in pairs])
+        return [reply is not None for reply in replies]
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key`` (DEL); True if it existed."""
@@ -360,10 +1143,24 @@ class RedisBackend:
         return removed > 0
 
     def delete_many(self, keys: Sequence[str], /) -> int:
-        """Remove ``keys`` (one DEL); the number that existed."""
+        """Remove ``keys`` (one DEL; per node and slot on a cluster); the number that existed.
+
+        Raises:
+            BatchWriteError: on a cluster, a node failed part-way; ``written``
+                then lists the keys confirmed removed (or absent).
+        """
         keys = _key_list(keys)
         if not keys:
             return 0
+        if self._cluster is not None:
+            groups = list(self._by_slot("DEL", keys).items())
+            commands = [("DEL", *[keys[i] for i in indices]) for _, indices in groups]
+            outcome, failures = self._cluster_batch(
+                "DEL", commands, [slot for slot, _ in groups], idempotent=True
+            )
+            command_keys = [[keys[i] for i in indices] for _, indices in groups]
+            self._cluster_failure("DEL", command_keys, outcome, failures)
+            return sum(int(reply) for reply in outcome)
         try:
             removed: int = self._execute("DEL", *keys)
         except self._errors as exc:
@@ -383,20 +1180,20 @@ class RedisBackend:
         """Add ``delta`` to the counter under ``key`` (INCRBY), starting from 0; the new value.
 
         The counter is stored as ASCII decimal digits and keeps the key's TTL.
-        Redis counters are signed 64-bit integers.
+        Redis counters are signed 64-bit integers. Never resent: see the class
+        docstring.
 
         Raises:
             TypeError: ``delta`` is not an int.
             BackendError: the stored value is not an integer Redis accepts, or
                 the result would overflow 64 bits.
+            BackendUnavailable: the server could not be reached; nothing was counted.
+            OutcomeUnknown: the command was sent and its reply lost.
         """
         _check_key(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
-        try:
-            result: int = self._execute("INCRBY", key, delta)
-        except self._errors as exc:
-            raise self._fail("INCRBY", key, exc) from exc
+        result: int = self._once("INCRBY", key, ("INCRBY", key, delta))
         return result
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
@@ -420,23 +1217,33 @@ class RedisBackend:
     def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
 
-        One Lua script on the key's server compares the SHA-1 of the stored
-        value with ``token`` and runs SET (with PX when ``ttl``) if they match.
-        A missing key, or a token :meth:`gets` did not make, gives False.
+        One Lua script on the key's server (or node) compares the SHA-1 of the
+        stored value with ``token`` and runs SET (with PX when ``ttl``) if they
+        match: EVALSHA, and EVAL if the server answers NOSCRIPT. A missing key,
+        or a token :meth:`gets` did not make, gives False. Never resent: see
+        the class docstring.
+
+        Raises:
+            BackendUnavailable: the server could not be reached; nothing was written.
+            OutcomeUnknown: the script was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
         px = _px(ttl)
         if type(token) is not str or _TOKEN.fullmatch(token) is None:
             return False
-        args: tuple[Any, ...] = (token, data) if px is None else (token, data, px)
-        try:
-            stored: int = self._cas_script(keys=(key,), args=args)
-        except self._errors as exc:
-            raise self._fail("CAS script", key, exc) from exc
-        return stored == 1
+        args: tuple[Any, ...] = (key, token, data) if px is None else (key, token, data, px)
+        stored = self._once(
+            "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
+        )
+        return bool(stored == 1)
 
     def close(self) -> None:
-        """Close the redis-py client (also one passed in) and its pool if it owns one."""
+        """Close the redis-py client (also one passed in), its pool, and the cluster threads."""
+        with self._threads_lock:
+            self._closed = True
+            threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True)
         try:
             self._client.close()
         except self._errors as exc:
@@ -444,4 +1251,6 @@ class RedisBackend:
 
     def __repr__(self) -> str:
         """The class, server address and database; never a password."""
+        if self._cluster is not None:
+            return f"RedisBackend(cluster={self._server.removeprefix('cluster ')!r})"
         return f"RedisBackend(server={self._server!r}, db={self._db!r})"
