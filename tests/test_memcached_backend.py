@@ -17,12 +17,13 @@ import pytest
 
 pytest.importorskip("pymemcache")
 
-from pymemcache.client.base import Client  # type: ignore[import-untyped]
+from pymemcache.client.base import Client, PooledClient  # type: ignore[import-untyped]
+from pymemcache.client.hash import HashClient  # type: ignore[import-untyped]
+from pymemcache.client.retrying import RetryingClient  # type: ignore[import-untyped]
 from pymemcache.exceptions import (  # type: ignore[import-untyped]
     MemcacheClientError,
-    MemcacheIllegalInputError,
     MemcacheServerError,
-    MemcacheUnexpectedCloseError,
+    MemcacheUnknownCommandError,
     MemcacheUnknownError,
 )
 from pymemcache.serde import PickleSerde  # type: ignore[import-untyped]
@@ -32,6 +33,7 @@ from cacheorm._backend import Backend
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
+    BatchWriteError,
     ConfigurationError,
     InvalidTTL,
     MissingDependency,
@@ -70,6 +72,23 @@ def raw(memcached_server: MemcachedServer, mc: MemcachedBackend) -> Iterator[Cli
     client.close()
 
 
+@pytest.fixture(scope="module")
+def full_server() -> Iterator[ServerProcess]:
+    """A 2 MB memcached that refuses writes when full (-M) instead of evicting."""
+    server = start_memcached("-m", "2", "-M", "-I", "512k")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def full(full_server: ServerProcess) -> Iterator[MemcachedBackend]:
+    """A backend on the flushed 2 MB, no-eviction memcached."""
+    store = MemcachedBackend.from_servers(full_server.address)
+    store.client.flush_all(noreply=False)
+    yield store
+    store.close()
+
+
 @pytest.fixture
 def down() -> Iterator[MemcachedBackend]:
     """A backend on a loopback port nothing listens on."""
@@ -104,11 +123,16 @@ def small(small_server: ServerProcess) -> Iterator[MemcachedBackend]:
 
 
 class CountingSocket:
-    """A socket wrapper that records every ``sendall``."""
+    """A socket wrapper that records every ``send`` and ``sendall``."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        count = self.sock.send(data)
+        self.sent.append(bytes(data[:count]))
+        return count
 
     def sendall(self, data: bytes) -> None:
         self.sent.append(bytes(data))
@@ -180,11 +204,42 @@ def test_from_servers_accepts_a_string_and_client_kwargs(
         store.close()
 
 
-@pytest.mark.parametrize("servers", [[], ["127.0.0.1:1", "127.0.0.1:2"]])
-def test_from_servers_needs_exactly_one_address(servers: list[str]) -> None:
-    """No address, or several (pools come later), is a ConfigurationError."""
-    with pytest.raises(ConfigurationError, match="exactly one server address"):
-        MemcachedBackend.from_servers(servers)
+def test_from_servers_needs_an_address() -> None:
+    """No address is a ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="at least one address"):
+        MemcachedBackend.from_servers([])
+
+
+def test_from_servers_refuses_a_repeated_server() -> None:
+    """The same server twice (however spelled) is a ConfigurationError, not a lopsided pool."""
+    with pytest.raises(ConfigurationError, match="repeat a server"):
+        MemcachedBackend.from_servers(["127.0.0.1:11211", "127.0.0.1:11211"])
+
+
+def test_from_servers_refuses_unknown_client_options() -> None:
+    """An option the pymemcache client does not take is a ConfigurationError naming it."""
+    with pytest.raises(ConfigurationError, match="no_such_option"):
+        MemcachedBackend.from_servers("127.0.0.1:11211", no_such_option=1)
+    with pytest.raises(ConfigurationError, match="retry_timeout"):
+        MemcachedBackend.from_servers("127.0.0.1:11211", retry_timeout=1)
+
+
+def test_from_servers_with_use_pooling_builds_a_pooled_client(
+    memcached_server: MemcachedServer,
+) -> None:
+    """One address with use_pooling=True gives a PooledClient, and it works."""
+    store = MemcachedBackend.from_servers(
+        memcached_server.servers, use_pooling=True, max_pool_size=4
+    )
+    try:
+        assert isinstance(store.client, PooledClient)
+        assert store.client.client_pool.max_size == 4
+        store.set("pooled", b"v")
+        assert store.get_many(["pooled", "absent"]) == [b"v", None]
+        assert store.incr("pooled counter") == 1
+        assert store.servers == memcached_server.servers[:1]
+    finally:
+        store.close()
 
 
 def test_from_servers_refuses_a_bad_port() -> None:
@@ -224,9 +279,32 @@ def test_refuses_a_client_that_ignores_errors() -> None:
 
 
 def test_refuses_other_clients() -> None:
-    """Only a pymemcache base Client is accepted for now."""
-    with pytest.raises(ConfigurationError, match=r"pymemcache\.client\.base\.Client"):
+    """Only pymemcache's Client, PooledClient and HashClient are accepted."""
+    with pytest.raises(ConfigurationError, match="Client, PooledClient or HashClient"):
         MemcachedBackend(object())
+
+
+def test_refuses_a_retrying_client() -> None:
+    """A RetryingClient could resend an add or incr, so it is refused with the reason."""
+    with pytest.raises(ConfigurationError, match=r"RetryingClient.*applied\s+twice") as info:
+        MemcachedBackend(RetryingClient(Client(("127.0.0.1", 11211))))
+    assert "Pass the client it wraps" in str(info.value)
+
+
+def test_refuses_hash_and_pooled_clients_that_hide_errors() -> None:
+    """ignore_exc=True and serdes are refused on every kind of client."""
+    with pytest.raises(ConfigurationError, match="ignore_exc=False"):
+        MemcachedBackend(HashClient([("127.0.0.1", 1), ("127.0.0.1", 2)], ignore_exc=True))
+    with pytest.raises(ConfigurationError, match="ignore_exc=False"):
+        MemcachedBackend(PooledClient(("127.0.0.1", 1), ignore_exc=True))
+    with pytest.raises(ConfigurationError, match="without serde"):
+        MemcachedBackend(HashClient([("127.0.0.1", 1), ("127.0.0.1", 2)], serde=PickleSerde()))
+    with pytest.raises(ConfigurationError, match="without serde"):
+        MemcachedBackend(PooledClient(("127.0.0.1", 1), serde=PickleSerde()))
+    with pytest.raises(ConfigurationError, match="key_prefix"):
+        MemcachedBackend(HashClient([("127.0.0.1", 1)], key_prefix=b"a b"))
+    with pytest.raises(ConfigurationError, match="with servers"):
+        MemcachedBackend(HashClient([]))
 
 
 @pytest.mark.parametrize("prefix", [b"x" * 210, b"a b:", b"a\n"])
@@ -435,21 +513,31 @@ def test_writes_never_use_noreply(memcached_server: MemcachedServer) -> None:
         store.close()
 
 
-def test_an_unconfirmed_set_raises(mc: MemcachedBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A set the server did not confirm is an error, never a silent success."""
-    monkeypatch.setattr(mc.client, "set", lambda *args, **kwargs: False)
-    with pytest.raises(BackendError, match="did not store") as info:
-        mc.set("k", b"v")
-    assert info.value.key == "k"
-
-
-def test_an_unconfirmed_set_many_names_the_keys(
-    mc: MemcachedBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """set_many raises naming the keys the server did not store."""
-    monkeypatch.setattr(mc.client, "set_many", lambda values, *a, **k: [mc._bkey("b c")])
-    with pytest.raises(BackendError, match=r"did not store key\(s\) 'b c'"):
-        mc.set_many([("a", b"1"), ("b c", b"2")])
+def test_writes_a_full_server_refuses_are_errors(full: MemcachedBackend) -> None:
+    """A server out of memory (-M) refuses writes: a set raises, a batch says which it stored."""
+    big = b"x" * 50_000
+    keys = [f"k{i}" for i in range(60)]  # 3 MB for a 2 MB server
+    with pytest.raises(BatchWriteError, match="out of memory") as info:
+        full.set_many([(key, big) for key in keys])
+    error = info.value
+    assert error.written
+    assert error.not_written
+    assert error.unknown == []
+    assert sorted(error.written + error.not_written) == sorted(keys)
+    assert type(error.__cause__) is BackendError
+    assert isinstance(error.__cause__.__cause__, MemcacheServerError)
+    stored = dict(zip(keys, full.get_many(keys), strict=True))
+    assert all(stored[key] == big for key in error.written)
+    assert all(stored[key] is None for key in error.not_written)
+    with pytest.raises(BackendError, match="out of memory") as single:
+        full.set("one more", big)
+    assert type(single.value) is BackendError
+    assert single.value.key == "one more"
+    with pytest.raises(BatchWriteError) as adds:
+        full.add_many([(error.written[0], b"taken"), ("new", big)])
+    assert (adds.value.written, adds.value.not_written) == ([], [error.written[0], "new"])
+    full.set("small", b"still in step")
+    assert full.get("small") == b"still in step"
 
 
 # -- keys ---------------------------------------------------------------------------
@@ -652,39 +740,29 @@ def test_a_refused_batch_names_the_large_value(small: MemcachedBackend) -> None:
     assert "'big one'" in str(info.value)
 
 
-def test_item_size_max_is_read_once_and_only_for_large_values(
-    small: MemcachedBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_item_size_max_is_read_once_and_only_for_large_values(small: MemcachedBackend) -> None:
     """Small values never ask the server; the first large one reads stats settings once."""
-    calls: list[tuple[Any, ...]] = []
-    stats = small.client.stats
-
-    def counting_stats(*args: Any) -> Any:
-        calls.append(args)
-        return stats(*args)
-
-    monkeypatch.setattr(small.client, "stats", counting_stats)
+    sock = count_sends(small)
     small.set("a", b"x" * 500)
-    assert calls == []
+    assert not any(chunk.startswith(b"stats") for chunk in sock.sent)
     small.set("b", b"x" * 900)
     small.set_many([("c", b"x" * 900), ("d", b"x" * 800)])
     with pytest.raises(ValueTooLarge):
         small.set("e", b"x" * 1000)
-    assert calls == [("settings",)]
+    assert [chunk for chunk in sock.sent if chunk.startswith(b"stats")] == [b"stats settings\r\n"]
 
 
-def test_max_value_size_replaces_the_servers_limit(
-    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_max_value_size_replaces_the_servers_limit(memcached_server: MemcachedServer) -> None:
     """A max_value_size is the limit for every key, and the server is not asked."""
     store = MemcachedBackend.from_servers(memcached_server.servers, max_value_size=100)
-    monkeypatch.setattr(store.client, "stats", lambda *args: pytest.fail("stats was called"))
+    sock = count_sends(store)
     try:
         store.set("k", b"x" * 100)
         with pytest.raises(ValueTooLarge) as info:
             store.set("k", b"x" * 101)
         assert (info.value.size, info.value.limit) == (101, 100)
         assert store.get("k") == b"x" * 100
+        assert not any(chunk.startswith(b"stats") for chunk in sock.sent)
     finally:
         store.close()
 
@@ -700,8 +778,12 @@ def test_the_servers_too_large_reply_is_value_too_large(small_server: ServerProc
         assert info.value.size == 5000
         assert info.value.limit == 1024 - ITEM_OVERHEAD - 1
         assert store.get("k") is None  # memcached drops the old value when it refuses a set
-        with pytest.raises(ValueTooLarge):
+        with pytest.raises(BatchWriteError, match="too large") as batch:
             store.set_many([("a", b"1"), ("b", b"x" * 5000)])
+        assert (batch.value.written, batch.value.not_written) == (["a"], ["b"])
+        assert isinstance(batch.value.__cause__, ValueTooLarge)
+        assert batch.value.__cause__.key == "b"
+        assert store.get_many(["a", "b"]) == [b"1", None]
     finally:
         store.close()
 
@@ -952,6 +1034,30 @@ def test_incr_of_a_huge_integer_is_refused(mc: MemcachedBackend) -> None:
         mc.incr("n", -1)
 
 
+def hook_requests(
+    store: MemcachedBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    command: bytes,
+    action: Callable[[int], object],
+) -> list[bytes]:
+    """Call ``action(n)`` before the n-th request (from 0) of ``store`` starting with ``command``.
+
+    The requests still go to the server; ``action`` lets another client
+    interfere at that exact moment. Returns the hooked requests, as sent.
+    """
+    seen: list[bytes] = []
+    call = store._call
+
+    def hooked(node: Any, request: bytes, read: Any, resend: bool) -> Any:
+        if request.startswith(command):
+            action(len(seen))
+            seen.append(request)
+        return call(node, request, read, resend)
+
+    monkeypatch.setattr(store, "_call", hooked)
+    return seen
+
+
 @pytest.mark.parametrize(
     "race", ["rewritten before mg", "deleted before mg", "rewritten before cas"]
 )
@@ -964,25 +1070,20 @@ def test_incr_retries_when_another_writer_interferes(
     """The compare-and-set path starts over when the key changes under it."""
     other = MemcachedBackend.from_servers(memcached_server.servers)
     mc.set("n", b"-5")
-    hooked = "cas" if race == "rewritten before cas" else "raw_command"
-    original = getattr(mc.client, hooked)
-    calls: list[int] = []
 
-    def interfere(*args: Any, **kwargs: Any) -> Any:
-        if not calls:
+    def interfere(n: int) -> None:
+        if n == 0:
             if race == "deleted before mg":
                 other.delete("n")
             else:
                 other.set("n", b"100")
-        calls.append(1)
-        return original(*args, **kwargs)
 
-    monkeypatch.setattr(mc.client, hooked, interfere)
+    hooked = hook_requests(mc, monkeypatch, b"cas " if "cas" in race else b"mg ", interfere)
     try:
         expected = -1 if race == "deleted before mg" else 99
         assert mc.incr("n", -1) == expected
         assert mc.get("n") == str(expected).encode()
-        assert len(calls) == (1 if race == "deleted before mg" else 2)
+        assert len(hooked) == (1 if race == "deleted before mg" else 2)
     finally:
         other.close()
 
@@ -996,36 +1097,35 @@ def test_incr_retries_when_it_loses_the_race_to_create(
 ) -> None:
     """If another writer creates the counter between the read and the add, incr runs again."""
     other = MemcachedBackend.from_servers(memcached_server.servers)
-    original = mc.client.add
-    calls: list[int] = []
-
-    def lose(*args: Any, **kwargs: Any) -> Any:
-        if not calls:
-            other.set("n", b"10")
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(mc.client, "add", lose)
+    hooked = hook_requests(mc, monkeypatch, b"add ", lambda n: n or other.set("n", b"10"))
     try:
         assert mc.incr("n", delta) == 10 + delta
-        assert calls == [1]
+        assert len(hooked) == 1
     finally:
         other.close()
 
 
 def test_incr_gives_up_under_endless_interference(
-    mc: MemcachedBackend, monkeypatch: pytest.MonkeyPatch
+    mc: MemcachedBackend, memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """incr retries a bounded number of times, then raises BackendError naming the key."""
     monkeypatch.setattr(_memcached, "_INCR_ATTEMPTS", 3)
-    monkeypatch.setattr(mc.client, "add", lambda *args, **kwargs: False)
-    with pytest.raises(BackendError, match="'n'") as info:
-        mc.incr("n", 1)
-    assert info.value.key == "n"
-    mc.set("m", b"-1")
-    monkeypatch.setattr(mc.client, "cas", lambda *args, **kwargs: False)
-    with pytest.raises(BackendError, match="other writers kept changing it"):
-        mc.incr("m", -1)
+    other = MemcachedBackend.from_servers(memcached_server.servers)
+    try:
+        # Deleted before each incr, created again before each add: never counted.
+        hook_requests(mc, monkeypatch, b"incr ", lambda n: other.delete("n"))
+        adds = hook_requests(mc, monkeypatch, b"add ", lambda n: other.set("n", b"x"))
+        with pytest.raises(BackendError, match="'n'") as info:
+            mc.incr("n", 1)
+        assert info.value.key == "n"
+        assert len(adds) == 3
+        mc.set("m", b"-1")
+        cases = hook_requests(mc, monkeypatch, b"cas ", lambda n: other.set("m", b"-1"))
+        with pytest.raises(BackendError, match="other writers kept changing it"):
+            mc.incr("m", -1)
+        assert len(cases) == 3
+    finally:
+        other.close()
 
 
 def test_one_backend_is_safe_to_share_between_threads(mc: MemcachedBackend) -> None:
@@ -1173,64 +1273,34 @@ def test_backend_recovers_when_the_server_returns() -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "expected"),
+    ("line", "error"),
     [
-        (MemcacheServerError(b"out of memory storing object"), BackendError),
-        (MemcacheClientError(b"bad data chunk"), BackendError),
-        (MemcacheUnknownError(b"WHAT"), BackendError),
-        (MemcacheIllegalInputError("Key contains whitespace"), BackendError),
-        (MemcacheUnexpectedCloseError(), BackendUnavailable),
-        (ConnectionResetError(104, "Connection reset by peer"), BackendUnavailable),
+        (b"SERVER_ERROR out of memory storing object", MemcacheServerError),
+        (b"CLIENT_ERROR bad data chunk", MemcacheClientError),
+        (b"ERROR", MemcacheUnknownCommandError),
+        (b"WHAT", MemcacheUnknownError),
     ],
 )
-def test_client_errors_are_translated(
-    mc: MemcachedBackend,
-    monkeypatch: pytest.MonkeyPatch,
-    error: Exception,
-    expected: type[BackendError],
+def test_error_replies_are_backend_errors_naming_key_and_server(
+    mc: MemcachedBackend, line: bytes, error: type[Exception]
 ) -> None:
-    """pymemcache and socket errors become BackendError or BackendUnavailable, chained."""
-
-    def fail(*args: Any, **kwargs: Any) -> Any:
-        raise error
-
-    for method in ["get", "set", "get_many", "_store_cmd", "_misc_cmd", "incr", "gets", "cas"]:
-        monkeypatch.setattr(mc.client, method, fail)
-    for name, operation in OPERATIONS[:-1]:
-        with pytest.raises(expected) as info:
-            operation(mc)
-        assert type(info.value) is expected, name
-        assert info.value.__cause__ is error
-        assert info.value.server == mc._address
+    """An error reply becomes a BackendError naming key and server, caused by pymemcache's."""
+    node = mc._nodes[0]
+    refusal = mc._refused(node, line, "the key", 10, b"the_key")
+    assert type(refusal) is BackendError
+    assert (refusal.key, refusal.server) == ("the key", mc._address)
+    assert "'the key'" in str(refusal)
+    assert mc._address in str(refusal)
+    assert isinstance(refusal.__cause__, error)
 
 
-def test_out_of_memory_is_not_value_too_large(
-    mc: MemcachedBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Only the server's 'too large' reply becomes ValueTooLarge."""
-
-    def fail(*args: Any, **kwargs: Any) -> Any:
-        raise MemcacheServerError(b"out of memory storing object")
-
-    monkeypatch.setattr(mc.client, "set", fail)
-    with pytest.raises(BackendError, match="out of memory") as info:
-        mc.set("k", b"v")
-    assert not isinstance(info.value, ValueTooLarge)
-    assert info.value.key == "k"
-
-
-def test_too_large_reply_when_the_limit_cannot_be_read(
-    down: MemcachedBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_too_large_reply_when_the_limit_cannot_be_read(down: MemcachedBackend) -> None:
     """If the server refuses a value and cannot be asked its limit, the limit is size - 1."""
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise MemcacheServerError(b"object too large for cache")
-
-    monkeypatch.setattr(down.client, "set", refuse)
-    with pytest.raises(ValueTooLarge) as info:
-        down.set("k", b"x" * 100)
-    assert (info.value.size, info.value.limit) == (100, 99)
+    refusal = down._refused(
+        down._nodes[0], b"SERVER_ERROR object too large for cache", "k", 100, b"k"
+    )
+    assert isinstance(refusal, ValueTooLarge)
+    assert (refusal.size, refusal.limit) == (100, 99)
 
 
 # -- round trips ---------------------------------------------------------------------
@@ -1260,7 +1330,7 @@ def test_set_many_is_one_round_trip(mc: MemcachedBackend, raw: Client) -> None:
 
 
 def test_add_many_and_replace_many_round_trips(mc: MemcachedBackend) -> None:
-    """Distinct keys go in one send; a key repeated n times needs n sends."""
+    """Each batch is one send, repeated keys too: one connection runs in order."""
     sock = count_sends(mc)
     assert mc.add_many([(f"k{i}", b"v") for i in range(500)]) == [True] * 500
     assert len(sock.sent) == 1
@@ -1272,7 +1342,9 @@ def test_add_many_and_replace_many_round_trips(mc: MemcachedBackend) -> None:
         False,
         False,
     ]
-    assert len(sock.sent) == 5
+    assert mc.replace_many([("x", b"4"), ("z", b"1"), ("x", b"5")]) == [True, False, True]
+    assert len(sock.sent) == 4
+    assert mc.get_many(["x", "y", "z"]) == [b"5", b"1", None]
 
 
 def test_delete_many_is_one_round_trip(mc: MemcachedBackend, raw: Client) -> None:

@@ -1,4 +1,75 @@
-"""A backend on a memcached server, through a pymemcache ``Client``.
+"""A backend on memcached: one server or a pool, through pymemcache's clients.
+
+Servers and pools:
+    :class:`MemcachedBackend` takes a pymemcache ``Client`` (one server, one
+    connection), a ``PooledClient`` (one server, a pool of connections) or a
+    ``HashClient`` (several servers, each through a ``Client`` or, with
+    ``use_pooling=True``, a ``PooledClient``). It uses the clients for their
+    settings and sockets (address, timeouts, TLS, ``key_prefix``) and speaks
+    memcached's text protocol on those sockets itself, so that it knows, reply
+    by reply, what a server confirmed.
+
+    In a pool each key lives on one server, chosen by the ``HashClient``'s
+    hasher (rendezvous hashing by default) over *all* its servers, exactly as
+    the ``HashClient`` would place it while every server is up; the key is
+    hashed as text (after the mapping below, without ``key_prefix``), so a
+    plain ``HashClient`` given the same ``str`` keys finds them. A server that
+    fails is never taken out of the ring: its keys would move to another
+    server, where reads would miss and writes would be lost when it returns.
+    Batch operations send one request per server, to the servers concurrently
+    (on a small thread pool the backend owns, started on first use and shut
+    down by :meth:`MemcachedBackend.close`; a single-server backend never
+    starts threads), and answer in input order. The ``HashClient``'s own
+    failure handling is not used: ``retry_attempts`` and ``dead_timeout``
+    (which drop a server from the ring) have no effect, and ``ignore_exc=True``
+    (which turns failures into misses) is refused. Its ``retry_timeout`` is
+    kept with this meaning: after a server refused a connection (or the
+    connection attempt timed out), requests for its keys fail at once with
+    :class:`~cacheorm.BackendUnavailable` for ``retry_timeout`` seconds before
+    the next one tries to connect again; a one-server ``Client`` or
+    ``PooledClient`` tries every time.
+
+Failures, retries and timeouts:
+    ``connect_timeout`` bounds connecting and ``timeout`` every send and
+    receive, per server (set them on the client, or pass them to
+    :meth:`MemcachedBackend.from_servers`, which defaults both to 5 seconds).
+    A failure is reported by what the server may have seen:
+
+    * Before a request is sent on a kept connection, the connection is checked
+      (a zero-timeout ``poll``); one the server closed meanwhile (a restart, an
+      idle timeout) is replaced, and nothing was sent on it. A connection that
+      cannot be made raises :class:`~cacheorm.BackendUnavailable`: nothing was
+      sent.
+    * Reads (``get``, ``get_many``, ``gets``, ``exists``) and the idempotent
+      writes ``set`` and ``replace`` are sent once more, on a new connection,
+      when a kept connection turns out closed or reset after the request was
+      sent. Timeouts are not retried (a slow server is not given twice the
+      work), nor is a request on a connection made for it.
+    * Nothing else is ever sent twice. A write whose request was sent and
+      whose reply was lost (closed connection, reset, timeout) raises
+      :class:`~cacheorm.OutcomeUnknown`, naming the key and the server: it may
+      or may not have been applied. This covers ``add`` (resending it would
+      report the caller's own write as "exists"), ``incr`` (it would count
+      twice), ``cas``, ``delete`` (the second answer would say the key was
+      absent) and a ``set``/``replace`` whose retry was not allowed.
+    * A batch write (``set_many``, ``add_many``, ``replace_many``,
+      ``delete_many``) that does not complete raises
+      :class:`~cacheorm.BatchWriteError`: ``written`` holds the keys whose
+      replies confirmed the write (for ``delete_many``: that the key is gone),
+      ``not_written`` the keys that certainly were not written (never handed
+      to the network, refused by the server, or, for ``add_many`` and
+      ``replace_many``, not stored because the condition did not hold) and
+      ``unknown`` the keys whose request was sent and whose reply was lost. It
+      is raised for a server error reply on some pair too (the connection is
+      then kept), and its cause is that server's error.
+
+    pymemcache's ``RetryingClient`` is refused: it resends any failed call,
+    ``add`` and ``incr`` included. Pass the client it wraps.
+
+    With ``down_server_reads_miss=True`` a read whose server cannot be reached
+    (or whose connection fails or times out) answers "absent" for that
+    server's keys instead of raising; writes still raise. Error replies from a
+    reachable server always raise.
 
 Keys:
     memcached keys are at most 250 bytes, with no spaces or control characters.
@@ -9,7 +80,8 @@ Keys:
     ``0xFF``, then the 40 hex digits of its BLAKE2b-160 hash. ``0xFF`` never
     occurs in UTF-8 (nor in the ``surrogatepass`` form used for keys holding
     lone surrogates), so a mapped key can never equal a key sent as-is, and no
-    key text is reserved.
+    key text is reserved. The mapping depends on nothing but the key and the
+    ``key_prefix`` length, so it is the same for one server and for any pool.
 
 TTL:
     memcached counts expiry in whole seconds on a clock that ticks once a
@@ -28,12 +100,14 @@ TTL:
 Value size:
     memcached refuses an item larger than its ``item_size_max`` (``-I``,
     1 MiB by default), and deletes the value the key held when it refuses a
-    ``set``. So values are checked before sending: the limit is the server's
-    ``item_size_max`` (read once with ``stats settings``) minus the key's
-    length and :data:`ITEM_OVERHEAD` bytes, or ``max_value_size`` when given.
-    A larger value raises :class:`~cacheorm.ValueTooLarge` and nothing is sent,
-    for a batch not even the other pairs. A refusal by the server itself is
-    reported as ``ValueTooLarge`` too (the key's old value is then gone).
+    ``set``. So values are checked before sending: the limit is the key's
+    server's ``item_size_max`` (read once per server with ``stats settings``)
+    minus the key's length and :data:`ITEM_OVERHEAD` bytes, or
+    ``max_value_size`` when given. A larger value raises
+    :class:`~cacheorm.ValueTooLarge` and nothing is sent, for a batch not even
+    the other pairs. A refusal by the server itself is reported as
+    ``ValueTooLarge`` too (the key's old value is then gone), or, in a batch,
+    as a ``BatchWriteError`` caused by one.
 
 Counters:
     ``incr`` uses memcached's atomic ``incr`` while the counter is between 0 and
@@ -47,10 +121,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import select
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cacheorm._backend import CasToken
 from cacheorm._checks import as_bytes as _as_bytes
@@ -60,16 +136,21 @@ from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
+    BatchWriteError,
     ConfigurationError,
     InvalidTTL,
     MissingDependency,
+    OutcomeUnknown,
     ValueTooLarge,
+    describe_keys,
 )
 
 if TYPE_CHECKING:
-    from pymemcache.client.base import Client  # type: ignore[import-untyped]
+    import socket
 
 __all__ = ["ITEM_OVERHEAD", "MemcachedBackend"]
+
+_T = TypeVar("_T")
 
 #: The longest key memcached accepts, in bytes (``key_prefix`` included).
 KEY_MAX = 250
@@ -103,6 +184,18 @@ _U64 = 2**64
 
 #: How many times ``incr`` retries a compare-and-set lost to other writers.
 _INCR_ATTEMPTS = 1000
+
+#: Bytes asked of the socket per receive.
+_RECV_SIZE = 65536
+
+#: How many key -> server placements a pool remembers (hashing is pure Python).
+_PLACEMENTS_MAX = 1 << 16
+
+#: Replies to a write that mean the server answered it.
+_WRITE_REPLIES = frozenset([b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED"])
+
+#: Replies in a batch that confirm the write: stored, or (for a delete) the key is gone.
+_CONFIRMED = frozenset([b"STORED", b"DELETED", b"NOT_FOUND"])
 
 
 def _expire(ttl: float | None) -> int:
@@ -147,55 +240,313 @@ def _parse_counter(value: bytes) -> int | None:
         return None
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for a message."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    detail = exc.args[0] if len(exc.args) == 1 else None
+    if isinstance(detail, bytes):
+        return detail.decode("utf-8", "replace") or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+# -- the wire ---------------------------------------------------------------------------
+
+
+class _Closed(ConnectionError):
+    """The server closed the connection while a reply was expected."""
+
+    def __init__(self) -> None:
+        super().__init__("memcached closed the connection")
+
+
+class _SendFailed(Exception):
+    """Sending failed after ``sent`` bytes were handed to the network."""
+
+    def __init__(self, sent: int, cause: OSError) -> None:
+        super().__init__(sent, cause)
+        self.sent = sent
+        self.cause = cause
+
+
+class _Failure(Exception):
+    """A request that did not complete (internal; translated by the backend).
+
+    Attributes:
+        node: the server.
+        cause: the socket error or bad reply.
+        sent: how many request bytes were handed to the network (0: none,
+            so the server never saw the request).
+        skipped: True if no connection was tried, the server having failed
+            less than ``retry_timeout`` seconds ago.
+    """
+
+    def __init__(
+        self, node: _Node, cause: BaseException, sent: int, *, skipped: bool = False
+    ) -> None:
+        super().__init__(node.address, cause)
+        self.node = node
+        self.cause = cause
+        self.sent = sent
+        self.skipped = skipped
+
+    @property
+    def unavailable(self) -> bool:
+        """True for a connection failure, False for a reply that made no sense."""
+        return isinstance(self.cause, OSError)
+
+
+class _Watch:
+    """Tells whether a kept connection is still usable, before a request is sent on it.
+
+    memcached never speaks unasked, so an idle connection with anything to
+    read (end of stream, a reset, a stale reply) is not usable. A zero-timeout
+    ``poll`` finds out without reading; the poll object is kept for the
+    socket it was made for.
+    """
+
+    __slots__ = ("poller", "sock")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.poller: Any = None
+
+    def usable(self, sock: socket.socket) -> bool:
+        """True if nothing arrived on ``sock`` since its last reply."""
+        if sock is not self.sock:
+            if not hasattr(select, "poll"):  # pragma: no cover - Windows
+                readable, _, _ = select.select([sock], [], [], 0)
+                return not readable
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN)
+            self.sock = sock
+        return not self.poller.poll(0)
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)``, but a failure says how many bytes went out (_SendFailed)."""
+    total = len(data)
+    try:
+        sent = sock.send(data)
+    except OSError as exc:
+        raise _SendFailed(0, exc) from exc
+    if sent < total:
+        view = memoryview(data)
+        while sent < total:
+            try:
+                sent += sock.send(view[sent:])
+            except OSError as exc:
+                raise _SendFailed(sent, exc) from exc
+
+
+class _Reader:
+    """Reads one request's replies from a socket: lines and data blocks."""
+
+    __slots__ = ("buf", "pos", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.pos = 0
+
+    def _more(self) -> bytes:
+        data: bytes = self.sock.recv(_RECV_SIZE)
+        if not data:
+            raise _Closed()
+        return data
+
+    def line(self) -> bytes:
+        """The next line, without its CRLF."""
+        buf, pos = self.buf, self.pos
+        end = buf.find(b"\r\n", pos)
+        if end < 0:
+            buf = buf[pos:]
+            pos = 0
+            while end < 0:
+                start = max(len(buf) - 1, 0)
+                buf += self._more()
+                end = buf.find(b"\r\n", start)
+            self.buf = buf
+        self.pos = end + 2
+        return buf[pos:end]
+
+    def block(self, size: int) -> bytes:
+        """The next ``size`` bytes, which must be followed by CRLF."""
+        buf, pos = self.buf, self.pos
+        end = pos + size
+        if end + 2 > len(buf):
+            chunks = [buf[pos:]]
+            have = len(buf) - pos
+            while have < size + 2:
+                data = self._more()
+                chunks.append(data)
+                have += len(data)
+            buf = b"".join(chunks)
+            pos, end = 0, size
+            self.buf = buf
+        if buf[end : end + 2] != b"\r\n":
+            raise _bad_reply(buf[end : end + 32])
+        self.pos = end + 2
+        return buf[pos:end]
+
+
+def _bad_reply(line: bytes) -> Exception:
+    """The pymemcache exception for an error or unexpected reply line."""
+    errors = importlib.import_module("pymemcache.exceptions")
+    if line.startswith(b"SERVER_ERROR"):
+        return errors.MemcacheServerError(line[13:])  # type: ignore[no-any-return]
+    if line.startswith(b"CLIENT_ERROR"):
+        return errors.MemcacheClientError(line[13:])  # type: ignore[no-any-return]
+    if line.startswith(b"ERROR"):
+        return errors.MemcacheUnknownCommandError(line)  # type: ignore[no-any-return]
+    return errors.MemcacheUnknownError(line[:32])  # type: ignore[no-any-return]
+
+
+#: One reply line.
+_read_line = _Reader.line
+
+
+def _read_value(reader: _Reader) -> bytes | None:
+    """The reply to ``get`` of one key: its value, or None."""
+    line = reader.line()
+    if line == b"END":
+        return None
+    if line[:6] != b"VALUE ":
+        raise _bad_reply(line)
+    value = reader.block(int(line.split(b" ", 4)[3]))
+    end = reader.line()
+    if end != b"END":
+        raise _bad_reply(end)
+    return value
+
+
+def _read_cas_value(reader: _Reader) -> tuple[bytes, bytes] | None:
+    """The reply to ``gets`` of one key: its value and CAS token, or None."""
+    line = reader.line()
+    if line == b"END":
+        return None
+    if line[:6] != b"VALUE ":
+        raise _bad_reply(line)
+    parts = line.split(b" ")
+    value = reader.block(int(parts[3]))
+    end = reader.line()
+    if end != b"END" or len(parts) != 5:
+        raise _bad_reply(end if end != b"END" else line)
+    return value, parts[4]
+
+
+def _read_values(reader: _Reader) -> dict[bytes, bytes]:
+    """The reply to ``get`` of several keys: full key -> value for the keys present."""
+    found: dict[bytes, bytes] = {}
+    line = reader.line
+    block = reader.block
+    while True:
+        head = line()
+        if head == b"END":
+            return found
+        if head[:6] != b"VALUE ":
+            raise _bad_reply(head)
+        parts = head.split(b" ", 4)
+        found[parts[1]] = block(int(parts[3]))
+
+
+def _read_stats(reader: _Reader) -> dict[bytes, bytes]:
+    """The reply to ``stats ...``: name -> value."""
+    stats: dict[bytes, bytes] = {}
+    while True:
+        line = reader.line()
+        if line == b"END":
+            return stats
+        parts = line.split(b" ", 2)
+        if parts[0] != b"STAT" or len(parts) != 3:
+            raise _bad_reply(line)
+        stats[parts[1]] = parts[2]
+
+
+def _store_command(command: bytes, key: bytes, expire: bytes, data: bytes) -> bytes:
+    """A ``set``/``add``/``replace`` request for the full key ``key``; flags are always 0."""
+    return b"%s %s 0 %s %d\r\n%s\r\n" % (command, key, expire, len(data), data)
+
+
+def _cas_command(key: bytes, expire: int, token: bytes, data: bytes) -> bytes:
+    """A ``cas`` request for the full key ``key``; flags are always 0."""
+    return b"cas %s 0 %d %d %s\r\n%s\r\n" % (key, expire, len(data), token, data)
+
+
+class _Node:
+    """One server of a backend: its client, a lock or pool, and what is known of it."""
+
+    __slots__ = (
+        "address",
+        "client",
+        "down_error",
+        "down_until",
+        "item_size_max",
+        "lock",
+        "pool",
+        "retry_timeout",
+        "watch",
+    )
+
+    def __init__(self, client: Any, pooled: bool, retry_timeout: float) -> None:
+        self.client = client
+        self.address = _describe_server(client.server)
+        #: ``PooledClient.client_pool`` for a pooled server, else None.
+        self.pool: Any = client.client_pool if pooled else None
+        #: One request and its reply at a time on a ``Client``'s one connection.
+        self.lock = threading.Lock()
+        self.item_size_max: int | None = None
+        self.retry_timeout = retry_timeout
+        #: ``time.monotonic()`` before which no new connection is tried.
+        self.down_until = 0.0
+        self.down_error: BaseException | None = None
+        #: The liveness check of the ``Client``'s socket (pooled clients make their own).
+        self.watch = _Watch()
+
+    def __repr__(self) -> str:
+        return f"<memcached {self.address}>"
+
+
 class MemcachedBackend:
-    """A backend on one memcached server, through a pymemcache ``Client``.
+    """A backend on one memcached server or a pool of them, through pymemcache's clients.
 
     Keys that memcached cannot take as they are get a deterministic mapped key,
-    TTLs are rounded up to whole seconds (plus one), and values over the
-    server's item size limit are refused before sending; see the module
-    documentation. Every write waits for the server's reply. The backend is safe
-    to share between threads: its one connection carries one request and reply
-    at a time, under a lock (for parallel requests, give threads their own
-    backends). Atomicity comes from memcached (``add``, ``incr``, ``cas``).
+    TTLs are rounded up to whole seconds (plus one), values over the server's
+    item size limit are refused before sending, and every write waits for the
+    server's reply; see the module documentation for pools, retries and
+    partial batches. The backend is safe to share between threads: a
+    ``Client``'s one connection carries one request and reply at a time, under
+    a lock (per server in a pool); a ``PooledClient`` (or ``HashClient`` with
+    ``use_pooling=True``) lends each thread a connection of its own. Atomicity
+    comes from memcached (``add``, ``incr``, ``cas``).
 
     Args:
-        client: a ``pymemcache.client.base.Client`` with the default serde (so
-            values are bytes) and ``ignore_exc=False``. Its ``key_prefix`` is
-            honoured.
+        client: a pymemcache ``Client``, ``PooledClient`` or ``HashClient``,
+            without serde (so values are bytes) and with ``ignore_exc=False``.
+            Its ``key_prefix`` is honoured; its ``default_noreply`` is ignored
+            (every write waits for its reply).
         max_value_size: the largest value accepted, in bytes; None to use the
             server's ``item_size_max`` less the key and :data:`ITEM_OVERHEAD`.
+        down_server_reads_miss: if True, reads of keys whose server cannot be
+            reached answer "absent" instead of raising BackendUnavailable.
+            Writes still raise. Off by default: a read never pretends a miss.
 
     Raises:
         MissingDependency: pymemcache is not installed.
-        ConfigurationError: the client is not a pymemcache ``Client``, has a
-            serde, ignores errors or has a ``key_prefix`` that leaves no room
-            for keys; or ``max_value_size`` is not a positive int or None.
+        ConfigurationError: the client is not one of those three (a
+            ``RetryingClient`` is refused), has a serde, ignores errors or has
+            a ``key_prefix`` that leaves no room for keys; or
+            ``max_value_size`` is not a positive int or None.
     """
 
-    def __init__(self, client: Client, max_value_size: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        max_value_size: int | None = None,
+        *,
+        down_server_reads_miss: bool = False,
+    ) -> None:
         pymemcache = _import_pymemcache()
-        if not isinstance(client, pymemcache.Client):
-            raise ConfigurationError(
-                "MemcachedBackend needs a pymemcache.client.base.Client, not "
-                f"{type(client).__name__} (pooled and hashing clients come later)"
-            )
-        serde = client.serde
-        if not (
-            isinstance(serde, pymemcache.LegacyWrappingSerde)
-            and getattr(serde.serialize, "__func__", None)
-            is pymemcache.LegacyWrappingSerde._default_serialize
-            and getattr(serde.deserialize, "__func__", None)
-            is pymemcache.LegacyWrappingSerde._default_deserialize
-        ):
-            raise ConfigurationError(
-                "MemcachedBackend needs a pymemcache Client without serde, serializer or "
-                "deserializer: values must come back as the bytes stored"
-            )
-        if client.ignore_exc:
-            raise ConfigurationError(
-                "MemcachedBackend needs a pymemcache Client with ignore_exc=False: "
-                "errors must not read as cache misses"
-            )
         if max_value_size is not None and (
             isinstance(max_value_size, bool)
             or not isinstance(max_value_size, int)
@@ -204,7 +555,8 @@ class MemcachedBackend:
             raise ConfigurationError(
                 f"max_value_size must be a positive int or None, not {max_value_size!r}"
             )
-        prefix: bytes = client.key_prefix
+        nodes = _nodes_of(client, pymemcache)
+        prefix: bytes = nodes[0].client.key_prefix
         room = KEY_MAX - len(prefix) - len(_MARKER) - 40
         if room < 0 or prefix.translate(None, _UNSAFE) != prefix:
             raise ConfigurationError(
@@ -213,23 +565,29 @@ class MemcachedBackend:
                 "control characters)"
             )
         self._client = client
+        self._nodes = nodes
+        #: The only server, or None for a pool.
+        self._single: _Node | None = nodes[0] if len(nodes) == 1 else None
+        self._by_name: dict[str, _Node] = {}
+        self._hasher: Any = None
+        if isinstance(client, pymemcache.HashClient):
+            # A private copy of the ring over every server: the HashClient's
+            # own drops servers that fail, which would move their keys.
+            self._hasher = type(client.hasher)()
+            for name, node_client in client.clients.items():
+                self._hasher.add_node(name)
+                self._by_name[name] = next(n for n in nodes if n.client is node_client)
+        self._placements: dict[bytes, _Node] = {}
         self._prefix = prefix
         self._plain_max = KEY_MAX - len(prefix)
         self._readable = min(_READABLE, room)
-        self._address = _describe_server(client.server)
+        self._address = ", ".join(node.address for node in nodes)
         self._max_value_size = max_value_size
-        #: The server's item_size_max, once read.
-        self._item_size_max: int | None = None
+        self._down_reads_miss = bool(down_server_reads_miss)
         #: Values up to this size need no size check.
         self._unchecked = _ALWAYS_FITS if max_value_size is None else max_value_size
-        self._errors: tuple[type[Exception], ...] = (pymemcache.MemcacheError, OSError)
-        self._unavailable: tuple[type[Exception], ...] = (
-            OSError,
-            pymemcache.MemcacheUnexpectedCloseError,
-        )
-        self._client_error: type[Exception] = pymemcache.MemcacheClientError
-        #: One request and its reply at a time on the client's one connection.
-        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
 
     @classmethod
     def from_servers(
@@ -238,51 +596,89 @@ class MemcachedBackend:
         /,
         *,
         max_value_size: int | None = None,
+        down_server_reads_miss: bool = False,
         **client_kwargs: Any,
     ) -> MemcachedBackend:
-        """A backend on a new pymemcache ``Client`` for the server at ``servers``.
+        """A backend on a new pymemcache client for the server(s) at ``servers``.
+
+        One address gives a ``Client`` (a ``PooledClient`` with
+        ``use_pooling=True``); several give a ``HashClient`` over all of them.
 
         Args:
-            servers: one address, ``"host:port"``, ``"[ipv6]:port"``,
-                ``"unix:/path"`` or ``"/path"``, alone or in a one-item list.
+            servers: addresses, ``"host:port"``, ``"[ipv6]:port"``,
+                ``"unix:/path"`` or ``"/path"``: one string, or a list.
             max_value_size: as for the constructor.
-            **client_kwargs: passed to ``Client``; ``connect_timeout`` and
-                ``timeout`` default to 5 seconds, ``default_noreply`` to False.
+            down_server_reads_miss: as for the constructor.
+            **client_kwargs: passed to the pymemcache client; ``connect_timeout``
+                and ``timeout`` default to 5 seconds, ``default_noreply`` to
+                False. For a pool, ``retry_timeout`` (default 1 second) is how
+                long a server that refused a connection is not tried again.
 
         Raises:
-            ConfigurationError: no address, several addresses (pools come
-                later), or an address that cannot be parsed.
+            ConfigurationError: no address, a repeated address, an address
+                that cannot be parsed, or an option the client does not take.
             MissingDependency: pymemcache is not installed.
         """
         pymemcache = _import_pymemcache()
         addresses = [servers] if isinstance(servers, str) else list(servers)
-        if len(addresses) != 1:
-            raise ConfigurationError(
-                "MemcachedBackend.from_servers takes exactly one server address for now "
-                f"(pools come later), not {len(addresses)}: {addresses!r}"
-            )
-        try:
-            server = pymemcache.normalize_server_spec(addresses[0])
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(
-                f"cannot parse memcached address {addresses[0]!r}: {exc}"
-            ) from exc
+        if not addresses:
+            raise ConfigurationError("MemcachedBackend.from_servers needs at least one address")
+        specs: list[Any] = []
+        for address in addresses:
+            try:
+                specs.append(pymemcache.normalize_server_spec(address))
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"cannot parse memcached address {address!r}: {exc}"
+                ) from exc
+        named = [_describe_server(spec) for spec in specs]
+        if len(set(named)) != len(named):
+            raise ConfigurationError(f"memcached addresses repeat a server: {addresses!r}")
         client_kwargs.setdefault("connect_timeout", 5.0)
         client_kwargs.setdefault("timeout", 5.0)
         client_kwargs.setdefault("default_noreply", False)
-        return cls(pymemcache.Client(server, **client_kwargs), max_value_size=max_value_size)
+        try:
+            if len(specs) > 1:
+                client = pymemcache.HashClient(specs, **client_kwargs)
+            elif client_kwargs.pop("use_pooling", False):
+                client = pymemcache.PooledClient(specs[0], **client_kwargs)
+            else:
+                client = pymemcache.Client(specs[0], **client_kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"bad pymemcache client option: {exc}") from exc
+        return cls(
+            client, max_value_size=max_value_size, down_server_reads_miss=down_server_reads_miss
+        )
 
     @property
-    def client(self) -> Client:
-        """The pymemcache ``Client`` this backend talks through."""
+    def client(self) -> Any:
+        """The pymemcache client this backend talks through."""
         return self._client
+
+    @property
+    def servers(self) -> list[str]:
+        """The addresses of the backend's servers, as ``host:port`` or ``unix:<path>``."""
+        return [node.address for node in self._nodes]
 
     @property
     def max_value_size(self) -> int | None:
         """The configured value size limit, or None to follow the server's."""
         return self._max_value_size
 
-    # -- keys, sizes and errors --------------------------------------------
+    @property
+    def down_server_reads_miss(self) -> bool:
+        """Whether reads on an unreachable server answer "absent" instead of raising."""
+        return self._down_reads_miss
+
+    def server_for(self, key: str) -> str:
+        """The address of the server that holds ``key``.
+
+        Raises:
+            TypeError: ``key`` is not a str.
+        """
+        return self._node(self._bkey(key)).address
+
+    # -- keys, placement and sizes -------------------------------------------
 
     def _bkey(self, key: str) -> bytes:
         """The memcached key (before ``key_prefix``) for ``key``; TypeError if not a str."""
@@ -316,75 +712,65 @@ class MemcachedBackend:
         digest = hashlib.blake2b(raw, digest_size=20).hexdigest().encode("ascii")
         return readable + _MARKER + digest
 
+    def _node(self, bkey: bytes) -> _Node:
+        """The server of ``bkey``."""
+        single = self._single
+        if single is not None:
+            return single
+        node = self._placements.get(bkey)
+        if node is None:
+            # HashClient hashes the str key it is given; a mapped key (not
+            # UTF-8) is hashed with its 0xFF escaped.
+            name = self._hasher.get_node(bkey.decode("utf-8", "surrogateescape"))
+            node = self._by_name[name]
+            if len(self._placements) >= _PLACEMENTS_MAX:
+                self._placements.clear()
+            self._placements[bkey] = node
+        return node
+
+    def _group(self, bkeys: Sequence[bytes]) -> dict[_Node, list[int]]:
+        """The indices of ``bkeys`` by server, servers in order of first use."""
+        groups: dict[_Node, list[int]] = {}
+        node = self._node
+        for index, bkey in enumerate(bkeys):
+            where = node(bkey)
+            indices = groups.get(where)
+            if indices is None:
+                groups[where] = [index]
+            else:
+                indices.append(index)
+        return groups
+
     def _check_size(self, key: str, bkey: bytes, size: int) -> None:
         """Raise ValueTooLarge if a ``size``-byte value cannot be stored under ``bkey``."""
-        limit = self._limit(bkey, key)
+        node = self._node(bkey)
+        limit = self._limit(node, bkey, key)
         if size > limit:
             raise ValueTooLarge(
                 f"value for key {key!r} is {size} bytes, over the {limit}-byte limit of "
-                f"memcached at {self._address}; nothing was written",
+                f"memcached at {node.address}; nothing was written",
                 size=size,
                 limit=limit,
                 key=key,
-                server=self._address,
+                server=node.address,
             )
 
-    def _limit(self, bkey: bytes, key: str | None) -> int:
+    def _limit(self, node: _Node, bkey: bytes, key: str | None) -> int:
         """The largest value storable under ``bkey``, reading item_size_max if needed."""
         if self._max_value_size is not None:
             return self._max_value_size
-        return self._item_limit(key) - len(self._prefix) - len(bkey)
+        return self._item_limit(node, key) - len(self._prefix) - len(bkey)
 
-    def _item_limit(self, key: str | None) -> int:
-        """The server's ``item_size_max`` less :data:`ITEM_OVERHEAD`, read once."""
-        if self._item_size_max is None:
-            try:
-                with self._lock:
-                    stats = self._client.stats("settings")
-            except self._errors as exc:
-                raise self._fail(exc, key) from exc
-            self._item_size_max = int(stats.get(b"item_size_max", 1024 * 1024))
-            if self._max_value_size is None:
-                self._unchecked = max(0, self._item_size_max - ITEM_OVERHEAD - KEY_MAX)
-        return self._item_size_max - ITEM_OVERHEAD
-
-    def _fail(
-        self,
-        exc: Exception,
-        key: str | None = None,
-        size: int | None = None,
-        bkey: bytes = b"",
-    ) -> BackendError:
-        """The cacheorm error for a pymemcache or socket error; raise it ``from exc``.
-
-        ``size`` (the value's, or the largest of a batch) turns the server's
-        "object too large" refusal into :class:`~cacheorm.ValueTooLarge`.
-        """
-        server = self._address
-        about = "" if key is None else f" for key {key!r}"
-        if isinstance(exc, self._unavailable):
-            reason = str(exc) or type(exc).__name__
-            return BackendUnavailable(
-                f"memcached at {server} is unavailable{about}: {reason}", key=key, server=server
-            )
-        detail = exc.args[0] if exc.args else ""
-        text = (
-            detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
-        ) or type(exc).__name__
-        if size is not None and "too large" in text:
-            try:  # the real limit, when the server still answers
-                limit = self._item_limit(key) - len(self._prefix) - len(bkey)
-            except BackendError:
-                limit = size - 1
-            return ValueTooLarge(
-                f"memcached at {server} refused a {size}-byte value{about} as too large "
-                f"({text}); the key's previous value, if any, is gone",
-                size=size,
-                limit=limit,
-                key=key,
-                server=server,
-            )
-        return BackendError(f"memcached at {server} failed{about}: {text}", key=key, server=server)
+    def _item_limit(self, node: _Node, key: str | None) -> int:
+        """The server's ``item_size_max`` less :data:`ITEM_OVERHEAD`, read once per server."""
+        if node.item_size_max is None:
+            stats = self._ask(node, b"stats settings\r\n", _read_stats, key=key, op="stats")
+            node.item_size_max = int(stats.get(b"item_size_max", 1024 * 1024))
+            sizes = [n.item_size_max for n in self._nodes]
+            if self._max_value_size is None and None not in sizes:
+                smallest = min(s for s in sizes if s is not None)
+                self._unchecked = max(0, smallest - ITEM_OVERHEAD - KEY_MAX)
+        return node.item_size_max - ITEM_OVERHEAD
 
     def _pairs(
         self, items: Sequence[tuple[str, bytes]]
@@ -400,40 +786,266 @@ class MemcachedBackend:
             largest = max(largest, size)
         return pairs, bkeys, largest
 
-    def _unconfirmed(self, keys: Sequence[str]) -> BackendError:
-        """The error for writes the server did not confirm."""
-        shown = ", ".join(repr(k) for k in keys[:10])
-        more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-        return BackendError(
-            f"memcached at {self._address} did not store key(s) {shown}{more}",
-            key=keys[0] if len(keys) == 1 else None,
-            server=self._address,
+    # -- requests ----------------------------------------------------------------
+
+    def _call(self, node: _Node, request: bytes, read: Callable[[_Reader], _T], resend: bool) -> _T:
+        """Send ``request`` to ``node`` and ``read`` its reply; _Failure if that fails.
+
+        With ``resend``, a request that failed on a kept connection that turned
+        out closed or reset is sent once more on a new connection.
+        """
+        pool = node.pool
+        if pool is None:
+            with node.lock:
+                return self._exchange(node, node.client, node.watch, request, read, resend)
+        with pool.get_and_release(destroy_on_fail=True) as client:
+            return self._exchange(node, client, _Watch(), request, read, resend)
+
+    def _exchange(
+        self,
+        node: _Node,
+        client: Any,
+        watch: _Watch,
+        request: bytes,
+        read: Callable[[_Reader], _T],
+        resend: bool,
+    ) -> _T:
+        """:meth:`_call` on one connection of ``node`` (its lock or pool slot held)."""
+        sock = client.sock
+        if sock is not None and not watch.usable(sock):
+            client.close()  # closed by the server, or a stale reply: nothing sent yet
+            sock = None
+        reused = sock is not None
+        if sock is None:
+            sock = self._connect(node, client)
+        sent = 0
+        cause: Exception
+        try:
+            _send(sock, request)
+            sent = len(request)
+            return read(_Reader(sock))
+        except _SendFailed as exc:
+            sent, cause = exc.sent, exc.cause
+        except Exception as exc:  # a socket error, or a reply that made no sense
+            cause = exc
+        client.close()
+        if resend and reused and isinstance(cause, ConnectionError):
+            try:
+                return self._exchange(node, client, watch, request, read, False)
+            except _Failure as again:
+                if again.sent or not sent:
+                    raise
+                # The first attempt was sent: the server may have seen it.
+                raise _Failure(node, again.cause, sent) from again.cause
+        raise _Failure(node, cause, sent) from cause
+
+    def _connect(self, node: _Node, client: Any) -> socket.socket:
+        """A new connection of ``client``; _Failure (nothing sent) if it cannot be made."""
+        if node.down_until:
+            if time.monotonic() < node.down_until and node.down_error is not None:
+                raise _Failure(node, node.down_error, 0, skipped=True)
+            node.down_until = 0.0
+        try:
+            client._connect()
+        except Exception as exc:
+            if node.retry_timeout > 0:
+                node.down_error = exc
+                node.down_until = time.monotonic() + node.retry_timeout
+            raise _Failure(node, exc, 0) from exc
+        sock: socket.socket = client.sock
+        return sock
+
+    def _ask(
+        self,
+        node: _Node,
+        request: bytes,
+        read: Callable[[_Reader], _T],
+        *,
+        key: str | None,
+        op: str,
+        write: bool = False,
+        resend: bool = True,
+    ) -> _T:
+        """:meth:`_call`, with a failure raised as the cacheorm error for ``op`` on ``key``."""
+        try:
+            return self._call(node, request, read, resend)
+        except _Failure as failure:
+            raise self._error(failure, key, op=op, write=write) from failure.cause
+
+    def _error(
+        self, failure: _Failure, key: str | None, *, op: str, write: bool, about: str = ""
+    ) -> BackendError:
+        """The cacheorm error for a failed request: unavailable, outcome unknown or failed.
+
+        ``about`` says what the request was for when it was not one ``key``.
+        """
+        server = failure.node.address
+        if key is not None:
+            about = f" for key {key!r}"
+        reason = _reason(failure.cause)
+        if not failure.unavailable:
+            return BackendError(
+                f"memcached at {server} failed{about}: {reason}", key=key, server=server
+            )
+        if failure.sent == 0 or not write:
+            if failure.skipped:
+                reason = (
+                    f"{reason}, less than retry_timeout={failure.node.retry_timeout:g}s "
+                    "ago, so it was not tried again"
+                )
+            return BackendUnavailable(
+                f"memcached at {server} is unavailable{about}: {reason}", key=key, server=server
+            )
+        return OutcomeUnknown(
+            f"memcached at {server} lost the reply to {op}{about} ({reason}): the write was "
+            "sent and may or may not have been applied; cacheorm does not send it again, "
+            "read the key to find out",
+            key=key,
+            server=server,
         )
 
-    # -- the Backend protocol ----------------------------------------------
+    def _refused(
+        self, node: _Node, line: bytes, key: str, size: int | None = None, bkey: bytes = b""
+    ) -> BackendError:
+        """The error (caused by pymemcache's) for an error reply to a request about ``key``.
+
+        ``size`` (the value's) turns the server's "object too large" refusal into
+        :class:`~cacheorm.ValueTooLarge`.
+        """
+        server = node.address
+        cause = _bad_reply(line)
+        text = _reason(cause)
+        error: BackendError
+        if size is not None and "too large" in text:
+            try:  # the real limit, when the server still answers
+                limit = self._item_limit(node, key) - len(self._prefix) - len(bkey)
+            except BackendError:
+                limit = size - 1
+            error = ValueTooLarge(
+                f"memcached at {server} refused a {size}-byte value for key {key!r} as too "
+                f"large ({text}); the key's previous value, if any, is gone",
+                size=size,
+                limit=limit,
+                key=key,
+                server=server,
+            )
+        else:
+            error = BackendError(
+                f"memcached at {server} failed for key {key!r}: {text}", key=key, server=server
+            )
+        error.__cause__ = cause
+        return error
+
+    def _executor_for_batches(self) -> ThreadPoolExecutor:
+        """The thread pool that sends a batch's requests to the servers concurrently."""
+        executor = self._executor
+        if executor is None:
+            with self._executor_lock:
+                executor = self._executor
+                if executor is None:
+                    executor = ThreadPoolExecutor(
+                        max_workers=len(self._nodes), thread_name_prefix="cacheorm-memcached"
+                    )
+                    self._executor = executor
+        return executor
+
+    def _each(
+        self, work: Callable[[_Node, list[int]], _T], groups: dict[_Node, list[int]]
+    ) -> list[tuple[_Node, list[int], _T | BaseException]]:
+        """``work(node, indices)`` for each group, concurrently; the result or error of each."""
+        items = list(groups.items())
+        outcomes: list[tuple[_Node, list[int], _T | BaseException]] = []
+        if len(items) == 1:
+            node, indices = items[0]
+            try:
+                outcomes.append((node, indices, work(node, indices)))
+            except Exception as exc:
+                outcomes.append((node, indices, exc))
+            return outcomes
+        executor = self._executor_for_batches()
+        futures = [(n, i, executor.submit(work, n, i)) for n, i in items[1:]]
+        node, indices = items[0]
+        try:
+            outcomes.append((node, indices, work(node, indices)))
+        except Exception as exc:
+            outcomes.append((node, indices, exc))
+        for node, indices, future in futures:
+            try:
+                outcomes.append((node, indices, future.result()))
+            except Exception as exc:
+                outcomes.append((node, indices, exc))
+        return outcomes
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _read_failed(self, failure: _Failure, key: str | None, about: str = "") -> None:
+        """Raise the error for a failed read, unless an unreachable server may read as a miss."""
+        if not (self._down_reads_miss and failure.unavailable):
+            raise self._error(failure, key, op="read", write=False, about=about) from failure.cause
 
     def get(self, key: str, /) -> bytes | None:
         """The value under ``key``, or None if absent or expired."""
         bkey = self._bkey(key)
+        node = self._single or self._node(bkey)
         try:
-            with self._lock:
-                value: bytes | None = self._client.get(bkey)
-        except self._errors as exc:
-            raise self._fail(exc, key) from exc
-        return value
+            return self._call(node, b"get " + self._prefix + bkey + b"\r\n", _read_value, True)
+        except _Failure as failure:
+            self._read_failed(failure, key)
+            return None
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
-        """The values under ``keys``, in the same order, None where absent; one round trip."""
+        """The values under ``keys``, in the same order, None where absent.
+
+        One request per server, to the servers concurrently.
+        """
         bkeys = self._bkeys(keys)
         if not bkeys:
             return []
-        try:
-            with self._lock:
-                found: dict[bytes, bytes] = self._client.get_many(bkeys)
-        except self._errors as exc:
-            raise self._fail(exc) from exc
+        prefix = self._prefix
+        fulls = [prefix + b for b in bkeys] if prefix else bkeys
+        single = self._single
+        if single is not None:
+            request = b"get " + b" ".join(fulls) + b"\r\n"
+            try:
+                found = self._call(single, request, _read_values, True)
+            except _Failure as failure:
+                self._read_failed(failure, None)
+                return [None] * len(bkeys)
+            get = found.get
+            return [get(full) for full in fulls]
+
+        def fetch(node: _Node, indices: list[int]) -> dict[bytes, bytes]:
+            request = b"get " + b" ".join([fulls[i] for i in indices]) + b"\r\n"
+            return self._call(node, request, _read_values, True)
+
+        found = {}
+        for _, indices, outcome in self._each(fetch, self._group(bkeys)):
+            if isinstance(outcome, _Failure):
+                about = f" for {len(indices)} of the {len(bkeys)} keys read"
+                self._read_failed(outcome, keys[indices[0]] if len(indices) == 1 else None, about)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                found.update(outcome)
         get = found.get
-        return [get(b) for b in bkeys]
+        return [get(full) for full in fulls]
+
+    def exists(self, key: str, /) -> bool:
+        """True if ``key`` holds a live value (read with ``get``, which leaves the TTL alone)."""
+        return self.get(key) is not None
+
+    def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
+        """The value and its CAS token (bytes of digits) for :meth:`cas`, or None if absent."""
+        bkey = self._bkey(key)
+        node = self._node(bkey)
+        request = b"gets " + self._prefix + bkey + b"\r\n"
+        try:
+            return self._call(node, request, _read_cas_value, True)
+        except _Failure as failure:
+            self._read_failed(failure, key)
+            return None
+
+    # -- single writes ------------------------------------------------------------------
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing any value and TTL it had.
@@ -441,131 +1053,69 @@ class MemcachedBackend:
         Raises:
             TypeError: ``key`` is not a str or ``value`` not bytes-like.
             ValueTooLarge: ``value`` is over the size limit; nothing was sent.
+            OutcomeUnknown: the reply was lost; the value may or may not be stored.
         """
-        if not self._store_if("set", key, value, ttl):
-            raise self._unconfirmed([key])
-
-    def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
-        """Store every ``(key, value)`` pair in one round trip; a repeated key keeps its last value.
-
-        Nothing is sent if a key or value is invalid, the TTL is invalid or a
-        value is too large.
-        """
-        pairs, bkeys, largest = self._pairs(items)
-        expire = _expire(ttl)
-        if not pairs:
-            return
-        values = {bkey: value for bkey, (_, value) in zip(bkeys, pairs, strict=True)}
-        try:
-            with self._lock:
-                failed: list[bytes] = self._client.set_many(values, expire, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, pairs[0][0] if len(pairs) == 1 else None, largest) from exc
-        if failed:
-            missed = set(failed)
-            raise self._unconfirmed(
-                [k for (k, _), b in zip(pairs, bkeys, strict=True) if b in missed]
+        if not self._store_if(b"set", key, value, ttl):
+            raise BackendError(
+                f"memcached at {self.server_for(key)} did not store key {key!r}",
+                key=key,
+                server=self.server_for(key),
             )
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` is absent or expired, atomically; True if stored."""
-        return self._store_if("add", key, value, ttl)
+        """Store only if ``key`` is absent or expired, atomically; True if stored.
 
-    def add_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
-    ) -> list[bool]:
-        """``add`` for each pair, in order; a later pair sees earlier ones.
-
-        One round trip, or one per repetition when a key occurs more than once.
+        Raises:
+            OutcomeUnknown: the request was sent and its reply lost; it is not resent.
         """
-        return self._write_if(b"add", items, ttl)
+        return self._store_if(b"add", key, value, ttl)
 
     def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` holds a live value, atomically; True if stored."""
-        return self._store_if("replace", key, value, ttl)
+        return self._store_if(b"replace", key, value, ttl)
 
-    def _store_if(self, command: str, key: str, value: bytes, ttl: float | None) -> bool:
+    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> bool:
         """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
         bkey = self._bkey(key)
         data = _as_bytes(key, value)
         expire = _expire(ttl)
         if len(data) > self._unchecked:
             self._check_size(key, bkey, len(data))
-        try:
-            with self._lock:
-                stored: bool = getattr(self._client, command)(bkey, data, expire, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, key, len(data), bkey) from exc
-        return stored
-
-    def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
-    ) -> list[bool]:
-        """``replace`` for each pair, in order; round trips as for :meth:`add_many`."""
-        return self._write_if(b"replace", items, ttl)
-
-    def _write_if(
-        self, command: bytes, items: Sequence[tuple[str, bytes]], ttl: float | None
-    ) -> list[bool]:
-        """Send ``command`` (add or replace) for each pair, in waves of distinct keys.
-
-        pymemcache has no public add_many, and ``Client._store_cmd`` (private but
-        unchanged through pymemcache 4.x) takes a dict, so a batch that repeats
-        a key goes in waves: wave n holds the n-th occurrence of each key, and
-        memcached runs the waves in order, as the memory backend runs pairs.
-        """
-        pairs, bkeys, largest = self._pairs(items)
-        expire = _expire(ttl)
-        results = [False] * len(pairs)
-        waves: list[dict[bytes, tuple[int, bytes]]] = []
-        occurrences: dict[bytes, int] = {}
-        for index, ((_, value), bkey) in enumerate(zip(pairs, bkeys, strict=True)):
-            wave = occurrences.get(bkey, 0)
-            occurrences[bkey] = wave + 1
-            if wave == len(waves):
-                waves.append({})
-            waves[wave][bkey] = (index, value)
-        for wave_items in waves:
-            values = {bkey: value for bkey, (_, value) in wave_items.items()}
-            try:
-                with self._lock:
-                    replies = self._client._store_cmd(command, values, expire, False)
-            except self._errors as exc:
-                raise self._fail(exc, pairs[0][0] if len(pairs) == 1 else None, largest) from exc
-            for bkey, (index, _) in wave_items.items():
-                results[index] = replies[bkey] is True
-        return results
+        node = self._single or self._node(bkey)
+        request = _store_command(command, self._prefix + bkey, b"%d" % expire, data)
+        line = self._ask(
+            node,
+            request,
+            _read_line,
+            key=key,
+            op=command.decode(),
+            write=True,
+            resend=command != b"add",
+        )
+        if line == b"STORED":
+            return True
+        if line == b"NOT_STORED":
+            return False
+        raise self._refused(node, line, key, len(data), bkey)
 
     def delete(self, key: str, /) -> bool:
-        """Remove ``key``; True if it held a live value."""
-        bkey = self._bkey(key)
-        try:
-            with self._lock:
-                deleted: bool = self._client.delete(bkey, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, key) from exc
-        return deleted
+        """Remove ``key``; True if it held a live value.
 
-    def delete_many(self, keys: Sequence[str], /) -> int:
-        """Remove ``keys`` in one round trip; the number that held a live value.
-
-        pymemcache's ``delete_many`` pipelines the deletes in one round trip but
-        does not say which existed, so its private ``_misc_cmd`` is used directly.
+        Raises:
+            OutcomeUnknown: the request was sent and its reply lost; it is not
+                resent, since a second answer would say the key was absent.
         """
-        prefix = self._prefix
-        commands = [b"delete " + prefix + bkey + b"\r\n" for bkey in self._bkeys(keys)]
-        if not commands:
-            return 0
+        bkey = self._bkey(key)
+        node = self._single or self._node(bkey)
         try:
-            with self._lock:
-                lines: list[bytes] = self._client._misc_cmd(commands, b"delete", False)
-        except self._errors as exc:
-            raise self._fail(exc) from exc
-        return sum(1 for line in lines if line == b"DELETED")
-
-    def exists(self, key: str, /) -> bool:
-        """True if ``key`` holds a live value (read with ``get``, which leaves the TTL alone)."""
-        return self.get(key) is not None
+            line = self._call(node, b"delete " + self._prefix + bkey + b"\r\n", _read_line, False)
+        except _Failure as failure:
+            raise self._error(failure, key, op="delete", write=True) from failure.cause
+        if line == b"DELETED":
+            return True
+        if line == b"NOT_FOUND":
+            return False
+        raise self._refused(node, line, key)
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key``, starting from 0; the new value.
@@ -580,39 +1130,51 @@ class MemcachedBackend:
         Raises:
             TypeError: ``delta`` is not an int.
             BackendError: the stored value is not an integer.
+            OutcomeUnknown: an increment (or the write creating the counter) was
+                sent and its reply lost; it is never resent, so never counted twice.
         """
         bkey = self._bkey(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
         if delta < 0 or delta >= _U64:
             return self._incr_cas(key, bkey, delta)
-        client, lock = self._client, self._lock
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        digits = b"%d" % delta
+        increment = b"incr " + full + b" " + digits + b"\r\n"
+        create = _store_command(b"add", full, b"0", digits)
         for _ in range(_INCR_ATTEMPTS):
-            try:
-                with lock:
-                    result: int | None = client.incr(bkey, delta, noreply=False)
-                    created = result is None and client.add(
-                        bkey, str(delta).encode("ascii"), 0, noreply=False
-                    )
-            except self._client_error as exc:
-                detail = exc.args[0] if exc.args else b""
-                if not (isinstance(detail, bytes) and b"non-numeric" in detail):
-                    raise self._fail(exc, key) from exc
-                # The value is negative, over 2**64 - 1 or not a number.
-                return self._incr_cas(key, bkey, delta)
-            except self._errors as exc:
-                raise self._fail(exc, key) from exc
-            if created:
-                return delta
-            if result is not None:
+            line = self._ask(
+                node, increment, _read_line, key=key, op="incr", write=True, resend=False
+            )
+            if line.isdigit():
+                result = int(line)
                 if result < delta:  # memcached wrapped around 2**64: add it back
                     self._incr_cas(key, bkey, _U64, missing_ok=True)
                     return result + _U64
                 return result
+            if line == b"NOT_FOUND":
+                line = self._ask(
+                    node,
+                    create,
+                    _read_line,
+                    key=key,
+                    op="incr (creating the counter)",
+                    write=True,
+                    resend=False,
+                )
+                if line == b"STORED":
+                    return delta
+                if line == b"NOT_STORED":
+                    continue  # created by another writer meanwhile: increment it
+            elif line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
+                # The value is negative, over 2**64 - 1 or not a number.
+                return self._incr_cas(key, bkey, delta)
+            raise self._refused(node, line, key)
         raise BackendError(
             f"cannot incr key {key!r}: it keeps vanishing and reappearing",
             key=key,
-            server=self._address,
+            server=node.address,
         )
 
     def _incr_cas(self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False) -> int:
@@ -620,74 +1182,74 @@ class MemcachedBackend:
 
         With ``missing_ok``, a missing key stays missing (and ``delta`` is returned).
         """
-        client, lock = self._client, self._lock
-        meta = b"mg " + self._prefix + bkey + b" t c"
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        read = b"gets " + full + b"\r\n"
+        meta = b"mg " + full + b" t c\r\n"
         for _ in range(_INCR_ATTEMPTS):
-            try:
-                with lock:
-                    value, token = client.gets(bkey)
-                if value is None:
-                    if missing_ok:
-                        return delta
-                    with lock:
-                        created = client.add(bkey, str(delta).encode("ascii"), 0, noreply=False)
-                    if created:
-                        return delta
-                    continue
-                current = _parse_counter(value)
-                if current is None:
-                    raise BackendError(
-                        f"cannot incr key {key!r}: its value is not an ASCII integer",
-                        key=key,
-                        server=self._address,
-                    )
-                with lock:
-                    reply: bytes = client.raw_command(meta, b"\r\n")
-                flags = reply.split()
-                if flags[:1] != [b"HD"]:
-                    continue  # gone since gets
-                remaining = next((int(f[1:]) for f in flags if f[:1] == b"t"), -1)
-                tokens = [f[1:] for f in flags if f[:1] == b"c"]
-                if tokens and tokens[0] != token:
-                    continue  # changed since gets
-                if remaining < 0:
-                    expire = 0
-                elif remaining <= _RELATIVE_MAX:
-                    expire = max(remaining, 1)
-                else:
-                    expire = int(time.time()) + remaining
-                result = current + delta
-                with lock:
-                    stored = client.cas(
-                        bkey, str(result).encode("ascii"), token, expire, noreply=False
-                    )
-            except self._errors as exc:
-                raise self._fail(exc, key) from exc
-            if stored:
+            got = self._ask(node, read, _read_cas_value, key=key, op="incr")
+            if got is None:
+                if missing_ok:
+                    return delta
+                create = _store_command(b"add", full, b"0", b"%d" % delta)
+                line = self._ask(
+                    node,
+                    create,
+                    _read_line,
+                    key=key,
+                    op="incr (creating the counter)",
+                    write=True,
+                    resend=False,
+                )
+                if line == b"STORED":
+                    return delta
+                if line != b"NOT_STORED":
+                    raise self._refused(node, line, key)
+                continue
+            value, token = got
+            current = _parse_counter(value)
+            if current is None:
+                raise BackendError(
+                    f"cannot incr key {key!r}: its value is not an ASCII integer",
+                    key=key,
+                    server=node.address,
+                )
+            flags = self._ask(node, meta, _read_line, key=key, op="incr").split()
+            if flags[:1] != [b"HD"]:
+                continue  # gone since gets
+            remaining = next((int(f[1:]) for f in flags if f[:1] == b"t"), -1)
+            tokens = [f[1:] for f in flags if f[:1] == b"c"]
+            if tokens and tokens[0] != token:
+                continue  # changed since gets
+            if remaining < 0:
+                expire = 0
+            elif remaining <= _RELATIVE_MAX:
+                expire = max(remaining, 1)
+            else:
+                expire = int(time.time()) + remaining
+            result = current + delta
+            request = _cas_command(full, expire, token, b"%d" % result)
+            line = self._ask(
+                node, request, _read_line, key=key, op="incr", write=True, resend=False
+            )
+            if line == b"STORED":
                 return result
+            if line not in (b"EXISTS", b"NOT_FOUND"):
+                raise self._refused(node, line, key)
         raise BackendError(
             f"cannot incr key {key!r}: other writers kept changing it",
             key=key,
-            server=self._address,
+            server=node.address,
         )
-
-    def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
-        """The value and its CAS token (bytes of digits) for :meth:`cas`, or None if absent."""
-        bkey = self._bkey(key)
-        try:
-            with self._lock:
-                value, token = self._client.gets(bkey)
-        except self._errors as exc:
-            raise self._fail(exc, key) from exc
-        if value is None:
-            return None
-        return value, token
 
     def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
         """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``.
 
         A token that memcached could not have given (not an int or bytes of
         digits under ``2**64``) returns False without asking the server.
+
+        Raises:
+            OutcomeUnknown: the request was sent and its reply lost; it is not resent.
         """
         bkey = self._bkey(key)
         data = _as_bytes(key, value)
@@ -704,21 +1266,315 @@ class MemcachedBackend:
             return False
         if not 0 <= number < _U64:
             return False
-        try:
-            with self._lock:
-                stored: bool | None = self._client.cas(bkey, data, number, expire, noreply=False)
-        except self._errors as exc:
-            raise self._fail(exc, key, len(data), bkey) from exc
-        return stored is True
+        node = self._node(bkey)
+        request = _cas_command(self._prefix + bkey, expire, b"%d" % number, data)
+        line = self._ask(node, request, _read_line, key=key, op="cas", write=True, resend=False)
+        if line == b"STORED":
+            return True
+        if line in (b"EXISTS", b"NOT_FOUND"):
+            return False
+        raise self._refused(node, line, key, len(data), bkey)
+
+    # -- batch writes -------------------------------------------------------------------
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
+        """Store every ``(key, value)`` pair; a repeated key keeps its last value.
+
+        One request per server, to the servers concurrently. Nothing is sent if
+        a key or value is invalid, the TTL is invalid or a value is too large.
+
+        Raises:
+            BatchWriteError: the batch failed part-way; it lists the keys written,
+                not written and unknown.
+        """
+        pairs, bkeys, _ = self._pairs(items)
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return
+        last = {bkey: index for index, bkey in enumerate(bkeys)}
+        if len(last) < len(pairs):
+            pairs = [pairs[i] for i in last.values()]
+            bkeys = list(last)
+        self._write_many(b"set", pairs, bkeys, expire, op="set_many")
+
+    def add_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``add`` for each pair, in order; a later pair sees earlier ones.
+
+        One request per server (memcached runs a connection's commands in
+        order, so a repeated key is added once).
+
+        Raises:
+            BatchWriteError: the batch failed part-way; nothing is resent.
+        """
+        pairs, bkeys, _ = self._pairs(items)
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return []
+        return self._write_many(b"add", pairs, bkeys, expire, op="add_many")
+
+    def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order; one request per server.
+
+        Raises:
+            BatchWriteError: the batch failed part-way; nothing is resent.
+        """
+        pairs, bkeys, _ = self._pairs(items)
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return []
+        return self._write_many(b"replace", pairs, bkeys, expire, op="replace_many")
+
+    def delete_many(self, keys: Sequence[str], /) -> int:
+        """Remove ``keys``; the number that held a live value. One request per server.
+
+        Raises:
+            BatchWriteError: the batch failed part-way; ``written`` lists the keys
+                confirmed gone.
+        """
+        bkeys = self._bkeys(keys)
+        if not bkeys:
+            return 0
+        prefix = self._prefix
+        commands = [b"delete " + prefix + bkey + b"\r\n" for bkey in bkeys]
+        replies = self._send_many(commands, bkeys, list(keys), op="delete_many")
+        return sum(1 for line in replies if line == b"DELETED")
+
+    def _write_many(
+        self,
+        command: bytes,
+        pairs: list[tuple[str, bytes]],
+        bkeys: list[bytes],
+        expire: bytes,
+        *,
+        op: str,
+    ) -> list[bool]:
+        """Send ``command`` for each pair; True where the server stored it."""
+        prefix = self._prefix
+        commands = [
+            _store_command(command, prefix + bkey, expire, value)
+            for (_, value), bkey in zip(pairs, bkeys, strict=True)
+        ]
+        replies = self._send_many(
+            commands,
+            bkeys,
+            [key for key, _ in pairs],
+            op=op,
+            sizes=[len(value) for _, value in pairs],
+            must_store=command == b"set",
+        )
+        return [line == b"STORED" for line in replies]
+
+    def _send_many(
+        self,
+        commands: list[bytes],
+        bkeys: list[bytes],
+        keys: list[str],
+        *,
+        op: str,
+        sizes: list[int] | None = None,
+        must_store: bool = False,
+    ) -> list[bytes]:
+        """Send one write per key, one request per server, concurrently; each reply line.
+
+        Raises BatchWriteError unless every reply arrived and none is an error
+        reply (nor, with ``must_store``, anything but ``STORED``). A reply of
+        ``NOT_FOUND`` to a delete confirms that the key is gone.
+        """
+        replies: list[bytes | None] = [None] * len(commands)
+
+        def send(node: _Node, indices: list[int]) -> _Failure | None:
+            lines: list[bytes] = []
+            count = len(indices)
+
+            def read(reader: _Reader) -> None:
+                line = reader.line
+                while len(lines) < count:
+                    reply = line()
+                    if reply not in _WRITE_REPLIES and not reply.startswith(b"SERVER_ERROR"):
+                        # memcached skips the data of a refused write, so its
+                        # SERVER_ERROR keeps the replies in step; anything else
+                        # may not, so reading stops there.
+                        raise _bad_reply(reply)
+                    lines.append(reply)
+
+            try:
+                self._call(node, b"".join([commands[i] for i in indices]), read, False)
+            except _Failure as failure:
+                return failure
+            finally:
+                for index, reply in zip(indices, lines, strict=False):
+                    replies[index] = reply
+            return None
+
+        if self._single is not None:
+            groups = {self._single: list(range(len(commands)))}
+        else:
+            groups = self._group(bkeys)
+        failures: list[_Failure] = []
+        sent: set[int] = set()
+        for _, indices, outcome in self._each(send, groups):
+            if isinstance(outcome, _Failure):
+                failures.append(outcome)
+                end = 0
+                for index in indices:
+                    end += len(commands[index])
+                    if end > outcome.sent:
+                        break
+                    sent.add(index)
+            elif outcome is not None:
+                raise outcome
+        refused = [
+            index
+            for index, line in enumerate(replies)
+            if line is not None
+            and (line.startswith(b"SERVER_ERROR") or (must_store and line != b"STORED"))
+        ]
+        if not failures and not refused:
+            return cast("list[bytes]", replies)  # every reply arrived
+        written: list[str] = []
+        not_written: list[str] = []
+        unknown: list[str] = []
+        for index, line in enumerate(replies):
+            if line is None:
+                (unknown if index in sent else not_written).append(keys[index])
+            elif line in _CONFIRMED:
+                written.append(keys[index])
+            else:
+                not_written.append(keys[index])
+        reasons: list[str] = []
+        causes: list[BaseException] = []
+        servers: list[str] = []
+        for failure in failures:
+            what = "is unavailable" if failure.unavailable else "failed"
+            reasons.append(f"memcached at {failure.node.address} {what}: {_reason(failure.cause)}")
+            causes.append(failure.cause)
+            servers.append(failure.node.address)
+        for index in refused[:3]:
+            node = self._node(bkeys[index])
+            line = replies[index] or b""
+            if line.startswith(b"SERVER_ERROR"):
+                size = None if sizes is None else sizes[index]
+                refusal = self._refused(node, line, keys[index], size, bkeys[index])
+            else:
+                refusal = BackendError(
+                    f"memcached at {node.address} did not store key {keys[index]!r} "
+                    f"({line.decode('ascii', 'replace')})",
+                    key=keys[index],
+                    server=node.address,
+                )
+            reasons.append(str(refusal))
+            causes.append(refusal)
+            if node.address not in servers:
+                servers.append(node.address)
+        if len(refused) > 3:
+            reasons.append(f"and {len(refused) - 3} more refusals")
+        counts = f"{len(written)} written, {len(not_written)} not written"
+        if unknown:
+            counts += f", {len(unknown)} unknown (sent, reply lost: {describe_keys(unknown)})"
+        error = BatchWriteError(
+            f"{op} failed part-way: {'; '.join(reasons)}; of {len(keys)} keys {counts}",
+            written=written,
+            not_written=not_written,
+            unknown=unknown,
+            key=keys[0] if len(keys) == 1 else None,
+            server=", ".join(servers),
+        )
+        error.__cause__ = causes[0]
+        raise error
+
+    # -- life cycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection; the backend is not used after this."""
-        with self._lock:
-            self._client.close()
+        """Close the connections and stop the batch threads; the backend is not used after this.
+
+        A backend used again reconnects (and restarts its threads).
+        """
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        for node in self._nodes:
+            if node.pool is not None:
+                node.client.close()
+            else:
+                with node.lock:
+                    node.client.close()
 
     def __repr__(self) -> str:
-        """The class and the server address."""
-        return f"MemcachedBackend(server={self._address!r})"
+        """The class and the server address(es)."""
+        if self._single is not None:
+            return f"MemcachedBackend(server={self._single.address!r})"
+        return f"MemcachedBackend(servers={self.servers!r})"
+
+
+def _nodes_of(client: Any, pymemcache: _Pymemcache) -> list[_Node]:
+    """The servers of a Client, PooledClient or HashClient, each checked.
+
+    Raises:
+        ConfigurationError: an unsupported client, a serde, ``ignore_exc=True``
+            or differing key prefixes.
+    """
+    if isinstance(client, pymemcache.RetryingClient):
+        raise ConfigurationError(
+            "MemcachedBackend does not take a pymemcache RetryingClient: it resends any "
+            "failed call, so an add, incr or cas whose reply was lost could be applied "
+            "twice. Pass the client it wraps; MemcachedBackend resends reads, set and "
+            "replace once itself, and reports the other writes as OutcomeUnknown"
+        )
+    if isinstance(client, pymemcache.HashClient):
+        if client.ignore_exc:
+            raise ConfigurationError(
+                "MemcachedBackend needs a HashClient with ignore_exc=False: errors must not "
+                "read as cache misses (see down_server_reads_miss for reads)"
+            )
+        if not client.clients:
+            raise ConfigurationError("MemcachedBackend needs a HashClient with servers")
+        members = list(client.clients.values())
+        retry_timeout = float(client.retry_timeout or 0)
+    elif isinstance(client, (pymemcache.Client, pymemcache.PooledClient)):
+        members = [client]
+        retry_timeout = 0.0
+    else:
+        raise ConfigurationError(
+            "MemcachedBackend needs a pymemcache Client, PooledClient or HashClient, not "
+            f"{type(client).__name__}"
+        )
+    nodes: list[_Node] = []
+    prefixes: set[bytes] = set()
+    for member in members:
+        pooled = isinstance(member, pymemcache.PooledClient)
+        if not (pooled or isinstance(member, pymemcache.Client)):
+            raise ConfigurationError(
+                "MemcachedBackend needs a HashClient of pymemcache Clients or PooledClients, "
+                f"not of {type(member).__name__}"
+            )
+        serde = member.serde
+        if not (
+            isinstance(serde, pymemcache.LegacyWrappingSerde)
+            and getattr(serde.serialize, "__func__", None)
+            is pymemcache.LegacyWrappingSerde._default_serialize
+            and getattr(serde.deserialize, "__func__", None)
+            is pymemcache.LegacyWrappingSerde._default_deserialize
+        ):
+            raise ConfigurationError(
+                "MemcachedBackend needs a pymemcache client without serde, serializer or "
+                "deserializer: values must come back as the bytes stored"
+            )
+        if member.ignore_exc:
+            raise ConfigurationError(
+                "MemcachedBackend needs a pymemcache client with ignore_exc=False: "
+                "errors must not read as cache misses"
+            )
+        prefixes.add(member.key_prefix)
+        nodes.append(_Node(member, pooled, retry_timeout))
+    if len(prefixes) > 1:
+        raise ConfigurationError(
+            f"the servers of a MemcachedBackend must share one key_prefix, not {prefixes!r}"
+        )
+    return nodes
 
 
 class _Pymemcache:
@@ -731,16 +1587,17 @@ class _Pymemcache:
     def __init__(self) -> None:
         try:
             base = importlib.import_module("pymemcache.client.base")
-            exceptions = importlib.import_module("pymemcache.exceptions")
+            hashing = importlib.import_module("pymemcache.client.hash")
+            retrying = importlib.import_module("pymemcache.client.retrying")
             serde = importlib.import_module("pymemcache.serde")
         except ImportError as exc:
             raise MissingDependency("MemcachedBackend", "memcached") from exc
         self.Client: type[Any] = base.Client
+        self.PooledClient: type[Any] = base.PooledClient
+        self.HashClient: type[Any] = hashing.HashClient
+        self.RetryingClient: type[Any] = retrying.RetryingClient
         self.normalize_server_spec: Any = base.normalize_server_spec
         self.LegacyWrappingSerde: Any = serde.LegacyWrappingSerde
-        self.MemcacheError: type[Exception] = exceptions.MemcacheError
-        self.MemcacheClientError: type[Exception] = exceptions.MemcacheClientError
-        self.MemcacheUnexpectedCloseError: type[Exception] = exceptions.MemcacheUnexpectedCloseError
 
 
 def _import_pymemcache() -> _Pymemcache:
