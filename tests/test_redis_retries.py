@@ -383,7 +383,7 @@ def test_add_many_cut_part_way_reports_written_refused_and_unknown(
     store: RedisBackend, proxy: FaultProxy, raw: redis.Redis
 ) -> None:
     """Five SET NX sent, two replies arrive (one stored, one refused), three lost:
-    written and unknown say so, the refused key is in no list, nothing is resent."""
+    written, not_written (the refused key) and unknown say so, nothing is resent."""
     raw.set("b", b"old")
     raw.config_resetstat()
     store.get("warm-up")
@@ -393,9 +393,10 @@ def test_add_many_cut_part_way_reports_written_refused_and_unknown(
         store.add_many(items, ttl=60)
     exc = info.value
     assert isinstance(exc, BackendUnavailable)
-    assert (exc.written, exc.not_written, exc.unknown) == (["a"], [], ["c", "d", "e"])
+    # "b" existed: its SET NX was refused, so it is certainly not written
+    assert (exc.written, exc.not_written, exc.unknown) == (["a"], ["b"], ["c", "d", "e"])
     assert exc.server == store.server
-    for part in ("1 written", "0 not written", "3 unknown", "'c'", store.server):
+    for part in ("1 written", "1 not written", "3 unknown", "'c'", store.server):
         assert part in str(exc)
     assert calls(raw) == {"set": 5}
     assert raw.get("b") == b"old"
@@ -445,7 +446,11 @@ def test_replace_many_cut_part_way(
     proxy.cut_replies_after(2 * REPLY)
     with pytest.raises(BatchWriteError) as info:
         no_retry.replace_many([("a", b"1"), ("b", b"2"), ("c", b"3")])
-    assert (info.value.written, info.value.not_written, info.value.unknown) == (["a"], [], ["c"])
+    assert (info.value.written, info.value.not_written, info.value.unknown) == (
+        ["a"],
+        ["b"],  # absent, so its SET XX was refused
+        ["c"],
+    )
     assert raw.exists("b") == 0
 
 

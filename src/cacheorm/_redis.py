@@ -366,12 +366,12 @@ class RedisBackend:
       write may or may not have been applied. Read the key to find out.
     * A batch write that fails part-way raises
       :class:`~cacheorm.BatchWriteError`: ``written`` (the server confirmed),
-      ``not_written`` (certainly never applied: not sent, or refused unapplied
-      by the cluster) and ``unknown`` (sent, reply lost). Pipelined replies
-      are read one by one, so the ones that arrived count. One MSET is atomic:
-      all its keys are written, or all unknown. An ``add_many`` /
-      ``replace_many`` key that is in none of the lists was refused by its
-      condition (a normal ``False``).
+      ``not_written`` (certainly not applied: not sent, refused unapplied by
+      the cluster, or an ``add_many`` / ``replace_many`` pair whose NX / XX
+      condition did not hold) and ``unknown`` (sent, reply lost). Every key
+      is in exactly one list. Pipelined replies are read one by one, so the
+      ones that arrived count. One MSET is atomic: all its keys are written,
+      or all unknown.
 
     To configure retries, give redis-py the policy:
     ``redis.Redis(host=..., retry=Retry(ExponentialBackoff(), 3),
@@ -766,9 +766,10 @@ class RedisBackend:
     ) -> Exception:
         """BatchWriteError for a write batch whose commands ended as ``outcome``.
 
-        A command whose reply arrived wrote its keys (unless ``conditional``
-        and the reply is nil: refused, in no list); an error reply, and a
-        command never sent, did not; one sent without reply is unknown.
+        A command whose reply arrived wrote its keys, unless ``conditional``
+        and the reply is nil (the NX / XX condition refused it); those, an
+        error reply and a command never sent did not; one sent without a reply
+        is unknown. Every key is in exactly one of the three lists.
         """
         written: list[str] = []
         not_written: list[str] = []
@@ -776,9 +777,13 @@ class RedisBackend:
         for keys, reply in zip(command_keys, outcome, strict=True):
             if reply is _UNKNOWN:
                 unknown.extend(keys)
-            elif reply is _NOT_SENT or isinstance(reply, BaseException):
+            elif (
+                reply is _NOT_SENT
+                or isinstance(reply, BaseException)
+                or (conditional and reply is None)  # NX / XX did not hold: refused
+            ):
                 not_written.extend(keys)
-            elif not (conditional and reply is None):
+            else:
                 written.extend(keys)
         every = [key for keys in command_keys for key in keys]
         what, key = _describe(every)
