@@ -120,7 +120,7 @@ def filesystem_backend(tmp_path: Path) -> Iterator[co.FileSystemBackend]:
     store.close()
 
 
-BACKENDS = ["memory", "filesystem", "redis", "memcached"]
+BACKENDS = ["memory", "filesystem", "redis", "memcached", "redis_cluster", "memcached_pool"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -848,3 +848,17 @@ def test_hash_tag_mistakes_are_refused_at_definition() -> None:
         co.Repository(Two)
     with pytest.raises(co.ModelDefinitionError, match="write the braces in the template"):
         co.Repository(Setting, key="s.{user}.{name}")
+
+
+def test_lone_surrogates_are_escaped_into_valid_utf8() -> None:
+    @dataclasses.dataclass
+    class Note:
+        id: Annotated[str, co.Field(primary_key=True)]
+
+    repo = co.Repository(Note)
+    keys = [repo.key_for(pk) for pk in ("\ud800", "\udfff", "a\ud800b", "%ED%A0%80", "\ufffd")]
+    assert keys[0] == "note:%ED%A0%80"
+    assert len(set(keys)) == len(keys)
+    for key, pk in zip(keys, ("\ud800", "\udfff", "a\ud800b", "%ED%A0%80", "\ufffd"), strict=True):
+        key.encode("utf-8")  # strict: no lone surrogate left
+        assert unquote(key.removeprefix("note:"), errors="surrogatepass") == pk

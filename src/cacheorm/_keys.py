@@ -34,11 +34,19 @@ _ALWAYS = "%{}:" + "".join(chr(i) for i in range(0x21)) + "\x7f"
 KeyFunction = Callable[[Any], str]
 
 
+#: Lone surrogates are not valid UTF-8: escaped as the bytes "surrogatepass" gives
+#: them, so every key is valid UTF-8 and Redis clients with strict encoding take it.
+_SURROGATES = {
+    code: "".join(f"%{b:02X}" for b in chr(code).encode("utf-8", "surrogatepass"))
+    for code in range(0xD800, 0xE000)
+}
+
+
 def escape_factory(reserved: str) -> Callable[[str], str]:
     """A function that percent-escapes ``reserved`` (and ``_ALWAYS``) in text."""
-    table: dict[int, str] = {}
+    table: dict[int, str] = dict(_SURROGATES)
     for ch in set(reserved) | set(_ALWAYS):
-        table[ord(ch)] = "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+        table[ord(ch)] = "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
     return lambda text: text.translate(table)
 
 
