@@ -71,16 +71,18 @@ class Ticket:
 
 
 def _memcached_live_keys(address: str) -> list[bytes]:
-    """The live keys of one memcached server, from ``lru_crawler metadump all``.
+    """The live keys of one memcached server, from ``lru_crawler metadump hash``.
 
     The crawler skips expired and flushed items, so this is exactly what a
-    ``get`` could return. The crawler answers BUSY while another crawl runs.
+    ``get`` could return. It walks the hash table, not the LRUs (whose
+    maintainer moves items mid-crawl, so a crawl of the LRUs can miss some).
+    The crawler answers BUSY while another crawl runs.
     """
     host, _, port = address.rpartition(":")
     ends = (b"BUSY", b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
     for _ in range(200):
         with socket.create_connection((host, int(port)), timeout=5.0) as sock:
-            sock.sendall(b"lru_crawler metadump all\r\n")
+            sock.sendall(b"lru_crawler metadump hash\r\n")
             data = b""
             while not data.endswith(b"END\r\n"):
                 if data.startswith(ends) and data.endswith(b"\r\n"):
