@@ -1142,7 +1142,6 @@ class MemcachedBackend:
         full = self._prefix + bkey
         digits = b"%d" % delta
         increment = b"incr " + full + b" " + digits + b"\r\n"
-        create = _store_command(b"add", full, b"0", digits)
         for _ in range(_INCR_ATTEMPTS):
             line = self._ask(
                 node, increment, _read_line, key=key, op="incr", write=True, resend=False
@@ -1154,15 +1153,7 @@ class MemcachedBackend:
                     return result + _U64
                 return result
             if line == b"NOT_FOUND":
-                line = self._ask(
-                    node,
-                    create,
-                    _read_line,
-                    key=key,
-                    op="incr (creating the counter)",
-                    write=True,
-                    resend=False,
-                )
+                line = self._create_counter(node, full, key, delta)
                 if line == b"STORED":
                     return delta
                 if line == b"NOT_STORED":
@@ -1176,6 +1167,19 @@ class MemcachedBackend:
             key=key,
             server=node.address,
         )
+
+    def _create_counter(self, node: _Node, full: bytes, key: str, delta: int) -> bytes:
+        """``add`` the counter ``full`` with value ``delta`` (sent once); the reply line."""
+        line: bytes = self._ask(
+            node,
+            _store_command(b"add", full, b"0", b"%d" % delta),
+            _read_line,
+            key=key,
+            op="incr (creating the counter)",
+            write=True,
+            resend=False,
+        )
+        return line
 
     def _incr_cas(self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False) -> int:
         """``incr`` by a ``gets``/``cas`` loop on signed digits, keeping the TTL.
@@ -1191,16 +1195,7 @@ class MemcachedBackend:
             if got is None:
                 if missing_ok:
                     return delta
-                create = _store_command(b"add", full, b"0", b"%d" % delta)
-                line = self._ask(
-                    node,
-                    create,
-                    _read_line,
-                    key=key,
-                    op="incr (creating the counter)",
-                    write=True,
-                    resend=False,
-                )
+                line = self._create_counter(node, full, key, delta)
                 if line == b"STORED":
                     return delta
                 if line != b"NOT_STORED":
