@@ -76,6 +76,13 @@ def check_every_backend_satisfies_the_protocol() -> None:
     ]
     assert_type(co.RedisBackend.from_url("redis://127.0.0.1:6379/0"), co.RedisBackend)
     assert_type(co.MemcachedBackend.from_servers(["127.0.0.1:11211"]), co.MemcachedBackend)
+    cluster = co.RedisBackend.from_cluster(["127.0.0.1:7000", "127.0.0.1:7001"])
+    assert_type(cluster, co.RedisBackend)
+    assert_type(co.RedisBackend.from_url("redis://127.0.0.1:7000", cluster=True), co.RedisBackend)
+    pool = co.MemcachedBackend.from_servers(["a:11211", "b:11211"], down_server_reads_miss=True)
+    assert_type(pool, co.MemcachedBackend)
+    assert_type(pool.server_for("k"), str)
+    backends += [cluster, pool]
     assert_type(co.FileSystemBackend("/tmp/records").purge_expired(), int)
     users = co.Repository(User, backend=backends[2], serializer="msgpack")
     assert_type(users.get_many([1, 2]), list[User | None])
@@ -95,3 +102,19 @@ def check_codecs() -> None:
     assert_type(stamp.decode(0), datetime.datetime)
     field = co.Field(primary_key=True, name="user_id", codec=co.Timestamp("s"))
     assert_type(field.primary_key, bool)
+
+
+def check_failure_reports() -> None:
+    try:
+        co.Repository(User).update_with(1, lambda u: u)
+    except co.ConflictError as exc:
+        assert_type(exc.attempts, int)
+    except co.BatchWriteError as exc:
+        assert_type(exc.written, list[str])
+        assert_type(exc.not_written, list[str])
+        assert_type(exc.unknown, list[str])
+    except co.OutcomeUnknown as exc:
+        assert_type(exc.server, str | None)
+    co.Field(primary_key=True, hash_tag=True)
+    co.PickleSerializer(signing_key=b"0123456789abcdef")
+    co.JSONSerializer(allow_nan=False)
