@@ -11,7 +11,7 @@ import pytest
 
 import cacheorm as co
 from cacheorm.__main__ import _without_password, main, run_demo
-from tests.servers import MemcachedServer, RedisServer, closed_port
+from tests.servers import MemcachedServer, RedisClusterServer, RedisServer, closed_port
 
 
 def test_run_demo_walks_through_every_operation() -> None:
@@ -75,6 +75,35 @@ def test_demo_runs_on_memcached(
     assert code == 0, err
     assert f"memcached at {memcached_server.servers[0]}" in out
     assert out.rstrip().endswith("done.")
+
+
+def test_demo_runs_on_a_redis_cluster(
+    redis_cluster: RedisClusterServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --redis URL --cluster` runs the walk-through on a Redis Cluster."""
+    url = f"redis://{redis_cluster.startup_nodes[0]}"
+    code, out, err = _run_cli(capsys, "--redis", url, "--cluster")
+    assert code == 0, err
+    assert f"the Redis Cluster of {url}" in out
+    assert "loader calls     1" in out
+    assert out.rstrip().endswith("done.")
+
+
+def test_demo_runs_on_a_memcached_pool(
+    memcached_pool: MemcachedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --memcached A,B,C` runs the walk-through on a pool of servers."""
+    code, out, err = _run_cli(capsys, "--memcached", ",".join(memcached_pool.servers))
+    assert code == 0, err
+    assert "a memcached pool of " + ", ".join(memcached_pool.servers) in out
+    assert out.rstrip().endswith("done.")
+
+
+def test_cluster_needs_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--cluster"])
+    assert info.value.code == 2
+    assert "--cluster needs --redis URL" in capsys.readouterr().err
 
 
 def test_demo_runs_on_the_filesystem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

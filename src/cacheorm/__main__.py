@@ -93,6 +93,22 @@ def run_demo(backend: co.Backend, out: TextIO | None = None) -> None:
     except co.NotFound as exc:
         show("NotFound", exc)
 
+    step("update_with and patch: read-modify-write under compare-and-set")
+    bob = customers.update_with(bob.id, lambda c: dataclasses.replace(c, tags=(*c.tags, "loyal")))
+    show("update_with", bob)
+    show("patch", customers.patch(bob.id, email="bob@example.org"))
+
+    step("get_or_load: read-through, one load however many callers miss")
+    loads: list[int] = []
+
+    def load_carol() -> Customer:
+        loads.append(1)  # your database query goes here
+        return Customer(id=50, name="Carol")
+
+    show("get_or_load(50)", customers.get_or_load(50, load_carol, ttl=60))
+    show("get_or_load(50)", customers.get_or_load(50, load_carol, ttl=60))
+    show("loader calls", len(loads))
+
     step("validation: nothing is written")
     try:
         customers.save(Customer(id=3, name=42))  # type: ignore[arg-type]
@@ -104,16 +120,23 @@ def run_demo(backend: co.Backend, out: TextIO | None = None) -> None:
     show(f"delete({alice.id})", customers.delete(alice.id))
     show(f"delete({alice.id}) again", customers.delete(alice.id))
     show("get_or_none", customers.get_or_none(alice.id))
-    show("delete_many", customers.delete_many([alice.id, bob.id]))
+    show("delete_many", customers.delete_many([alice.id, bob.id, 50]))
     print("\ndone.", file=out)
 
 
 def _backend_from_args(args: argparse.Namespace) -> tuple[co.Backend, str]:
     """The backend the command line asks for, and how to describe it."""
     if args.redis is not None:
+        if args.cluster:
+            cluster = co.RedisBackend.from_url(args.redis, cluster=True)
+            return cluster, f"the Redis Cluster of {args.redis_label}"
         return co.RedisBackend.from_url(args.redis), f"Redis at {args.redis_label}"
     if args.memcached is not None:
-        return co.MemcachedBackend.from_servers([args.memcached]), f"memcached at {args.memcached}"
+        servers = [s.strip() for s in args.memcached.split(",") if s.strip()]
+        pool = co.MemcachedBackend.from_servers(servers)
+        if len(servers) > 1:
+            return pool, f"a memcached pool of {', '.join(servers)}"
+        return pool, f"memcached at {args.memcached}"
     if args.filesystem is not None:
         return co.FileSystemBackend(args.filesystem), f"the filesystem under {args.filesystem}"
     return co.MemoryBackend(), "the in-memory backend (MemoryBackend)"
@@ -137,9 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     where = demo.add_mutually_exclusive_group()
     where.add_argument("--redis", metavar="URL", help="a Redis URL: redis://, rediss:// or unix://")
-    where.add_argument("--memcached", metavar="HOST:PORT", help="a memcached server")
+    where.add_argument(
+        "--memcached",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="a memcached server, or several (a pool) separated by commas",
+    )
     where.add_argument("--filesystem", metavar="DIR", help="a directory to keep records in")
+    demo.add_argument(
+        "--cluster", action="store_true", help="with --redis: the URL is a Redis Cluster node"
+    )
     args = parser.parse_args(argv)
+    if args.cluster and args.redis is None:
+        parser.error("--cluster needs --redis URL")
     args.redis_label = None if args.redis is None else _without_password(args.redis)
     try:
         backend, label = _backend_from_args(args)
