@@ -40,6 +40,7 @@ from cacheorm._errors import (
     ValueTooLarge,
 )
 from cacheorm._memcached import ITEM_OVERHEAD, MemcachedBackend
+from tests.memcached_tools import CountingSocket, stat
 from tests.servers import (
     MemcachedServer,
     ServerProcess,
@@ -122,26 +123,6 @@ def small(small_server: ServerProcess) -> Iterator[MemcachedBackend]:
     store.close()
 
 
-class CountingSocket:
-    """A socket wrapper that records every ``send`` and ``sendall``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        count = self.sock.send(data)
-        self.sent.append(bytes(data[:count]))
-        return count
-
-    def sendall(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-        self.sock.sendall(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
 def count_sends(store: MemcachedBackend) -> CountingSocket:
     """Connect ``store``'s client and wrap its socket to count round trips."""
     store.client.version()
@@ -158,10 +139,6 @@ def server_ttl(store: MemcachedBackend, key: str) -> int | None:
     flags = reply.split()
     assert flags[0] == b"HD", reply
     return int(flags[1][1:])
-
-
-def stat(client: Client, name: bytes) -> int:
-    return int(client.stats()[name])
 
 
 # -- protocol and construction ---------------------------------------------------

@@ -6,12 +6,10 @@ pause servers start 3 of their own.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -24,6 +22,7 @@ from cacheorm._backend import Backend
 from cacheorm._errors import BackendUnavailable, BatchWriteError
 from cacheorm._memcached import MemcachedBackend
 from cacheorm.testing import AWKWARD_KEYS, BackendContract
+from tests.memcached_tools import CountingSocket, stat
 from tests.servers import MemcachedServer, start_memcached_processes
 
 KEYS = [f"user:{i}" for i in range(300)]
@@ -63,26 +62,6 @@ def own_pool() -> Iterator[MemcachedServer]:
     pool = start_memcached_processes(3)
     yield pool
     pool.stop()
-
-
-def stat(client: Client, name: bytes) -> int:
-    return int(client.stats()[name])
-
-
-class CountingSocket:
-    """A socket wrapper that records every ``send``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sent: list[bytes] = []
-
-    def send(self, data: bytes) -> int:
-        count = self.sock.send(data)
-        self.sent.append(bytes(data[:count]))
-        return count
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
 
 
 def count_sends(store: MemcachedBackend) -> dict[str, CountingSocket]:

@@ -19,6 +19,7 @@ from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
 from cacheorm._errors import BackendUnavailable, BatchWriteError, OutcomeUnknown
 from cacheorm._memcached import MemcachedBackend
+from tests.memcached_tools import stat
 from tests.proxy import FaultProxy
 from tests.servers import MemcachedServer, start_memcached_processes
 
@@ -53,10 +54,6 @@ def store(proxy: FaultProxy) -> Iterator[MemcachedBackend]:
     assert backend.get("warm-up") is None
     yield backend
     backend.close()
-
-
-def stat(raw: Client, name: bytes) -> int:
-    return int(raw.stats()[name])
 
 
 def heal_on_reconnect(store: MemcachedBackend, proxy: FaultProxy) -> list[int]:
