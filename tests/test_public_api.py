@@ -6,6 +6,8 @@ import cacheorm
 
 DOCUMENTED = {
     "DEFAULT",
+    "KEEP_TTL",
+    "KeepTTLType",
     "TTL",
     "AlreadyExists",
     "Backend",

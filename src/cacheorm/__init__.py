@@ -54,12 +54,13 @@ from cacheorm._serializers import (
     Serializer,
     SerializerRegistry,
 )
-from cacheorm._ttl import DEFAULT, TTL, DefaultType
+from cacheorm._ttl import DEFAULT, KEEP_TTL, TTL, DefaultType, KeepTTLType
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT",
+    "KEEP_TTL",
     "TTL",
     "AlreadyExists",
     "Backend",
@@ -77,6 +78,7 @@ __all__ = [
     "Field",
     "FileSystemBackend",
     "InvalidTTL",
+    "KeepTTLType",
     "JSONSerializer",
     "MemcachedBackend",
     "MemoryBackend",

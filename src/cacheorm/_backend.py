@@ -2,7 +2,9 @@
 
 Backends know nothing of models, serializers or repositories. Keys are
 ``str``; values are ``bytes``; ``ttl`` is a positive number of seconds or
-``None`` for no expiry (the repository has already validated it). Batch
+``None`` for no expiry (the repository has already validated it); ``replace``,
+``replace_many`` and ``cas`` also accept :data:`~cacheorm.KEEP_TTL`, which
+keeps the remaining TTL of the value they replace. Batch
 methods are one round trip per server: a backend must not implement them as a
 loop of network calls.
 """
@@ -10,9 +12,14 @@ loop of network calls.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "CasToken"]
+from typing_extensions import Self
+
+from cacheorm._ttl import BackendTTL
+
+__all__ = ["Backend", "CasToken", "Closing"]
 
 #: Opaque token from :meth:`Backend.gets`, handed back to :meth:`Backend.cas`.
 CasToken = object
@@ -53,12 +60,15 @@ class Backend(Protocol):
         """``add`` for each pair, in order; a later pair sees earlier ones."""
         ...
 
-    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` is present, atomically; True if stored."""
+    def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` is present, atomically; True if stored.
+
+        With ``ttl=KEEP_TTL`` the value keeps the remaining TTL of the one it replaces.
+        """
         ...
 
     def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
     ) -> list[bool]:
         """``replace`` for each pair, in order."""
         ...
@@ -86,10 +96,31 @@ class Backend(Protocol):
         """The value and a token for :meth:`cas`, or None if absent."""
         ...
 
-    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
-        """Store ``value`` only if ``key`` is unchanged since ``gets`` gave ``token``."""
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
+        """Store ``value`` only if ``key`` is unchanged since ``gets`` gave ``token``.
+
+        With ``ttl=KEEP_TTL`` the value keeps the remaining TTL of the one it replaces.
+        """
         ...
 
     def close(self) -> None:
         """Release connections; the backend is not used after this."""
         ...
+
+
+class Closing:
+    """Mixin: a backend is a context manager that calls ``close()`` on exit."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

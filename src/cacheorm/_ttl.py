@@ -9,7 +9,17 @@ from typing import Final, Literal
 
 from cacheorm._errors import InvalidTTL
 
-__all__ = ["DEFAULT", "TTL", "DefaultType", "TTLArg", "normalize_ttl"]
+__all__ = [
+    "DEFAULT",
+    "KEEP_TTL",
+    "TTL",
+    "BackendTTL",
+    "DefaultType",
+    "KeepTTLType",
+    "TTLArg",
+    "UpdateTTLArg",
+    "normalize_ttl",
+]
 
 
 class DefaultType(enum.Enum):
@@ -25,10 +35,38 @@ class DefaultType(enum.Enum):
 #: which means "no expiry".
 DEFAULT: Final = DefaultType.DEFAULT
 
+
+class KeepTTLType(enum.Enum):
+    """The type of :data:`KEEP_TTL`."""
+
+    KEEP_TTL = "KEEP_TTL"
+
+    def __repr__(self) -> str:
+        return "cacheorm.KEEP_TTL"
+
+
+#: Per-call TTL meaning "keep the record's remaining TTL": the default of
+#: ``update``, ``update_many``, ``update_with`` and ``patch``. A record saved
+#: with ``ttl=60`` and patched 10 s later still expires 60 s after the save.
+#: Backends receive it in ``replace``, ``replace_many`` and ``cas``.
+KEEP_TTL: Final = KeepTTLType.KEEP_TTL
+
 #: A TTL: seconds (int or float), a ``timedelta``, or ``None`` / ``0`` for no expiry.
 TTL = int | float | _dt.timedelta | None
 #: A per-call TTL argument: a :data:`TTL` or :data:`DEFAULT`.
 TTLArg = int | float | _dt.timedelta | None | Literal[DefaultType.DEFAULT]
+#: The TTL argument of updates: a :data:`TTLArg` or :data:`KEEP_TTL` (their default).
+UpdateTTLArg = (
+    int
+    | float
+    | _dt.timedelta
+    | None
+    | Literal[DefaultType.DEFAULT]
+    | Literal[KeepTTLType.KEEP_TTL]
+)
+#: What a backend's ``replace`` / ``replace_many`` / ``cas`` receive as ``ttl``:
+#: seconds, None for no expiry, or :data:`KEEP_TTL`.
+BackendTTL = float | None | Literal[KeepTTLType.KEEP_TTL]
 
 
 def normalize_ttl(ttl: object) -> float | None:
