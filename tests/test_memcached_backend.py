@@ -1030,11 +1030,11 @@ def hook_requests(
     seen: list[bytes] = []
     call = store._call
 
-    def hooked(node: Any, request: bytes, read: Any, resend: bool) -> Any:
+    def hooked(node: Any, request: bytes, read: Any, resend: bool, *rest: Any) -> Any:
         if request.startswith(command):
             action(len(seen))
             seen.append(request)
-        return call(node, request, read, resend)
+        return call(node, request, read, resend, *rest)
 
     monkeypatch.setattr(store, "_call", hooked)
     return seen

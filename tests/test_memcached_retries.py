@@ -138,10 +138,10 @@ def test_an_incr_whose_reply_is_lost_counts_once(
     write = b"incr " if delta > 0 else b"cas "
     call = store._call
 
-    def fail_the_write(node: Any, request: bytes, read: Any, resend: bool) -> Any:
+    def fail_the_write(node: Any, request: bytes, read: Any, resend: bool, *rest: Any) -> Any:
         if request.startswith(write):  # the reads before the write still get their replies
             proxy.cut_replies_after(0) if fault == "cut" else proxy.drop_replies()
-        return call(node, request, read, resend)
+        return call(node, request, read, resend, *rest)
 
     monkeypatch.setattr(store, "_call", fail_the_write)
     with pytest.raises(OutcomeUnknown) as info:
@@ -156,10 +156,10 @@ def test_creating_a_counter_whose_reply_is_lost_is_outcome_unknown(
     """incr of a missing key creates it with add; a lost reply there is not resent either."""
     call = store._call
 
-    def fail_the_add(node: Any, request: bytes, read: Any, resend: bool) -> Any:
+    def fail_the_add(node: Any, request: bytes, read: Any, resend: bool, *rest: Any) -> Any:
         if request.startswith(b"add "):
             proxy.cut_replies_after(0)
-        return call(node, request, read, resend)
+        return call(node, request, read, resend, *rest)
 
     monkeypatch.setattr(store, "_call", fail_the_add)
     with pytest.raises(OutcomeUnknown, match="creating the counter"):

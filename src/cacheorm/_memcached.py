@@ -128,7 +128,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from cacheorm._backend import CasToken
+from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_key as _check_key
@@ -339,15 +339,31 @@ def _send(sock: socket.socket, data: bytes) -> None:
                 raise _SendFailed(sent, exc) from exc
 
 
+class _WrongKey(Exception):
+    """A reply named a key the request did not ask for: the connection is out of step."""
+
+    def __init__(self, named: bytes) -> None:
+        super().__init__(
+            f"a reply named key {named.decode('utf-8', 'replace')!r}, which this request did "
+            "not ask for (a reply meant for another request, or a corrupt stream); the "
+            "connection was closed"
+        )
+
+
 class _Reader:
-    """Reads one request's replies from a socket: lines and data blocks."""
+    """Reads one request's replies from a socket: lines and data blocks.
 
-    __slots__ = ("buf", "pos", "sock")
+    ``expect`` is what the request asked for, for the readers that check the
+    keys replies name: the full key, or the list of full keys in order.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("buf", "expect", "pos", "sock")
+
+    def __init__(self, sock: socket.socket, expect: Any = None) -> None:
         self.sock = sock
         self.buf = b""
         self.pos = 0
+        self.expect = expect
 
     def _more(self) -> bytes:
         data: bytes = self.sock.recv(_RECV_SIZE)
@@ -407,13 +423,16 @@ _read_line = _Reader.line
 
 
 def _read_value(reader: _Reader) -> bytes | None:
-    """The reply to ``get`` of one key: its value, or None."""
+    """The reply to ``get`` of one key (``reader.expect``): its value, or None."""
     line = reader.line()
     if line == b"END":
         return None
     if line[:6] != b"VALUE ":
         raise _bad_reply(line)
-    value = reader.block(int(line.split(b" ", 4)[3]))
+    parts = line.split(b" ", 4)
+    if parts[1] != reader.expect:
+        raise _WrongKey(parts[1])
+    value = reader.block(int(parts[3]))
     end = reader.line()
     if end != b"END":
         raise _bad_reply(end)
@@ -421,13 +440,15 @@ def _read_value(reader: _Reader) -> bytes | None:
 
 
 def _read_cas_value(reader: _Reader) -> tuple[bytes, bytes] | None:
-    """The reply to ``gets`` of one key: its value and CAS token, or None."""
+    """The reply to ``gets`` of one key (``reader.expect``): its value and CAS token, or None."""
     line = reader.line()
     if line == b"END":
         return None
     if line[:6] != b"VALUE ":
         raise _bad_reply(line)
     parts = line.split(b" ")
+    if parts[1] != reader.expect:
+        raise _WrongKey(parts[1])
     value = reader.block(int(parts[3]))
     end = reader.line()
     if end != b"END" or len(parts) != 5:
@@ -436,10 +457,17 @@ def _read_cas_value(reader: _Reader) -> tuple[bytes, bytes] | None:
 
 
 def _read_values(reader: _Reader) -> dict[bytes, bytes]:
-    """The reply to ``get`` of several keys: full key -> value for the keys present."""
+    """The reply to ``get`` of several keys: full key -> value for the keys present.
+
+    memcached answers in the order asked, once per mention of a key, skipping
+    misses: the keys named must be a subsequence of ``reader.expect``.
+    """
     found: dict[bytes, bytes] = {}
     line = reader.line
     block = reader.block
+    asked: list[bytes] = reader.expect
+    count = len(asked)
+    at = 0
     while True:
         head = line()
         if head == b"END":
@@ -447,7 +475,62 @@ def _read_values(reader: _Reader) -> dict[bytes, bytes]:
         if head[:6] != b"VALUE ":
             raise _bad_reply(head)
         parts = head.split(b" ", 4)
-        found[parts[1]] = block(int(parts[3]))
+        key = parts[1]
+        while at < count and asked[at] != key:
+            at += 1
+        if at == count:
+            raise _WrongKey(key)
+        at += 1
+        found[key] = block(int(parts[3]))
+
+
+def _read_meta(reader: _Reader) -> tuple[bytes, int] | None:
+    """The reply to ``mg <key> t c k``: the CAS value and seconds left (-1: none), or None."""
+    flags = reader.line().split()
+    return _meta_flags(flags, reader.expect)
+
+
+def _meta_flags(flags: list[bytes], expect: bytes) -> tuple[bytes, int] | None:
+    """The CAS value and seconds left in the flags of a meta reply for ``expect``."""
+    if flags[:1] == [b"EN"]:
+        return None
+    if flags[:1] != [b"HD"]:
+        raise _bad_reply(b" ".join(flags))
+    token = b""
+    remaining = -1
+    named = None
+    for flag in flags[1:]:
+        kind = flag[:1]
+        if kind == b"t":
+            remaining = int(flag[1:])
+        elif kind == b"c":
+            token = flag[1:]
+        elif kind == b"k":
+            named = flag[1:]
+    if named != expect:
+        raise _WrongKey(named or b"")
+    if not token.isdigit():
+        raise _bad_reply(b" ".join(flags))
+    return token, remaining
+
+
+def _read_metas(reader: _Reader) -> list[tuple[bytes, int] | None]:
+    """The replies to one ``mg <key> t c k`` per key of ``reader.expect``, in order."""
+    return [_meta_flags(reader.line().split(), full) for full in reader.expect]
+
+
+def _meta_command(full: bytes) -> bytes:
+    """The meta get of ``full``'s CAS value and remaining TTL, its key echoed to be checked."""
+    return b"mg " + full + b" t c k\r\n"
+
+
+def _kept_expire(remaining: int) -> int:
+    """The expiry that keeps ``remaining`` seconds (memcached's ``t`` flag; -1: none)."""
+    if remaining < 0:
+        return 0
+    if remaining <= _RELATIVE_MAX:
+        return max(remaining, 1)
+    return int(time.time()) + remaining
 
 
 def _read_stats(reader: _Reader) -> dict[bytes, bytes]:
@@ -488,11 +571,13 @@ class _Node:
         "watch",
     )
 
-    def __init__(self, client: Any, pooled: bool, retry_timeout: float) -> None:
+    def __init__(
+        self, client: Any, pooled: bool, retry_timeout: float, pool_timeout: float
+    ) -> None:
         self.client = client
         self.address = _describe_server(client.server)
-        #: ``PooledClient.client_pool`` for a pooled server, else None.
-        self.pool: Any = client.client_pool if pooled else None
+        #: The connections of a ``PooledClient``, else None.
+        self.pool = _Pool(client, pool_timeout) if pooled else None
         #: One request and its reply at a time on a ``Client``'s one connection.
         self.lock = threading.Lock()
         self.item_size_max: int | None = None
@@ -507,7 +592,82 @@ class _Node:
         return f"<memcached {self.address}>"
 
 
-class MemcachedBackend:
+class _PoolExhausted(OSError):
+    """No pooled connection came free in time (an OSError: nothing was sent)."""
+
+
+class _Lent:
+    """One connection of a pool: a pymemcache ``Client``, its liveness check, when last used."""
+
+    __slots__ = ("client", "last_used", "watch")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.watch = _Watch()
+        self.last_used = 0.0
+
+
+class _Pool:
+    """The connections of a ``PooledClient``, lent one per request, with a bounded wait.
+
+    Replaces pymemcache's ``ObjectPool``, which raises ``RuntimeError`` at once
+    when every connection is busy and leaks a slot when a request is
+    interrupted by a ``BaseException``. Here a request waits up to ``timeout``
+    seconds for a free slot (then :class:`_PoolExhausted`), and a connection
+    always goes back (closed if its request failed or was interrupted).
+    Connections are made with the ``PooledClient``'s own settings and honour
+    its ``max_pool_size`` and ``pool_idle_timeout``.
+    """
+
+    __slots__ = ("create", "free", "idle_timeout", "lock", "max_size", "slots", "timeout")
+
+    def __init__(self, pooled: Any, timeout: float) -> None:
+        self.create: Callable[[], Any] = pooled._create_client
+        self.max_size: int = pooled.client_pool.max_size
+        self.idle_timeout: float = pooled.client_pool.idle_timeout or 0
+        self.slots = threading.BoundedSemaphore(self.max_size)
+        self.free: list[_Lent] = []
+        self.lock = threading.Lock()
+        self.timeout = timeout
+
+    def lend(self, node: _Node) -> _Lent:
+        """A free connection (the last one used) or a new one; _Failure if none came free."""
+        if not self.slots.acquire(timeout=self.timeout):
+            cause = _PoolExhausted(
+                f"no pooled connection came free within pool_timeout={self.timeout:g}s "
+                f"(all max_pool_size={self.max_size} connections busy)"
+            )
+            raise _Failure(node, cause, 0)
+        try:
+            with self.lock:
+                while self.free:
+                    lent = self.free.pop()
+                    if not self.idle_timeout or (
+                        time.monotonic() - lent.last_used <= self.idle_timeout
+                    ):
+                        return lent
+                    lent.client.close()
+            return _Lent(self.create())
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def give_back(self, lent: _Lent) -> None:
+        """Return ``lent`` (open, or closed by a failure) and its slot."""
+        lent.last_used = time.monotonic()
+        with self.lock:
+            self.free.append(lent)
+        self.slots.release()
+
+    def close(self) -> None:
+        """Close the free connections (lent ones are closed when their request fails)."""
+        with self.lock:
+            free, self.free = self.free, []
+        for lent in free:
+            lent.client.close()
+
+
+class MemcachedBackend(Closing):
     """A backend on one memcached server or a pool of them, through pymemcache's clients.
 
     Keys that memcached cannot take as they are get a deterministic mapped key,
@@ -530,13 +690,18 @@ class MemcachedBackend:
         down_server_reads_miss: if True, reads of keys whose server cannot be
             reached answer "absent" instead of raising BackendUnavailable.
             Writes still raise. Off by default: a read never pretends a miss.
+        pool_timeout: how long a request waits for a free connection of a
+            ``PooledClient`` (or a ``HashClient`` with ``use_pooling=True``)
+            whose ``max_pool_size`` connections are all busy, in seconds;
+            then it raises BackendUnavailable (nothing was sent).
 
     Raises:
         MissingDependency: pymemcache is not installed.
         ConfigurationError: the client is not one of those three (a
             ``RetryingClient`` is refused), has a serde, ignores errors or has
-            a ``key_prefix`` that leaves no room for keys; or
-            ``max_value_size`` is not a positive int or None.
+            a ``key_prefix`` that leaves no room for keys; ``max_value_size``
+            is not a positive int or None; or ``pool_timeout`` is not a
+            positive number.
     """
 
     def __init__(
@@ -545,6 +710,7 @@ class MemcachedBackend:
         max_value_size: int | None = None,
         *,
         down_server_reads_miss: bool = False,
+        pool_timeout: float = 5.0,
     ) -> None:
         pymemcache = _import_pymemcache()
         if max_value_size is not None and (
@@ -555,7 +721,16 @@ class MemcachedBackend:
             raise ConfigurationError(
                 f"max_value_size must be a positive int or None, not {max_value_size!r}"
             )
-        nodes = _nodes_of(client, pymemcache)
+        if (
+            isinstance(pool_timeout, bool)
+            or not isinstance(pool_timeout, (int, float))
+            or not math.isfinite(pool_timeout)
+            or pool_timeout <= 0
+        ):
+            raise ConfigurationError(
+                f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}"
+            )
+        nodes = _nodes_of(client, pymemcache, float(pool_timeout))
         prefix: bytes = nodes[0].client.key_prefix
         room = KEY_MAX - len(prefix) - len(_MARKER) - 40
         if room < 0 or prefix.translate(None, _UNSAFE) != prefix:
@@ -597,6 +772,7 @@ class MemcachedBackend:
         *,
         max_value_size: int | None = None,
         down_server_reads_miss: bool = False,
+        pool_timeout: float = 5.0,
         **client_kwargs: Any,
     ) -> MemcachedBackend:
         """A backend on a new pymemcache client for the server(s) at ``servers``.
@@ -609,6 +785,7 @@ class MemcachedBackend:
                 ``"unix:/path"`` or ``"/path"``: one string, or a list.
             max_value_size: as for the constructor.
             down_server_reads_miss: as for the constructor.
+            pool_timeout: as for the constructor.
             **client_kwargs: passed to the pymemcache client; ``connect_timeout``
                 and ``timeout`` default to 5 seconds, ``default_noreply`` to
                 False. For a pool, ``retry_timeout`` (default 1 second) is how
@@ -647,7 +824,10 @@ class MemcachedBackend:
         except TypeError as exc:
             raise ConfigurationError(f"bad pymemcache client option: {exc}") from exc
         return cls(
-            client, max_value_size=max_value_size, down_server_reads_miss=down_server_reads_miss
+            client,
+            max_value_size=max_value_size,
+            down_server_reads_miss=down_server_reads_miss,
+            pool_timeout=pool_timeout,
         )
 
     @property
@@ -788,18 +968,31 @@ class MemcachedBackend:
 
     # -- requests ----------------------------------------------------------------
 
-    def _call(self, node: _Node, request: bytes, read: Callable[[_Reader], _T], resend: bool) -> _T:
+    def _call(
+        self,
+        node: _Node,
+        request: bytes,
+        read: Callable[[_Reader], _T],
+        resend: bool,
+        expect: Any = None,
+    ) -> _T:
         """Send ``request`` to ``node`` and ``read`` its reply; _Failure if that fails.
 
         With ``resend``, a request that failed on a kept connection that turned
-        out closed or reset is sent once more on a new connection.
+        out closed or reset is sent once more on a new connection. ``expect``
+        is handed to ``read`` (as ``reader.expect``): the key(s) asked for.
         """
         pool = node.pool
         if pool is None:
             with node.lock:
-                return self._exchange(node, node.client, node.watch, request, read, resend)
-        with pool.get_and_release(destroy_on_fail=True) as client:
-            return self._exchange(node, client, _Watch(), request, read, resend)
+                return self._exchange(node, node.client, node.watch, request, read, resend, expect)
+        lent = pool.lend(node)
+        try:
+            return self._exchange(node, lent.client, lent.watch, request, read, resend, expect)
+        finally:
+            # Safe whatever happened: a connection a request failed or was
+            # interrupted on has been closed, and reconnects when next lent.
+            pool.give_back(lent)
 
     def _exchange(
         self,
@@ -809,6 +1002,7 @@ class MemcachedBackend:
         request: bytes,
         read: Callable[[_Reader], _T],
         resend: bool,
+        expect: Any,
     ) -> _T:
         """:meth:`_call` on one connection of ``node`` (its lock or pool slot held)."""
         sock = client.sock
@@ -823,15 +1017,21 @@ class MemcachedBackend:
         try:
             _send(sock, request)
             sent = len(request)
-            return read(_Reader(sock))
+            return read(_Reader(sock, expect))
         except _SendFailed as exc:
             sent, cause = exc.sent, exc.cause
         except Exception as exc:  # a socket error, or a reply that made no sense
             cause = exc
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, SystemExit, a gevent Timeout...)
+            # with the request possibly in flight: its reply may still come,
+            # and the next request on this connection would read it as its own.
+            client.close()
+            raise
         client.close()
         if resend and reused and isinstance(cause, ConnectionError):
             try:
-                return self._exchange(node, client, watch, request, read, False)
+                return self._exchange(node, client, watch, request, read, False, expect)
             except _Failure as again:
                 if again.sent or not sent:
                     raise
@@ -852,6 +1052,9 @@ class MemcachedBackend:
                 node.down_error = exc
                 node.down_until = time.monotonic() + node.retry_timeout
             raise _Failure(node, exc, 0) from exc
+        except BaseException:
+            client.close()  # interrupted while connecting: never keep a half-made connection
+            raise
         sock: socket.socket = client.sock
         return sock
 
@@ -865,10 +1068,11 @@ class MemcachedBackend:
         op: str,
         write: bool = False,
         resend: bool = True,
+        expect: Any = None,
     ) -> _T:
         """:meth:`_call`, with a failure raised as the cacheorm error for ``op`` on ``key``."""
         try:
-            return self._call(node, request, read, resend)
+            return self._call(node, request, read, resend, expect)
         except _Failure as failure:
             raise self._error(failure, key, op=op, write=write) from failure.cause
 
@@ -987,8 +1191,9 @@ class MemcachedBackend:
         """The value under ``key``, or None if absent or expired."""
         bkey = self._bkey(key)
         node = self._single or self._node(bkey)
+        full = self._prefix + bkey
         try:
-            return self._call(node, b"get " + self._prefix + bkey + b"\r\n", _read_value, True)
+            return self._call(node, b"get " + full + b"\r\n", _read_value, True, full)
         except _Failure as failure:
             self._read_failed(failure, key)
             return None
@@ -1007,7 +1212,7 @@ class MemcachedBackend:
         if single is not None:
             request = b"get " + b" ".join(fulls) + b"\r\n"
             try:
-                found = self._call(single, request, _read_values, True)
+                found = self._call(single, request, _read_values, True, fulls)
             except _Failure as failure:
                 self._read_failed(failure, None)
                 return [None] * len(bkeys)
@@ -1015,8 +1220,8 @@ class MemcachedBackend:
             return [get(full) for full in fulls]
 
         def fetch(node: _Node, indices: list[int]) -> dict[bytes, bytes]:
-            request = b"get " + b" ".join([fulls[i] for i in indices]) + b"\r\n"
-            return self._call(node, request, _read_values, True)
+            asked = [fulls[i] for i in indices]
+            return self._call(node, b"get " + b" ".join(asked) + b"\r\n", _read_values, True, asked)
 
         found = {}
         for _, indices, outcome in self._each(fetch, self._group(bkeys)):
@@ -1038,12 +1243,25 @@ class MemcachedBackend:
         """The value and its CAS token (bytes of digits) for :meth:`cas`, or None if absent."""
         bkey = self._bkey(key)
         node = self._node(bkey)
-        request = b"gets " + self._prefix + bkey + b"\r\n"
+        full = self._prefix + bkey
         try:
-            return self._call(node, request, _read_cas_value, True)
+            got = self._call(node, b"gets " + full + b"\r\n", _read_cas_value, True, full)
         except _Failure as failure:
             self._read_failed(failure, key)
             return None
+        if got is not None and got[1] == b"0":
+            raise self._cas_disabled(node, key)
+        return got
+
+    def _cas_disabled(self, node: _Node, key: str) -> BackendError:
+        """The error for a CAS value of 0, which memcached gives only with CAS disabled."""
+        return BackendError(
+            f"memcached at {node.address} has CAS disabled (it was started with -C), so "
+            f"compare-and-set on key {key!r} cannot work: gets, cas, update_with, patch, "
+            "ttl=KEEP_TTL and negative incr need it; restart memcached without -C",
+            key=key,
+            server=node.address,
+        )
 
     # -- single writes ------------------------------------------------------------------
 
@@ -1189,9 +1407,9 @@ class MemcachedBackend:
         node = self._node(bkey)
         full = self._prefix + bkey
         read = b"gets " + full + b"\r\n"
-        meta = b"mg " + full + b" t c\r\n"
+        meta = _meta_command(full)
         for _ in range(_INCR_ATTEMPTS):
-            got = self._ask(node, read, _read_cas_value, key=key, op="incr")
+            got = self._ask(node, read, _read_cas_value, key=key, op="incr", expect=full)
             if got is None:
                 if missing_ok:
                     return delta
@@ -1209,21 +1427,13 @@ class MemcachedBackend:
                     key=key,
                     server=node.address,
                 )
-            flags = self._ask(node, meta, _read_line, key=key, op="incr").split()
-            if flags[:1] != [b"HD"]:
-                continue  # gone since gets
-            remaining = next((int(f[1:]) for f in flags if f[:1] == b"t"), -1)
-            tokens = [f[1:] for f in flags if f[:1] == b"c"]
-            if tokens and tokens[0] != token:
-                continue  # changed since gets
-            if remaining < 0:
-                expire = 0
-            elif remaining <= _RELATIVE_MAX:
-                expire = max(remaining, 1)
-            else:
-                expire = int(time.time()) + remaining
+            if token == b"0":
+                raise self._cas_disabled(node, key)
+            held = self._ask(node, meta, _read_meta, key=key, op="incr", expect=full)
+            if held is None or held[0] != token:
+                continue  # gone or changed since gets
             result = current + delta
-            request = _cas_command(full, expire, token, b"%d" % result)
+            request = _cas_command(full, _kept_expire(held[1]), token, b"%d" % result)
             line = self._ask(
                 node, request, _read_line, key=key, op="incr", write=True, resend=False
             )
@@ -1493,7 +1703,7 @@ class MemcachedBackend:
             executor.shutdown(wait=True)
         for node in self._nodes:
             if node.pool is not None:
-                node.client.close()
+                node.pool.close()
             else:
                 with node.lock:
                     node.client.close()
@@ -1505,7 +1715,7 @@ class MemcachedBackend:
         return f"MemcachedBackend(servers={self.servers!r})"
 
 
-def _nodes_of(client: Any, pymemcache: _Pymemcache) -> list[_Node]:
+def _nodes_of(client: Any, pymemcache: _Pymemcache, pool_timeout: float) -> list[_Node]:
     """The servers of a Client, PooledClient or HashClient, each checked.
 
     Raises:
@@ -1564,7 +1774,7 @@ def _nodes_of(client: Any, pymemcache: _Pymemcache) -> list[_Node]:
                 "errors must not read as cache misses"
             )
         prefixes.add(member.key_prefix)
-        nodes.append(_Node(member, pooled, retry_timeout))
+        nodes.append(_Node(member, pooled, retry_timeout, pool_timeout))
     if len(prefixes) > 1:
         raise ConfigurationError(
             f"the servers of a MemcachedBackend must share one key_prefix, not {prefixes!r}"

@@ -1,0 +1,439 @@
+"""MemcachedBackend under interrupted requests, planted replies, a small pool and odd servers.
+
+Interrupts are a ``BaseException`` that is not an ``Exception`` (as
+``KeyboardInterrupt``, ``SystemExit`` or a gevent timeout are), raised by a
+socket wrapper handed to pymemcache as its ``socket_module``: every client
+kind (``Client``, ``PooledClient``, ``HashClient``) builds its sockets with it.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pymemcache")
+
+from pymemcache.client.base import Client  # type: ignore[import-untyped]
+
+from cacheorm._errors import BackendError, BackendUnavailable, ConfigurationError
+from cacheorm._memcached import MemcachedBackend
+from tests.servers import MemcachedServer, ServerProcess, start_one_memcached
+
+
+class Interrupt(BaseException):
+    """Stands for KeyboardInterrupt, SystemExit or a gevent Timeout: not an Exception."""
+
+
+class FaultySocket:
+    """A real socket whose next request can be interrupted, or whose reply can be planted.
+
+    ``hold`` makes the next ``send`` keep its bytes back (the request is in
+    flight: the server has not answered yet) and raise :class:`Interrupt`; the
+    held bytes go out in front of the next request sent on this socket, so
+    the server answers both, in order, as a slow server would.
+    ``after_send`` sends the next request and raises :class:`Interrupt` at the
+    first ``recv`` of its reply. ``plant`` puts bytes in front of the next
+    reply, as a stale reply left on the connection would be.
+    """
+
+    def __init__(self, sock: socket.socket, faults: FaultySocketModule) -> None:
+        self.sock = sock
+        self.faults = faults
+        self.held = b""
+        self.interrupt_recv = False
+        self.planted = b""
+
+    def send(self, data: bytes) -> int:
+        mode = self.faults.take()
+        if mode == "hold":
+            self.held += bytes(data)
+            raise Interrupt("interrupted with the request in flight")
+        if mode == "after_send":
+            self.interrupt_recv = True
+        elif mode is not None:
+            self.planted = mode.encode() if isinstance(mode, str) else mode
+        if self.held:
+            held, self.held = self.held, b""
+            self.sock.sendall(held)
+        return self.sock.send(data)
+
+    def recv(self, size: int) -> bytes:
+        if self.interrupt_recv:
+            self.interrupt_recv = False
+            raise Interrupt("interrupted before the reply was read")
+        if self.planted:
+            planted, self.planted = self.planted, b""
+            return planted + self.sock.recv(size)
+        return self.sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class FaultySocketModule:
+    """Stands for the ``socket`` module in pymemcache clients; its sockets are FaultySockets."""
+
+    def __init__(self) -> None:
+        self.modes: list[str | bytes] = []
+        self.lock = threading.Lock()
+        self.sockets: list[FaultySocket] = []
+
+    def arm(self, *modes: str | bytes) -> None:
+        """Apply ``modes`` to the next requests sent, one each, in order."""
+        with self.lock:
+            self.modes.extend(modes)
+
+    def take(self) -> str | bytes | None:
+        with self.lock:
+            return self.modes.pop(0) if self.modes else None
+
+    def socket(self, *args: Any) -> FaultySocket:
+        wrapped = FaultySocket(socket.socket(*args), self)
+        self.sockets.append(wrapped)
+        return wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+
+def own_memcached(*extra: str) -> ServerProcess:
+    """A memcached process of this test's own (to pause, or with special options)."""
+    binary = shutil.which("memcached")
+    if binary is None:
+        pytest.skip("memcached is not installed")
+    return start_one_memcached(binary, *extra, threads=1)
+
+
+@pytest.fixture
+def faults() -> FaultySocketModule:
+    """The socket module of the backends under test."""
+    return FaultySocketModule()
+
+
+@pytest.fixture(params=["client", "pooled"])
+def store(
+    request: pytest.FixtureRequest, memcached_server: MemcachedServer, faults: FaultySocketModule
+) -> Iterator[MemcachedBackend]:
+    """A backend on the session's memcached (flushed), one connection or a pool of them."""
+    pooled = request.param == "pooled"
+    options: dict[str, Any] = {"use_pooling": True, "max_pool_size": 4} if pooled else {}
+    backend = MemcachedBackend.from_servers(
+        memcached_server.servers, socket_module=faults, **options
+    )
+    _flush(memcached_server)
+    yield backend
+    backend.close()
+
+
+def _flush(server: MemcachedServer) -> None:
+    host, port = server.servers[0].rsplit(":", 1)
+    client = Client((host, int(port)), default_noreply=False, timeout=5.0)
+    client.flush_all(noreply=False)
+    client.close()
+
+
+# -- item 1: a request interrupted in flight never leaves its reply to the next one --------
+
+
+@pytest.mark.parametrize("mode", ["hold", "after_send"])
+def test_an_interrupted_get_never_hands_its_reply_to_the_next_get(
+    store: MemcachedBackend, faults: FaultySocketModule, mode: str
+) -> None:
+    """get("alice") interrupted in flight: the next get("bob") returns bob's record."""
+    store.set("alice", b"record of alice")
+    store.set("bob", b"record of bob")
+    faults.arm(mode)
+    with pytest.raises(Interrupt):
+        store.get("alice")
+    assert store.get("bob") == b"record of bob"
+    assert store.get_many(["alice", "bob"]) == [b"record of alice", b"record of bob"]
+
+
+def test_a_create_after_an_interrupted_request_reports_what_it_did(
+    store: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """add of a new key after an interrupted get is stored and says so (not a BackendError)."""
+    store.set("alice", b"record of alice")
+    faults.arm("hold")
+    with pytest.raises(Interrupt):
+        store.get("alice")
+    assert store.add("carol", b"record of carol") is True
+    assert store.get("carol") == b"record of carol"
+
+
+def test_an_interrupted_write_leaves_no_reply_behind(
+    store: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """set/add/incr/delete/cas interrupted in flight: the next requests read their own replies."""
+    store.set("bob", b"record of bob")
+    interrupted: list[Callable[[], object]] = [
+        lambda: store.set("alice", b"x"),
+        lambda: store.add("dave", b"x"),
+        lambda: store.incr("n", 5),
+        lambda: store.delete("zed"),
+        lambda: store.set_many([("a", b"1"), ("b", b"2")]),
+        lambda: store.get_many(["alice", "bob"]),
+        lambda: store.gets("bob"),
+    ]
+    for call in interrupted:
+        faults.arm("hold")
+        with pytest.raises(Interrupt):
+            call()
+        assert store.get("bob") == b"record of bob"
+        assert store.add(f"new-{id(call)}", b"v") is True
+
+
+def test_a_reply_left_by_a_request_interrupted_on_a_slow_server_is_never_read() -> None:
+    """A real paused server: the interrupted get's reply arrives after the next get was sent."""
+    server = own_memcached()
+    faults = FaultySocketModule()
+    store = MemcachedBackend.from_servers(server.address, socket_module=faults, timeout=5.0)
+    try:
+        store.set("alice", b"record of alice")
+        store.set("bob", b"record of bob")
+        server.pause()
+        faults.arm("after_send")
+        with pytest.raises(Interrupt):
+            store.get("alice")  # sent to the paused server; its reply comes later
+        resume = threading.Timer(0.3, server.resume)
+        resume.start()
+        try:
+            assert store.get("bob") == b"record of bob"
+        finally:
+            resume.join()
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_a_thousand_interrupted_requests_give_no_wrong_record(
+    store: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """1,000 requests interrupted at random points: every later read gets its own record."""
+    rng = random.Random(1010)
+    names = [f"user:{i}" for i in range(20)]
+    store.set_many([(name, f"record of {name}".encode()) for name in names])
+    operations: list[Callable[[str], object]] = [
+        store.get,
+        store.gets,
+        store.exists,
+        lambda name: store.get_many([name, rng.choice(names)]),
+        lambda name: store.set(name, f"record of {name}".encode()),
+        lambda name: store.replace(name, f"record of {name}".encode()),
+        lambda name: store.add(name, b"never stored"),
+    ]
+    wrong = 0
+    for round_ in range(1000):
+        faults.arm(rng.choice(["hold", "after_send"]))
+        with pytest.raises(Interrupt):
+            rng.choice(operations)(rng.choice(names))
+        name = rng.choice(names)
+        if store.get(name) != f"record of {name}".encode():
+            wrong += 1
+        if round_ % 10 == 0:
+            pair = rng.sample(names, 2)
+            if store.get_many(pair) != [f"record of {n}".encode() for n in pair]:
+                wrong += 1
+    assert wrong == 0
+
+
+# -- item 1: a reply that names another key is a broken connection -----------------------
+
+
+def test_a_planted_reply_for_another_key_is_detected_by_get(
+    store: MemcachedBackend, faults: FaultySocketModule, memcached_server: MemcachedServer
+) -> None:
+    """A stale VALUE for alice in front of bob's reply raises naming bob; never returns it."""
+    store.set("bob", b"record of bob")
+    faults.arm(b"VALUE alice 0 15\r\nrecord of alice\r\nEND\r\n")
+    with pytest.raises(BackendError, match=r"'bob'.*alice") as info:
+        store.get("bob")
+    assert info.value.key == "bob"
+    assert info.value.server == memcached_server.servers[0]
+    assert store.get("bob") == b"record of bob"  # the connection was replaced
+
+
+def test_a_planted_reply_for_another_key_is_detected_by_gets(
+    store: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """gets checks the key of its VALUE line too."""
+    store.set("bob", b"record of bob")
+    faults.arm(b"VALUE alice 0 1 7\r\nA\r\nEND\r\n")
+    with pytest.raises(BackendError, match=r"'bob'.*alice"):
+        store.gets("bob")
+    got = store.gets("bob")
+    assert got is not None
+    assert got[0] == b"record of bob"
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        b"VALUE eve 0 1\r\nE\r\n",  # a key not asked for
+        b"VALUE bob 0 1\r\nB\r\nVALUE alice 0 1\r\nA\r\nEND\r\n",  # out of order
+    ],
+)
+def test_a_planted_reply_for_other_keys_is_detected_by_get_many(
+    store: MemcachedBackend, faults: FaultySocketModule, planted: bytes
+) -> None:
+    """get_many accepts VALUE lines only for keys asked for, in the order asked."""
+    store.set_many([("alice", b"record of alice"), ("bob", b"record of bob")])
+    faults.arm(planted)
+    with pytest.raises(BackendError, match="did not ask for"):
+        store.get_many(["alice", "bob"])
+    assert store.get_many(["alice", "bob"]) == [b"record of alice", b"record of bob"]
+
+
+def test_get_many_with_repeated_keys_reads_every_reply(store: MemcachedBackend) -> None:
+    """memcached answers a repeated key once per mention; that is not a mismatch."""
+    store.set_many([("alice", b"A"), ("bob", b"B")])
+    assert store.get_many(["alice", "bob", "alice", "nobody", "bob"]) == [
+        b"A",
+        b"B",
+        b"A",
+        None,
+        b"B",
+    ]
+
+
+# -- item 10: a pool that is busy waits, then raises a cacheorm error; it never leaks ------
+
+
+def test_eight_threads_on_a_pool_of_two_wait_their_turn(
+    memcached_server: MemcachedServer,
+) -> None:
+    """use_pooling=True, max_pool_size=2, 8 threads: every request is served, no raw error."""
+    store = MemcachedBackend.from_servers(
+        memcached_server.servers, use_pooling=True, max_pool_size=2
+    )
+    _flush(memcached_server)
+    store.set_many([(f"user:{i}", f"record {i}".encode()) for i in range(8)])
+    errors: list[BaseException] = []
+    wrong = 0
+
+    def work(thread: int) -> None:
+        nonlocal wrong
+        try:
+            for n in range(150):
+                key = f"user:{(thread + n) % 8}"
+                if store.get(key) != f"record {(thread + n) % 8}".encode():
+                    wrong += 1
+                store.set(f"t{thread}", b"%d" % n)
+        except BaseException as exc:  # any escape fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        store.close()
+    assert errors == []
+    assert wrong == 0
+
+
+def test_waiting_for_a_pooled_connection_times_out_with_backend_unavailable() -> None:
+    """All connections busy for longer than pool_timeout: BackendUnavailable naming the server."""
+    server = own_memcached()
+    store = MemcachedBackend.from_servers(
+        server.address, use_pooling=True, max_pool_size=1, pool_timeout=0.2, timeout=5.0
+    )
+    try:
+        store.set("alice", b"A")
+        server.pause()
+        busy = threading.Thread(target=store.get, args=("alice",))
+        busy.start()  # holds the only connection until the server answers
+        time.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"pool_timeout=0\.2s") as info:
+            store.set("bob", b"B")
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert info.value.key == "bob"
+        assert info.value.server == server.address
+        server.resume()
+        busy.join()
+        assert store.get("alice") == b"A"
+        assert store.get("bob") is None  # nothing was sent
+    finally:
+        server.resume() if server.running else None
+        store.close()
+        server.stop()
+
+
+def test_interrupted_requests_give_their_pooled_connections_back(
+    memcached_server: MemcachedServer, faults: FaultySocketModule
+) -> None:
+    """4 interrupted requests on max_pool_size=4: the pool still serves 4 threads at once."""
+    store = MemcachedBackend.from_servers(
+        memcached_server.servers,
+        use_pooling=True,
+        max_pool_size=4,
+        pool_timeout=1.0,
+        socket_module=faults,
+    )
+    try:
+        store.set("bob", b"record of bob")
+        for mode in ["hold", "after_send", "hold", "after_send"]:
+            faults.arm(mode)
+            with pytest.raises(Interrupt):
+                store.get("bob")
+        results: list[object] = []
+
+        def read() -> None:
+            try:
+                results.append(store.get("bob"))
+            except BaseException as exc:  # recorded for the assertion
+                results.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [b"record of bob"] * 4
+    finally:
+        store.close()
+
+
+def test_a_pooled_hash_client_waits_for_its_connections_too(
+    memcached_pool: MemcachedServer,
+) -> None:
+    """A HashClient with use_pooling=True: 6 threads on max_pool_size=1 per server all finish."""
+    store = MemcachedBackend.from_servers(memcached_pool.servers, use_pooling=True, max_pool_size=1)
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            for n in range(50):
+                store.set_many([(f"k{thread}:{i}", b"%d" % n) for i in range(6)])
+                assert store.get_many([f"k{thread}:{i}" for i in range(6)]) == [b"%d" % n] * 6
+        except BaseException as exc:  # any escape fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        store.close()
+    assert errors == []
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "5"])
+def test_pool_timeout_must_be_a_positive_number(
+    memcached_server: MemcachedServer, bad: object
+) -> None:
+    """A pool_timeout that is not a positive number of seconds is refused when building."""
+    with pytest.raises(ConfigurationError, match="pool_timeout"):
+        MemcachedBackend.from_servers(memcached_server.servers, pool_timeout=bad)  # type: ignore[arg-type]
