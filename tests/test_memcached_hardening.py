@@ -8,13 +8,14 @@ kind (``Client``, ``PooledClient``, ``HashClient``) builds its sockets with it.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 
@@ -22,7 +23,14 @@ pytest.importorskip("pymemcache")
 
 from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
-from cacheorm._errors import BackendError, BackendUnavailable, ConfigurationError
+from cacheorm import Field, Repository
+from cacheorm._errors import (
+    BackendError,
+    BackendUnavailable,
+    BatchWriteError,
+    ConfigurationError,
+    ConflictError,
+)
 from cacheorm._memcached import MemcachedBackend
 from tests.servers import MemcachedServer, ServerProcess, start_one_memcached
 
@@ -437,3 +445,135 @@ def test_pool_timeout_must_be_a_positive_number(
     """A pool_timeout that is not a positive number of seconds is refused when building."""
     with pytest.raises(ConfigurationError, match="pool_timeout"):
         MemcachedBackend.from_servers(memcached_server.servers, pool_timeout=bad)  # type: ignore[arg-type]
+
+
+# -- item 12: a server with CAS disabled (-C) says so -----------------------------------
+
+
+@dataclasses.dataclass
+class Account:
+    """A record for the repository-level tests."""
+
+    id: Annotated[int, Field(primary_key=True)]
+    balance: int
+
+
+@pytest.fixture(scope="module")
+def no_cas_server() -> Iterator[ServerProcess]:
+    """A memcached started with -C: every CAS value is 0, every cas fails."""
+    server = own_memcached("-C")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_compare_and_set_on_a_server_without_cas_says_so(
+    no_cas_server: ServerProcess, pooled: bool
+) -> None:
+    """gets, a negative incr and update_with raise a BackendError naming -C, at once."""
+    options: dict[str, Any] = {"use_pooling": True} if pooled else {}
+    store = MemcachedBackend.from_servers(no_cas_server.address, **options)
+    try:
+        store.set("n", b"5")
+        with pytest.raises(BackendError, match=r"CAS disabled.*-C") as info:
+            store.gets("n")
+        assert info.value.key == "n"
+        assert info.value.server == no_cas_server.address
+        with pytest.raises(BackendError, match="CAS disabled"):
+            store.incr("n", -1)
+        accounts = Repository(Account, backend=store)
+        accounts.save(Account(id=1, balance=10))
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="CAS disabled") as update:
+            accounts.update_with(1, lambda a: dataclasses.replace(a, balance=a.balance + 1))
+        assert not isinstance(update.value, ConflictError)
+        assert time.monotonic() - started < 1.0
+        assert accounts.get(1).balance == 10
+    finally:
+        store.close()
+
+
+# -- item 13: a server out of memory (-M) says what became of the old value --------------
+
+
+@pytest.fixture(scope="module")
+def full_server() -> Iterator[ServerProcess]:
+    """A 2 MB memcached that refuses writes when full (-M) instead of evicting."""
+    server = own_memcached("-m", "2", "-M", "-I", "512k")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def full(full_server: ServerProcess) -> Iterator[MemcachedBackend]:
+    """A backend on the 2 MB memcached, flushed, then filled to the brim with big values."""
+    store = MemcachedBackend.from_servers(full_server.address)
+    store.client.flush_all(noreply=False)
+    for name in ("saved", "updated", "swapped", "batched"):
+        store.set(name, b"old value of " + name.encode())
+    big = b"x" * 300_000
+    for n in range(40):
+        try:
+            store.set(f"fill:{n}", big)
+        except BackendError:
+            break
+    else:  # pragma: no cover - the server would have to hold 12 MB in 2
+        pytest.fail("the 2 MB memcached never filled up")
+    yield store
+    store.close()
+
+
+BIG = b"y" * 300_000
+
+
+def test_a_set_refused_for_lack_of_memory_says_the_old_value_is_gone(
+    full: MemcachedBackend,
+) -> None:
+    """memcached deletes the old value when a set fails: the error says so, and it is true."""
+    with pytest.raises(BackendError, match=r"out of memory.*previous value.*is gone") as info:
+        full.set("saved", BIG)
+    assert info.value.key == "saved"
+    assert full.get("saved") is None
+
+
+def test_a_replace_or_cas_refused_for_lack_of_memory_says_the_old_value_is_kept(
+    full: MemcachedBackend,
+) -> None:
+    """memcached keeps the old value when replace or cas fails: the error says that instead."""
+    with pytest.raises(BackendError, match=r"out of memory.*previous value is kept"):
+        full.replace("updated", BIG)
+    assert full.get("updated") == b"old value of updated"
+    got = full.gets("swapped")
+    assert got is not None
+    with pytest.raises(BackendError, match=r"out of memory.*previous value is kept"):
+        full.cas("swapped", BIG, got[1])
+    assert full.get("swapped") == b"old value of swapped"
+
+
+def test_a_batch_refused_for_lack_of_memory_says_which_old_values_are_gone(
+    full: MemcachedBackend,
+) -> None:
+    """set_many: the cause of the BatchWriteError says the refused key's old value is gone."""
+    with pytest.raises(BatchWriteError, match=r"out of memory.*previous value.*is gone") as info:
+        full.set_many([("batched", BIG)])
+    assert full.get("batched") is None
+    assert info.value.not_written == ["batched"]
+
+
+# -- item 17: a backend is a context manager -------------------------------------------
+
+
+def test_the_backend_is_a_context_manager_that_closes(
+    memcached_server: MemcachedServer,
+) -> None:
+    """with MemcachedBackend(...) as store: the connection is closed on the way out."""
+    with MemcachedBackend.from_servers(memcached_server.servers) as store:
+        store.set("ctx", b"v")
+        assert store.client.sock is not None
+    assert store.client.sock is None
+    with MemcachedBackend.from_servers(memcached_server.servers, use_pooling=True) as pooled:
+        assert pooled.get("ctx") == b"v"
+        pool = pooled._nodes[0].pool
+        assert pool is not None
+        assert len(pool.free) == 1
+    assert pool.free == []

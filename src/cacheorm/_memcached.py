@@ -215,6 +215,22 @@ def _expire(ttl: float | None) -> int:
     return at
 
 
+def _previous_value(command: bytes) -> str:
+    """What became of a key's previous value when memcached could not store ``command``.
+
+    memcached (1.6) unlinks the old item only when a ``set`` fails for want
+    of memory or because the value is too large, so stale data is not served;
+    ``add``, ``replace`` and ``cas`` leave it as it was.
+    """
+    if command == b"set":
+        return "; the key's previous value, if any, is gone (memcached deletes it when a set fails)"
+    if command in (b"replace", b"cas"):
+        return "; nothing was written and the key's previous value is kept"
+    if command == b"add":
+        return "; nothing was written"
+    return ""
+
+
 def _describe_server(server: object) -> str:
     """``host:port`` (``[host]:port`` for IPv6) or ``unix:<path>``."""
     if isinstance(server, tuple) and len(server) == 2:
@@ -1109,12 +1125,20 @@ class MemcachedBackend(Closing):
         )
 
     def _refused(
-        self, node: _Node, line: bytes, key: str, size: int | None = None, bkey: bytes = b""
+        self,
+        node: _Node,
+        line: bytes,
+        key: str,
+        size: int | None = None,
+        bkey: bytes = b"",
+        command: bytes = b"",
     ) -> BackendError:
         """The error (caused by pymemcache's) for an error reply to a request about ``key``.
 
         ``size`` (the value's) turns the server's "object too large" refusal into
-        :class:`~cacheorm.ValueTooLarge`.
+        :class:`~cacheorm.ValueTooLarge`. For a store ``command`` that the
+        server could not store (too large, out of memory), the message says
+        what became of the key's previous value.
         """
         server = node.address
         cause = _bad_reply(line)
@@ -1127,15 +1151,18 @@ class MemcachedBackend(Closing):
                 limit = size - 1
             error = ValueTooLarge(
                 f"memcached at {server} refused a {size}-byte value for key {key!r} as too "
-                f"large ({text}); the key's previous value, if any, is gone",
+                f"large ({text}){_previous_value(command)}",
                 size=size,
                 limit=limit,
                 key=key,
                 server=server,
             )
         else:
+            fate = _previous_value(command) if size is not None else ""
             error = BackendError(
-                f"memcached at {server} failed for key {key!r}: {text}", key=key, server=server
+                f"memcached at {server} failed for key {key!r}: {text}{fate}",
+                key=key,
+                server=server,
             )
         error.__cause__ = cause
         return error
@@ -1314,7 +1341,7 @@ class MemcachedBackend(Closing):
             return True
         if line == b"NOT_STORED":
             return False
-        raise self._refused(node, line, key, len(data), bkey)
+        raise self._refused(node, line, key, len(data), bkey, command)
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key``; True if it held a live value.
@@ -1478,7 +1505,7 @@ class MemcachedBackend(Closing):
             return True
         if line in (b"EXISTS", b"NOT_FOUND"):
             return False
-        raise self._refused(node, line, key, len(data), bkey)
+        raise self._refused(node, line, key, len(data), bkey, b"cas")
 
     # -- batch writes -------------------------------------------------------------------
 
@@ -1570,6 +1597,7 @@ class MemcachedBackend(Closing):
             op=op,
             sizes=[len(value) for _, value in pairs],
             must_store=command == b"set",
+            command=command,
         )
         return [line == b"STORED" for line in replies]
 
@@ -1582,12 +1610,16 @@ class MemcachedBackend(Closing):
         op: str,
         sizes: list[int] | None = None,
         must_store: bool = False,
+        command: bytes = b"",
+        confirmed: frozenset[bytes] = _CONFIRMED,
     ) -> list[bytes]:
         """Send one write per key, one request per server, concurrently; each reply line.
 
         Raises BatchWriteError unless every reply arrived and none is an error
-        reply (nor, with ``must_store``, anything but ``STORED``). A reply of
-        ``NOT_FOUND`` to a delete confirms that the key is gone.
+        reply (nor, with ``must_store``, anything but ``STORED``). Replies in
+        ``confirmed`` count as written: by default ``STORED``, and for a delete
+        ``DELETED`` or ``NOT_FOUND`` (the key is gone). ``command`` is the store
+        command, for what a refusal says of the keys' previous values.
         """
         replies: list[bytes | None] = [None] * len(commands)
 
@@ -1646,7 +1678,7 @@ class MemcachedBackend(Closing):
         for index, line in enumerate(replies):
             if line is None:
                 (unknown if index in sent else not_written).append(keys[index])
-            elif line in _CONFIRMED:
+            elif line in confirmed:
                 written.append(keys[index])
             else:
                 not_written.append(keys[index])
@@ -1663,7 +1695,7 @@ class MemcachedBackend(Closing):
             line = replies[index] or b""
             if line.startswith(b"SERVER_ERROR"):
                 size = None if sizes is None else sizes[index]
-                refusal = self._refused(node, line, keys[index], size, bkeys[index])
+                refusal = self._refused(node, line, keys[index], size, bkeys[index], command)
             else:
                 refusal = BackendError(
                     f"memcached at {node.address} did not store key {keys[index]!r} "
