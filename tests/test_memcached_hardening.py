@@ -23,15 +23,16 @@ pytest.importorskip("pymemcache")
 
 from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
-from cacheorm import Field, Repository
+from cacheorm import KEEP_TTL, Field, Repository
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
     BatchWriteError,
     ConfigurationError,
     ConflictError,
+    OutcomeUnknown,
 )
-from cacheorm._memcached import MemcachedBackend
+from cacheorm._memcached import MemcachedBackend, _read_meta
 from tests.servers import MemcachedServer, ServerProcess, start_one_memcached
 
 
@@ -47,7 +48,8 @@ class FaultySocket:
     held bytes go out in front of the next request sent on this socket, so
     the server answers both, in order, as a slow server would.
     ``after_send`` sends the next request and raises :class:`Interrupt` at the
-    first ``recv`` of its reply. ``plant`` puts bytes in front of the next
+    first ``recv`` of its reply; ``lose`` sends it and loses its reply (a
+    reset). ``pass`` leaves the request alone. Bytes put bytes in front of the next
     reply, as a stale reply left on the connection would be.
     """
 
@@ -56,6 +58,7 @@ class FaultySocket:
         self.faults = faults
         self.held = b""
         self.interrupt_recv = False
+        self.lose_reply = False
         self.planted = b""
 
     def send(self, data: bytes) -> int:
@@ -65,7 +68,9 @@ class FaultySocket:
             raise Interrupt("interrupted with the request in flight")
         if mode == "after_send":
             self.interrupt_recv = True
-        elif mode is not None:
+        elif mode == "lose":
+            self.lose_reply = True
+        elif mode is not None and mode != "pass":
             self.planted = mode.encode() if isinstance(mode, str) else mode
         if self.held:
             held, self.held = self.held, b""
@@ -73,6 +78,9 @@ class FaultySocket:
         return self.sock.send(data)
 
     def recv(self, size: int) -> bytes:
+        if self.lose_reply:
+            self.lose_reply = False
+            raise ConnectionResetError("reply lost")
         if self.interrupt_recv:
             self.interrupt_recv = False
             raise Interrupt("interrupted before the reply was read")
@@ -577,3 +585,243 @@ def test_the_backend_is_a_context_manager_that_closes(
         assert pool is not None
         assert len(pool.free) == 1
     assert pool.free == []
+
+
+# -- KEEP_TTL: replace, replace_many and cas keep the remaining TTL ----------------------
+
+DAY = 24 * 3600
+
+
+def server_ttl(store: MemcachedBackend, key: str) -> int | None:
+    """Seconds ``key`` has left per memcached's ``mg <key> t`` (-1: none); None if absent."""
+    bkey = store._prefix + store._bkey(key)
+    node = store._node(store._bkey(key))
+    held = store._call(node, b"mg " + bkey + b" t c k\r\n", _read_meta, True, bkey)
+    return None if held is None else held[1]
+
+
+@pytest.fixture(params=["client", "pooled", "hash"])
+def keeper(
+    request: pytest.FixtureRequest,
+    memcached_server: MemcachedServer,
+    memcached_pool: MemcachedServer,
+    faults: FaultySocketModule,
+) -> Iterator[MemcachedBackend]:
+    """A flushed backend on one server, a pooled one, or a HashClient over 3 servers."""
+    if request.param == "hash":
+        backend = MemcachedBackend.from_servers(memcached_pool.servers, socket_module=faults)
+        for node in backend._nodes:
+            node.client.flush_all(noreply=False)
+    else:
+        options: dict[str, Any] = {"use_pooling": True} if request.param == "pooled" else {}
+        backend = MemcachedBackend.from_servers(
+            memcached_server.servers, socket_module=faults, **options
+        )
+        _flush(memcached_server)
+    yield backend
+    backend.close()
+
+
+def keep_by_each_way(store: MemcachedBackend, keys: list[str]) -> None:
+    """Rewrite keys[0] by cas, keys[1] by replace, the rest by replace_many, keeping TTLs."""
+    got = store.gets(keys[0])
+    assert got is not None
+    assert store.cas(keys[0], b"new 0", got[1], KEEP_TTL) is True
+    assert store.replace(keys[1], b"new 1", KEEP_TTL) is True
+    rest = [(key, f"new {n}".encode()) for n, key in enumerate(keys[2:], 2)]
+    assert store.replace_many(rest, KEEP_TTL) == [True] * len(rest)
+    assert store.get_many(keys) == [f"new {n}".encode() for n in range(len(keys))]
+
+
+def test_keep_ttl_keeps_a_short_ttl_running(keeper: MemcachedBackend) -> None:
+    """A record with 3 s left, rewritten 1 s in with KEEP_TTL, still expires on time."""
+    keys = [f"short:{n}" for n in range(5)]
+    started = time.monotonic()
+    keeper.set_many([(key, b"old") for key in keys], ttl=3)  # lives 3 to 4 s
+    time.sleep(1.0)
+    keep_by_each_way(keeper, keys)
+    time.sleep(max(0.0, started + 2.8 - time.monotonic()))
+    assert keeper.get_many(keys) == [f"new {n}".encode() for n in range(5)]  # never early
+    while any(keeper.get_many(keys)) and time.monotonic() - started < 8:
+        time.sleep(0.1)
+    # A fresh 3 s TTL (or none) would have kept them past 1 + 4 s; kept: gone by 4 s + 1 tick.
+    assert time.monotonic() - started < 5.2
+    assert keeper.get_many(keys) == [None] * 5
+
+
+def test_keep_ttl_keeps_the_seconds_left(keeper: MemcachedBackend) -> None:
+    """memcached's own count of seconds left is the same before and after (or 1 s more)."""
+    keys = [f"ttl:{n}" for n in range(5)]
+    keeper.set_many([(key, b"old") for key in keys], ttl=100)
+    before = [server_ttl(keeper, key) for key in keys]
+    keep_by_each_way(keeper, keys)
+    after = [server_ttl(keeper, key) for key in keys]
+    for was, now in zip(before, after, strict=True):
+        assert was is not None
+        assert now is not None
+        assert was - 1 <= now <= was + 1
+
+
+def test_keep_ttl_keeps_no_expiry_and_long_ttls(keeper: MemcachedBackend) -> None:
+    """No expiry stays none; a 40-day TTL (an absolute time for memcached) stays 40 days."""
+    forever = [f"forever:{n}" for n in range(4)]
+    keeper.set_many([(key, b"old") for key in forever])
+    keep_by_each_way(keeper, forever)
+    assert [server_ttl(keeper, key) for key in forever] == [-1] * 4
+    long = [f"long:{n}" for n in range(4)]
+    keeper.set_many([(key, b"old") for key in long], ttl=40 * DAY)
+    keep_by_each_way(keeper, long)
+    for key in long:
+        left = server_ttl(keeper, key)
+        assert left is not None
+        assert 40 * DAY - 5 <= left <= 40 * DAY + 5
+
+
+def test_keep_ttl_never_creates_a_missing_key(keeper: MemcachedBackend) -> None:
+    """replace / replace_many / cas with KEEP_TTL on absent keys write nothing."""
+    keeper.set("there", b"old", ttl=50)
+    assert keeper.replace("absent", b"v", KEEP_TTL) is False
+    assert keeper.replace_many([("absent", b"v"), ("there", b"new"), ("gone", b"v")], KEEP_TTL) == [
+        False,
+        True,
+        False,
+    ]
+    assert keeper.cas("absent", b"v", b"12", KEEP_TTL) is False
+    assert keeper.get_many(["absent", "gone", "there"]) == [None, None, b"new"]
+    assert keeper.replace_many([], KEEP_TTL) == []
+
+
+def test_keep_ttl_cas_refuses_a_stale_token(keeper: MemcachedBackend) -> None:
+    """cas with KEEP_TTL and a token from before another write returns False, writes nothing."""
+    keeper.set("k", b"first", ttl=50)
+    got = keeper.gets("k")
+    assert got is not None
+    keeper.set("k", b"second", ttl=50)
+    assert keeper.cas("k", b"mine", got[1], KEEP_TTL) is False
+    assert keeper.get("k") == b"second"
+    keeper.delete("k")
+    assert keeper.cas("k", b"mine", got[1], KEEP_TTL) is False
+    assert keeper.get("k") is None
+
+
+def test_keep_ttl_with_repeated_keys_applies_them_in_order(keeper: MemcachedBackend) -> None:
+    """replace_many with a key twice: both replace, the last value stays, the TTL is kept."""
+    keeper.set("dup", b"old", ttl=100)
+    before = server_ttl(keeper, "dup")
+    assert keeper.replace_many([("dup", b"one"), ("dup", b"two")], KEEP_TTL) == [True, True]
+    assert keeper.get("dup") == b"two"
+    after = server_ttl(keeper, "dup")
+    assert before is not None
+    assert after is not None
+    assert before - 1 <= after <= before + 1
+
+
+def interfere_before_cas(
+    store: MemcachedBackend, monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]
+) -> list[bytes]:
+    """Run ``action`` (another client's write) just before the first cas request is sent."""
+    seen: list[bytes] = []
+    call = store._call
+
+    def hooked(node: Any, request: bytes, read: Any, resend: bool, *rest: Any) -> Any:
+        if request.startswith(b"cas ") and not any(r.startswith(b"cas ") for r in seen):
+            action()
+        seen.append(request)
+        return call(node, request, read, resend, *rest)
+
+    monkeypatch.setattr(store, "_call", hooked)
+    return seen
+
+
+def test_keep_ttl_replace_never_resurrects_a_key_deleted_before_its_cas(
+    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete between the meta get and the cas: replace returns False, the key stays gone."""
+    with MemcachedBackend.from_servers(memcached_server.servers) as store:
+        other = MemcachedBackend.from_servers(memcached_server.servers)
+        store.set("k", b"old", ttl=50)
+        store.set("m", b"old", ttl=50)
+        interfere_before_cas(store, monkeypatch, lambda: other.delete("k"))
+        assert store.replace("k", b"mine", KEEP_TTL) is False
+        assert store.get("k") is None
+        monkeypatch.undo()
+        interfere_before_cas(store, monkeypatch, lambda: other.delete("m"))
+        assert store.replace_many([("m", b"mine")], KEEP_TTL) == [False]
+        assert store.get("m") is None
+        other.close()
+
+
+def test_keep_ttl_replace_retries_a_write_that_came_between(
+    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set between the meta get and the cas: the cas fails, is retried, and keeps the new TTL."""
+    with MemcachedBackend.from_servers(memcached_server.servers) as store:
+        other = MemcachedBackend.from_servers(memcached_server.servers)
+        store.set("k", b"old", ttl=50)
+        store.set("m", b"old", ttl=50)
+        seen = interfere_before_cas(store, monkeypatch, lambda: other.set("k", b"theirs", ttl=500))
+        assert store.replace("k", b"mine", KEEP_TTL) is True
+        assert store.get("k") == b"mine"
+        assert len([r for r in seen if r.startswith(b"cas ")]) == 2
+        left = server_ttl(store, "k")
+        assert left is not None
+        assert 490 <= left <= 502
+        monkeypatch.undo()
+        interfere_before_cas(store, monkeypatch, lambda: other.set("m", b"theirs", ttl=500))
+        assert store.replace_many([("m", b"mine")], KEEP_TTL) == [True]
+        left = server_ttl(store, "m")
+        assert left is not None
+        assert 490 <= left <= 502
+        other.close()
+
+
+def test_keep_ttl_writes_whose_reply_is_lost_are_outcome_unknown(
+    keeper: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """The cas of a KEEP_TTL replace / cas / replace_many is sent once; a lost reply is unknown."""
+    keeper.set_many([("a", b"old"), ("b", b"old")], ttl=50)
+    faults.arm("pass", "lose")  # the meta get is answered, the cas reply lost
+    with pytest.raises(OutcomeUnknown, match="replace"):
+        keeper.replace("a", b"new", KEEP_TTL)
+    got = keeper.gets("b")
+    assert got is not None
+    faults.arm("pass", "lose")
+    with pytest.raises(OutcomeUnknown, match="cas"):
+        keeper.cas("b", b"new", got[1], KEEP_TTL)
+    assert keeper.get_many(["a", "b"]) == [b"new", b"new"]  # applied, once
+    if len(keeper.servers) == 1:
+        faults.arm("pass", "lose")
+        with pytest.raises(BatchWriteError) as info:
+            keeper.replace_many([("a", b"newer"), ("b", b"newer")], KEEP_TTL)
+        assert sorted(info.value.unknown) == ["a", "b"]
+
+
+def test_keep_ttl_replace_many_reports_a_failed_read_as_nothing_written(
+    keeper: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """A lost reply to the meta gets of replace_many: BatchWriteError, every key not written."""
+    keeper.set_many([("a", b"old"), ("b", b"old")], ttl=50)
+    if len(keeper.servers) > 1:
+        faults.arm(*(["lose"] * 6))
+    else:
+        faults.arm("lose", "lose")  # the read is resent once on a fresh connection
+    with pytest.raises(BatchWriteError) as info:
+        keeper.replace_many([("a", b"new"), ("b", b"new")], KEEP_TTL)
+    assert info.value.written == []
+    assert sorted(info.value.not_written) == ["a", "b"]
+    faults.modes.clear()
+    assert keeper.get_many(["a", "b"]) == [b"old", b"old"]
+
+
+def test_keep_ttl_on_a_server_without_cas_says_so(no_cas_server: ServerProcess) -> None:
+    """replace / replace_many / cas with KEEP_TTL on a -C server raise the CAS-disabled error."""
+    with MemcachedBackend.from_servers(no_cas_server.address) as store:
+        store.set("k", b"old")
+        with pytest.raises(BackendError, match="CAS disabled"):
+            store.replace("k", b"new", KEEP_TTL)
+        with pytest.raises(BatchWriteError, match="CAS disabled") as info:
+            store.replace_many([("k", b"new"), ("absent", b"new")], KEEP_TTL)
+        assert sorted(info.value.not_written) == ["absent", "k"]
+        with pytest.raises(BackendError, match="CAS disabled"):
+            store.cas("k", b"new", b"1", KEEP_TTL)
+        assert store.get("k") == b"old"

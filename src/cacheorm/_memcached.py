@@ -144,6 +144,7 @@ from cacheorm._errors import (
     ValueTooLarge,
     describe_keys,
 )
+from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 if TYPE_CHECKING:
     import socket
@@ -1315,9 +1316,56 @@ class MemcachedBackend(Closing):
         """
         return self._store_if(b"add", key, value, ttl)
 
-    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` holds a live value, atomically; True if stored."""
+    def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` holds a live value, atomically; True if stored.
+
+        With ``ttl=KEEP_TTL`` the value keeps the expiry of the one it replaces:
+        a meta get reads its CAS value and remaining TTL, then a ``cas`` stores
+        the new value with that TTL, again (at most 1,000 times) while other
+        writers change the key in between. A key deleted in between is not
+        recreated (False).
+
+        Raises:
+            OutcomeUnknown: with ``KEEP_TTL``, the ``cas`` was sent and its reply
+                lost; it is not resent (a plain ``replace`` is resent once on a
+                closed kept connection).
+            BackendError: with ``KEEP_TTL``, the server has CAS disabled.
+        """
+        if ttl is KEEP_TTL:
+            return self._replace_keeping_ttl(key, value)
         return self._store_if(b"replace", key, value, ttl)
+
+    def _replace_keeping_ttl(self, key: str, value: bytes) -> bool:
+        """``replace`` with the old value's remaining TTL, by meta get then ``cas``."""
+        bkey = self._bkey(key)
+        data = _as_bytes(key, value)
+        if len(data) > self._unchecked:
+            self._check_size(key, bkey, len(data))
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        meta = _meta_command(full)
+        for _ in range(_INCR_ATTEMPTS):
+            held = self._ask(node, meta, _read_meta, key=key, op="replace", expect=full)
+            if held is None:
+                return False
+            token, remaining = held
+            if token == b"0":
+                raise self._cas_disabled(node, key)
+            request = _cas_command(full, _kept_expire(remaining), token, data)
+            line = self._ask(
+                node, request, _read_line, key=key, op="replace", write=True, resend=False
+            )
+            if line == b"STORED":
+                return True
+            if line == b"NOT_FOUND":
+                return False  # deleted or expired since the meta get: never recreated
+            if line != b"EXISTS":
+                raise self._refused(node, line, key, len(data), bkey, b"cas")
+        raise BackendError(
+            f"cannot replace key {key!r} keeping its TTL: other writers kept changing it",
+            key=key,
+            server=node.address,
+        )
 
     def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> bool:
         """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
@@ -1474,18 +1522,23 @@ class MemcachedBackend(Closing):
             server=node.address,
         )
 
-    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``.
 
         A token that memcached could not have given (not an int or bytes of
-        digits under ``2**64``) returns False without asking the server.
+        digits under ``2**64``) returns False without asking the server. With
+        ``ttl=KEEP_TTL`` a meta get first reads the key's CAS value and
+        remaining TTL: a changed or missing key returns False at once, else the
+        ``cas`` carries that TTL (and fails if the key changed in between).
 
         Raises:
             OutcomeUnknown: the request was sent and its reply lost; it is not resent.
+            BackendError: with ``KEEP_TTL``, the server has CAS disabled.
         """
         bkey = self._bkey(key)
         data = _as_bytes(key, value)
-        expire = _expire(ttl)
+        keep = ttl is KEEP_TTL
+        expire = 0 if ttl is KEEP_TTL else _expire(ttl)
         if len(data) > self._unchecked:
             self._check_size(key, bkey, len(data))
         if type(token) is bytes:
@@ -1499,7 +1552,18 @@ class MemcachedBackend(Closing):
         if not 0 <= number < _U64:
             return False
         node = self._node(bkey)
-        request = _cas_command(self._prefix + bkey, expire, b"%d" % number, data)
+        full = self._prefix + bkey
+        digits = b"%d" % number
+        if keep:
+            held = self._ask(node, _meta_command(full), _read_meta, key=key, op="cas", expect=full)
+            if held is None:
+                return False
+            if held[0] == b"0":
+                raise self._cas_disabled(node, key)
+            if held[0] != digits:
+                return False
+            expire = _kept_expire(held[1])
+        request = _cas_command(full, expire, digits, data)
         line = self._ask(node, request, _read_line, key=key, op="cas", write=True, resend=False)
         if line == b"STORED":
             return True
@@ -1547,18 +1611,138 @@ class MemcachedBackend(Closing):
         return self._write_many(b"add", pairs, bkeys, expire, op="add_many")
 
     def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
     ) -> list[bool]:
         """``replace`` for each pair, in order; one request per server.
+
+        With ``ttl=KEEP_TTL`` each value keeps the remaining TTL of the one it
+        replaces: one request of meta gets per server, then one of ``cas``
+        commands per server; pairs whose key another writer changed in between
+        go round again (at most 1,000 rounds), in order.
 
         Raises:
             BatchWriteError: the batch failed part-way; nothing is resent.
         """
         pairs, bkeys, _ = self._pairs(items)
+        if ttl is KEEP_TTL:
+            return self._replace_many_keeping_ttl(pairs, bkeys) if pairs else []
         expire = b"%d" % _expire(ttl)
         if not pairs:
             return []
         return self._write_many(b"replace", pairs, bkeys, expire, op="replace_many")
+
+    def _replace_many_keeping_ttl(
+        self, pairs: list[tuple[str, bytes]], bkeys: list[bytes]
+    ) -> list[bool]:
+        """``replace_many`` with each old value's remaining TTL: rounds of meta gets and cas."""
+        prefix = self._prefix
+        fulls = [prefix + bkey for bkey in bkeys]
+        keys = [key for key, _ in pairs]
+        stored = [False] * len(pairs)
+        settled_false: list[int] = []  # absent, or deleted before its cas
+        pending = list(range(len(pairs)))
+        for _ in range(_INCR_ATTEMPTS):
+            try:
+                held = self._metas([fulls[i] for i in pending], [bkeys[i] for i in pending])
+            except _Failure as failure:
+                error = self._error(failure, None, op="replace_many", write=False)
+                raise self._merged(error, keys, stored, settled_false, pending) from error
+            present = [(i, meta) for i, meta in zip(pending, held, strict=True) if meta is not None]
+            settled_false += [i for i, meta in zip(pending, held, strict=True) if meta is None]
+            sent = [i for i, _ in present]
+            for index, meta in present:
+                if meta[0] == b"0":
+                    disabled = self._cas_disabled(self._node(bkeys[index]), keys[index])
+                    raise self._merged(disabled, keys, stored, settled_false, sent) from disabled
+            commands = [
+                _cas_command(fulls[i], _kept_expire(remaining), token, pairs[i][1])
+                for i, (token, remaining) in present
+            ]
+            try:
+                replies = self._send_many(
+                    commands,
+                    [bkeys[i] for i in sent],
+                    [keys[i] for i in sent],
+                    op="replace_many",
+                    sizes=[len(pairs[i][1]) for i in sent],
+                    command=b"cas",
+                    confirmed=frozenset([b"STORED"]),
+                )
+            except BatchWriteError as error:
+                # The pairs of this round's cas batch are all in ``error``.
+                raise self._merged(error, keys, stored, settled_false, []) from error
+            pending = []
+            for index, line in zip(sent, replies, strict=True):
+                if line == b"STORED":
+                    stored[index] = True
+                elif line == b"EXISTS":
+                    pending.append(index)  # changed since the meta get: again, in order
+                else:
+                    settled_false.append(index)
+            if not pending:
+                return stored
+        gave_up = BackendError(
+            f"cannot replace {describe_keys([keys[i] for i in pending])} keeping their TTL: "
+            "other writers kept changing them"
+        )
+        raise self._merged(gave_up, keys, stored, settled_false, pending)
+
+    @staticmethod
+    def _merged(
+        error: BackendError,
+        keys: list[str],
+        stored: list[bool],
+        settled_false: list[int],
+        unsent: list[int],
+    ) -> BatchWriteError:
+        """A BatchWriteError for a ``replace_many`` keeping TTLs that failed after some rounds.
+
+        ``error`` is the failure of the last round (a BatchWriteError for the
+        keys of its cas batch, else any error); ``stored`` and
+        ``settled_false`` say what earlier rounds did, and the keys ``unsent``
+        were not written in the last round.
+        """
+        written = [keys[i] for i, done in enumerate(stored) if done]
+        not_written = [keys[i] for i in settled_false] + [keys[i] for i in unsent]
+        unknown: list[str] = []
+        if isinstance(error, BatchWriteError):
+            written += error.written
+            not_written += error.not_written
+            unknown = error.unknown
+        counts = f"{len(written)} written, {len(not_written)} not written"
+        if unknown:
+            counts += f", {len(unknown)} unknown (sent, reply lost: {describe_keys(unknown)})"
+        return BatchWriteError(
+            f"replace_many keeping TTLs failed part-way: {error}; of {len(keys)} keys {counts}",
+            written=written,
+            not_written=not_written,
+            unknown=unknown,
+            key=keys[0] if len(keys) == 1 else None,
+            server=error.server,
+        )
+
+    def _metas(self, fulls: list[bytes], bkeys: list[bytes]) -> list[tuple[bytes, int] | None]:
+        """The CAS value and remaining TTL of each full key (None: absent); _Failure if not read.
+
+        One request of meta gets per server, the servers concurrently.
+        """
+        metas: list[tuple[bytes, int] | None] = [None] * len(fulls)
+        if self._single is not None:
+            groups = {self._single: list(range(len(fulls)))}
+        else:
+            groups = self._group(bkeys)
+
+        def fetch(node: _Node, indices: list[int]) -> list[tuple[bytes, int] | None]:
+            asked = [fulls[i] for i in indices]
+            request = b"".join([_meta_command(full) for full in asked])
+            return self._call(node, request, _read_metas, True, asked)
+
+        for _, indices, outcome in self._each(fetch, groups):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for index, meta in zip(indices, outcome, strict=True):
+                metas[index] = meta
+        return metas
 
     def delete_many(self, keys: Sequence[str], /) -> int:
         """Remove ``keys``; the number that held a live value. One request per server.
