@@ -29,6 +29,26 @@ Servers and pools:
     the next one tries to connect again; a one-server ``Client`` or
     ``PooledClient`` tries every time.
 
+    A ``PooledClient`` (alone or in a ``HashClient`` with ``use_pooling=True``)
+    lends each request a connection of its own from a pool the backend keeps
+    with the client's settings, ``max_pool_size`` and ``pool_idle_timeout``.
+    When all ``max_pool_size`` connections are busy, a request waits up to
+    ``pool_timeout`` seconds (a backend argument, 5 by default) for one, then
+    raises :class:`~cacheorm.BackendUnavailable` (nothing was sent).
+
+Interrupted requests and replies for other keys:
+    A request and its reply use a connection alone. If anything at all is
+    raised while a request is in flight (sent, reply not fully read),
+    including a ``BaseException`` such as ``KeyboardInterrupt``, ``SystemExit``
+    or a gevent timeout, the connection is closed before the exception goes
+    on: its reply may still arrive, and the next request must never read it
+    as its own. A pooled connection goes back to its pool either way. Every
+    reply that names a key (``VALUE <key>`` of ``get``/``gets``, ``k<key>``
+    of the meta get) must name a key that was asked for, in the order asked
+    (memcached answers a repeated key once per mention); any other reply
+    closes the connection and raises :class:`~cacheorm.BackendError` naming
+    the key and the server, and is never returned.
+
 Failures, retries and timeouts:
     ``connect_timeout`` bounds connecting and ``timeout`` every send and
     receive, per server (set them on the client, or pass them to
@@ -106,14 +126,40 @@ Value size:
     ``max_value_size`` when given. A larger value raises
     :class:`~cacheorm.ValueTooLarge` and nothing is sent, for a batch not even
     the other pairs. A refusal by the server itself is reported as
-    ``ValueTooLarge`` too (the key's old value is then gone), or, in a batch,
-    as a ``BatchWriteError`` caused by one.
+    ``ValueTooLarge`` too (for a ``set`` the key's old value is then gone), or,
+    in a batch, as a ``BatchWriteError`` caused by one.
 
 Counters:
     ``incr`` uses memcached's atomic ``incr`` while the counter is between 0 and
     ``2**64 - 1``; negative deltas and counters outside that range use a
     ``gets``/``cas`` loop on signed decimal digits that keeps the key's TTL
     (read with the meta command ``mg``, memcached 1.6 or later).
+
+Keeping the TTL (``ttl=KEEP_TTL``):
+    memcached cannot store a value and keep the old expiry in one command, so
+    ``replace``, ``replace_many`` and ``cas`` with ``KEEP_TTL`` first read the
+    item's CAS value and remaining seconds with the meta get ``mg <key> t c k``
+    (memcached 1.6 or later), then store with ``cas`` under that CAS value and
+    that many seconds. The ``cas`` fails if anything wrote the key in between,
+    so a deleted key is never recreated and no write is lost: ``cas`` then
+    returns False, ``replace`` reads again and retries (at most 1,000 times;
+    False once the key is gone). The ``cas`` is never resent (a lost reply is
+    :class:`~cacheorm.OutcomeUnknown`). memcached counts TTLs in whole seconds
+    on a clock that ticks once a second, so the kept expiry is the same
+    second as before, or one second later if the clock ticked between the
+    read and the write; never earlier. A key without expiry keeps none. A
+    remaining TTL over 30 days is sent as a Unix time from this process's
+    clock. Only ``touch``/``gat`` change a TTL without changing the CAS value;
+    one that lands between the read and the write is overwritten.
+
+CAS disabled (``-C``) and out of memory (``-M``):
+    A server started with ``-C`` gives every item the CAS value 0 and refuses
+    every ``cas``; ``gets`` (and everything built on it: ``update_with``,
+    ``patch``, ``KEEP_TTL``, negative ``incr``) raises
+    :class:`~cacheorm.BackendError` saying so instead of failing as a
+    conflict. When memcached cannot store a value (out of memory with ``-M``,
+    or too large) it deletes the key's old value for a ``set`` and keeps it for
+    ``add``, ``replace`` and ``cas``; the error says which.
 """
 
 from __future__ import annotations
