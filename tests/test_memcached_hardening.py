@@ -23,7 +23,7 @@ pytest.importorskip("pymemcache")
 
 from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
-from cacheorm import KEEP_TTL, Field, Repository
+from cacheorm import KEEP_TTL, Field, Repository, _memcached
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
@@ -31,6 +31,7 @@ from cacheorm._errors import (
     ConfigurationError,
     ConflictError,
     OutcomeUnknown,
+    ValueTooLarge,
 )
 from cacheorm._memcached import MemcachedBackend, _read_meta
 from tests.servers import MemcachedServer, ServerProcess, start_one_memcached
@@ -77,6 +78,12 @@ class FaultySocket:
             self.sock.sendall(held)
         return self.sock.send(data)
 
+    def connect(self, address: Any) -> None:
+        if self.faults.interrupt_connect:
+            self.faults.interrupt_connect = False
+            raise Interrupt("interrupted while connecting")
+        self.sock.connect(address)
+
     def recv(self, size: int) -> bytes:
         if self.lose_reply:
             self.lose_reply = False
@@ -100,6 +107,7 @@ class FaultySocketModule:
         self.modes: list[str | bytes] = []
         self.lock = threading.Lock()
         self.sockets: list[FaultySocket] = []
+        self.interrupt_connect = False
 
     def arm(self, *modes: str | bytes) -> None:
         """Apply ``modes`` to the next requests sent, one each, in order."""
@@ -825,3 +833,127 @@ def test_keep_ttl_on_a_server_without_cas_says_so(no_cas_server: ServerProcess) 
         with pytest.raises(BackendError, match="CAS disabled"):
             store.cas("k", b"new", b"1", KEEP_TTL)
         assert store.get("k") == b"old"
+
+
+# -- the edges of the above ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("planted", "error"),
+    [
+        (b"HD t5 c7 kother\r\n", "did not ask for"),  # the meta reply of another key
+        (b"HD t5 kk\r\n", "t5 kk"),  # no CAS value
+        (b"XX\r\n", "XX"),  # not a meta reply
+    ],
+)
+def test_a_bad_meta_reply_is_detected(
+    keeper: MemcachedBackend, faults: FaultySocketModule, planted: bytes, error: str
+) -> None:
+    """A meta get answered for another key, or with no CAS value, raises and writes nothing."""
+    keeper.set("k", b"old", ttl=50)
+    faults.arm(planted)
+    with pytest.raises(BackendError, match=error):
+        keeper.replace("k", b"new", KEEP_TTL)
+    assert keeper.get("k") == b"old"
+
+
+def test_an_interrupted_connect_leaves_no_half_made_connection(
+    store: MemcachedBackend, faults: FaultySocketModule
+) -> None:
+    """An interrupt while connecting leaves no connection behind: the next request connects."""
+    store.close()
+    faults.interrupt_connect = True
+    with pytest.raises(Interrupt):
+        store.get("bob")
+    interrupted = faults.sockets[-1]
+    store.set("bob", b"record of bob")
+    assert store.get("bob") == b"record of bob"
+    assert faults.sockets[-1] is not interrupted
+    # pymemcache's _connect drops a socket interrupted mid-connect without closing
+    # it (nothing was sent on it); CPython closes it when collected, the test now.
+    interrupted.close()
+
+
+def test_an_interrupt_while_taking_a_pooled_connection_frees_its_slot(
+    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt while the pool makes a connection gives the slot back (max_pool_size=1)."""
+    with MemcachedBackend.from_servers(
+        memcached_server.servers, use_pooling=True, max_pool_size=1, pool_timeout=0.5
+    ) as store:
+        pool = store._nodes[0].pool
+        assert pool is not None
+        create = pool.create
+
+        def interrupted() -> Any:
+            pool.create = create
+            raise Interrupt("interrupted while making a connection")
+
+        pool.create = interrupted
+        with pytest.raises(Interrupt):
+            store.get("k")
+        store.set("k", b"v")
+        assert store.get("k") == b"v"
+
+
+def test_pooled_connections_idle_too_long_are_replaced(
+    memcached_server: MemcachedServer, faults: FaultySocketModule
+) -> None:
+    """pool_idle_timeout is honoured: a connection idle longer is closed, a new one made."""
+    with MemcachedBackend.from_servers(
+        memcached_server.servers, use_pooling=True, pool_idle_timeout=0.1, socket_module=faults
+    ) as store:
+        store.set("k", b"v")
+        first = faults.sockets[-1]
+        assert store.get("k") == b"v"
+        assert faults.sockets[-1] is first  # reused while fresh
+        time.sleep(0.3)
+        assert store.get("k") == b"v"
+        assert faults.sockets[-1] is not first
+        assert first.fileno() == -1
+
+
+def test_keep_ttl_replace_checks_the_value_size_first(memcached_server: MemcachedServer) -> None:
+    """A value over the limit is refused before anything is sent, as for a plain replace."""
+    with MemcachedBackend.from_servers(memcached_server.servers, max_value_size=10) as store:
+        store.set("k", b"old")
+        with pytest.raises(ValueTooLarge):
+            store.replace("k", b"x" * 11, KEEP_TTL)
+        assert store.get("k") == b"old"
+
+
+def test_a_keep_ttl_replace_refused_for_lack_of_memory_keeps_the_old_value(
+    full: MemcachedBackend,
+) -> None:
+    """replace(KEEP_TTL) on a full -M server: the error says the old value is kept, and it is."""
+    with pytest.raises(BackendError, match=r"out of memory.*previous value is kept"):
+        full.replace("updated", BIG, KEEP_TTL)
+    assert full.get("updated") == b"old value of updated"
+
+
+def test_keep_ttl_replace_gives_up_under_endless_interference(
+    memcached_server: MemcachedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer before every cas: replace and replace_many give up after the bound."""
+    monkeypatch.setattr(_memcached, "_INCR_ATTEMPTS", 3)
+    with MemcachedBackend.from_servers(memcached_server.servers) as store:
+        other = MemcachedBackend.from_servers(memcached_server.servers)
+        store.set_many([("k", b"old"), ("m", b"old"), ("z", b"old")], ttl=50)
+        call = store._call
+        count = 0
+
+        def hooked(node: Any, request: bytes, read: Any, resend: bool, *rest: Any) -> Any:
+            nonlocal count
+            if b"cas k " in request or b"cas m " in request:
+                count += 1
+                other.set("k", b"theirs %d" % count)
+                other.set("m", b"theirs %d" % count)
+            return call(node, request, read, resend, *rest)
+
+        monkeypatch.setattr(store, "_call", hooked)
+        with pytest.raises(BackendError, match="other writers kept changing it"):
+            store.replace("k", b"mine", KEEP_TTL)
+        with pytest.raises(BatchWriteError, match="other writers kept changing them") as info:
+            store.replace_many([("z", b"mine"), ("m", b"mine"), ("gone", b"x")], KEEP_TTL)
+        assert (info.value.written, info.value.not_written) == (["z"], ["gone", "m"])
+        other.close()

@@ -1115,9 +1115,6 @@ class MemcachedBackend(Closing):
                 node.down_error = exc
                 node.down_until = time.monotonic() + node.retry_timeout
             raise _Failure(node, exc, 0) from exc
-        except BaseException:
-            client.close()  # interrupted while connecting: never keep a half-made connection
-            raise
         sock: socket.socket = client.sock
         return sock
 
