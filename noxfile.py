@@ -94,6 +94,7 @@ def typing_installed(session: nox.Session) -> None:
             "print('checking the installed', p.parent)",
             env=env,
         )
+        session.run("cacheorm", "--version", env=env)  # the wheel's console script
         session.run("mypy", "--config-file", "mypy.ini", user_code.name, env=env)
         # pyright reads the installed packages through the session's interpreter.
         session.run("basedpyright", "--pythonpath", str(Path(session.bin, "python")), env=env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import typing
 from typing import Annotated, Any
 
 import pytest
@@ -128,3 +129,51 @@ def test_a_nested_local_model_reports_its_own_field() -> None:
 class Broken:
     id: Annotated[int, co.Field(primary_key=True)]
     owner: Ownr  # type: ignore[name-defined]  # noqa: F821 - the misspelling under test
+
+
+def test_an_annotation_that_fails_otherwise_after_the_fallback_is_reported() -> None:
+    """A local name resolves, but another annotation is broken: the usual definition error."""
+
+    @dataclasses.dataclass
+    class Local:
+        x: int
+
+    Odd = dataclasses.make_dataclass(
+        "Odd",
+        [
+            ("id", Annotated[int, co.Field(primary_key=True)]),
+            ("local", "Local"),
+            ("odd", "3 + 'x'"),  # raises TypeError when evaluated
+        ],
+    )
+    with pytest.raises(co.ModelDefinitionError, match=r"cannot resolve the annotations of Odd"):
+        co.Repository(Odd)
+
+
+def test_the_missing_name_is_found_on_a_base_class() -> None:
+    """The report skips evaluated and otherwise broken annotations to name the right field."""
+
+    @dataclasses.dataclass
+    class Base:
+        id: Annotated[int, co.Field(primary_key=True)]
+        owner: Missing  # type: ignore[name-defined]  # noqa: F821 - the name under test
+
+    Child = dataclasses.make_dataclass("Child", [("size", int), ("odd", "3 + 'x'")], bases=(Base,))
+    with pytest.raises(co.ModelDefinitionError) as info:
+        co.Repository(Child)
+    assert info.value.model is Base
+    assert info.value.field == "owner"
+    assert "'Missing'" in str(info.value)
+
+
+def test_a_missing_name_inside_a_typing_generic_names_the_model() -> None:
+    """A ForwardRef inside a non-string annotation: no single field to blame, the model named."""
+    Bag = dataclasses.make_dataclass(
+        "Bag",
+        [("id", Annotated[int, co.Field(primary_key=True)]), ("items", typing.List["Nowhere"])],  # noqa: UP006, F821
+    )
+    with pytest.raises(co.ModelDefinitionError) as info:
+        co.Repository(Bag)
+    assert info.value.model is Bag
+    assert info.value.field is None
+    assert str(info.value).startswith("Bag: the annotation names 'Nowhere'")
