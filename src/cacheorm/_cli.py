@@ -102,7 +102,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command")
     commands.required = True
     for module in (_cli_demo, _cli_inspect, _cli_bench):
-        module.add_parser(commands)
+        module.add_parser(commands.add_parser)
     return parser
 
 

@@ -303,7 +303,7 @@ def run_bench(
                 break
     finally:
         bar.close()
-    results = []
+    results: list[Result] = []
     for phase in PHASES:
         ratios = sorted(per_round[phase])
         if len(ratios) >= 2:
@@ -377,11 +377,11 @@ def write_chart(results: list[Result], path: Path, *, title: str) -> None:
     figure.savefig(path, format=path.suffix[1:])
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(new_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``bench`` with the CLI's subcommands."""
     from cacheorm._cli import add_backend_options
 
-    bench = commands.add_parser(
+    bench = new_parser(
         "bench",
         help="time cacheorm against hand-written client code on your server",
         description=_DESCRIPTION,

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import enum
 import sys
+from collections.abc import Callable
 from typing import Annotated, TextIO
 
 import cacheorm as co
@@ -123,11 +124,11 @@ def run_demo(backend: co.Backend, out: TextIO | None = None) -> None:
     print("\ndone.", file=out)
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(new_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``demo`` with the CLI's subcommands."""
     from cacheorm._cli import add_backend_options
 
-    demo = commands.add_parser(
+    demo = new_parser(
         "demo",
         help="walk through create/get/update/delete (in memory unless told otherwise)",
         description="Create, read, update and delete a few records, printing each step and "

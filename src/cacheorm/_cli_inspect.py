@@ -23,7 +23,7 @@ import sys
 import types
 import typing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, get_args, get_origin
 
 import cacheorm as co
@@ -51,11 +51,11 @@ examples:
 """
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(new_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Register ``inspect`` with the CLI's subcommands."""
     from cacheorm._cli import add_backend_options
 
-    inspect = commands.add_parser(
+    inspect = new_parser(
         "inspect",
         help="print stored records, decoded (or why they do not decode)",
         description=_DESCRIPTION,
@@ -143,10 +143,11 @@ def _convert(text: str, annotation: Any) -> Any:
     if tp in (datetime.datetime, datetime.date, datetime.time):
         return tp.fromisoformat(text)
     if get_origin(tp) is typing.Literal:
-        for value in get_args(tp):
+        choices: tuple[Any, ...] = get_args(tp)
+        for value in choices:
             if str(value) == text:
                 return value
-        raise ValueError(f"expected one of {', '.join(map(str, get_args(tp)))}")
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         for member in tp:
             if str(member.value) == text or member.name == text:
@@ -154,7 +155,8 @@ def _convert(text: str, annotation: Any) -> Any:
         raise ValueError(f"expected one of {', '.join(str(m.value) for m in tp)}")
     if get_origin(tp) in (typing.Union, types.UnionType):
         raise ValueError("a primary key cannot be a union")
-    raise ValueError(f"cannot read a {getattr(tp, '__qualname__', tp)} from the command line")
+    name: object = getattr(annotation, "__qualname__", annotation)
+    raise ValueError(f"cannot read a {name} from the command line")
 
 
 def parse_pk(text: str, parts: Sequence[tuple[str, Any]], model: type) -> Any:
@@ -178,7 +180,7 @@ def parse_pk(text: str, parts: Sequence[tuple[str, Any]], model: type) -> Any:
             f"{model.__qualname__} has a {len(parts)}-part key: write {names} "
             f"(or a JSON list), not {text!r}"
         )
-    values = []
+    values: list[Any] = []
     for piece, (attr, annotation) in zip(pieces, parts, strict=True):
         if not isinstance(piece, str):
             values.append(piece)  # from a JSON list: already typed
@@ -211,7 +213,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.raw:
             keys = list(args.keys)
         else:
-            parts = [(part.attr, part.annotation) for part in repo._keys.parts]
+            # The key parts as the Repository resolved them (fields or template names).
+            keys_scheme = repo._keys  # pyright: ignore[reportPrivateUsage]
+            parts = [(part.attr, part.annotation) for part in keys_scheme.parts]
             try:
                 keys = [repo.key_for(parse_pk(text, parts, model)) for text in args.keys]
             except ValueError as exc:
@@ -230,7 +234,8 @@ def _show(repo: co.Repository[Any], keys: list[str]) -> int:
             status = 1
             continue
         try:
-            record = repo._load(key, payload)
+            # The Repository's own decode path, so the error is the one `get` raises.
+            record = repo._load(key, payload)  # pyright: ignore[reportPrivateUsage]
         except co.DeserializationError as exc:
             print(f"{key}  (does not decode)")
             print(f"error: DeserializationError: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import inspect
 import sys
 import types
 import typing
@@ -385,11 +386,11 @@ class _Compiler:
         variable never changes what an annotation that resolved before means.
         """
         if self._caller_locals is None:
-            frame = sys._getframe(1)
+            frame = inspect.currentframe()  # None on Pythons without frames: no caller locals
             try:
-                while frame.f_back is not None and _is_cacheorm(frame.f_globals.get("__name__")):
+                while frame is not None and _is_cacheorm(frame.f_globals.get("__name__")):
                     frame = frame.f_back
-                self._caller_locals = dict(frame.f_locals)
+                self._caller_locals = {} if frame is None else dict(frame.f_locals)
             finally:
                 del frame  # no reference cycle through the frame
         module = vars(sys.modules[cls.__module__])
