@@ -1,9 +1,16 @@
-"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``, ``bench``.
+"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``typing_installed``,
+``demo``, ``bench``.
 
 Sessions run on the Python that runs nox, so one installed Python is enough.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
 
 import nox
 
@@ -43,6 +50,54 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over src/ and the typing tests."""
     session.install("-e", ".[all]", *_group("typecheck"))
     session.run("mypy", "--strict")
+
+
+@nox.session
+def typing_installed(session: nox.Session) -> None:
+    """Type-check user code against the built wheel: mypy --strict and basedpyright strict.
+
+    Builds the wheel, installs it (not editable) and checks
+    ``tests/typing/installed/user_code.py`` from a temporary directory outside
+    the checkout, so neither checker can see ``src/``: the types checked are
+    the ones a ``pip install cacheorm`` user gets (they need ``py.typed``).
+    """
+    session.install(*_group("typing-installed"))
+    user_code = Path("tests/typing/installed/user_code.py").resolve()
+    with tempfile.TemporaryDirectory(prefix="cacheorm-typing-") as tmp:
+        dist, work = Path(tmp, "dist"), Path(tmp, "work")
+        work.mkdir()
+        session.run(
+            "python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), ".", silent=True
+        )
+        (wheel,) = dist.glob("cacheorm-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            if "cacheorm/py.typed" not in archive.namelist():
+                session.error(f"{wheel.name} has no cacheorm/py.typed: checkers would see no types")
+        session.install("--force-reinstall", str(wheel))
+        shutil.copy(user_code, work / user_code.name)
+        (work / "mypy.ini").write_text("[mypy]\nstrict = True\npython_version = 3.10\n")
+        pyright_config = {
+            "typeCheckingMode": "strict",
+            "pythonVersion": "3.10",
+            "reportUnnecessaryTypeIgnoreComment": "error",
+            "include": [user_code.name],
+        }
+        (work / "pyrightconfig.json").write_text(json.dumps(pyright_config))
+        # No PYTHONPATH: pyright asks the interpreter for sys.path, and src/ must not be on it.
+        env = {"PYTHONPATH": "", "MYPYPATH": ""}
+        session.chdir(work)
+        session.run(
+            "python",
+            "-c",
+            "import cacheorm, pathlib; p = pathlib.Path(cacheorm.__file__); "
+            "assert 'site-packages' in p.parts, f'cacheorm imported from {p}, not the wheel'; "
+            "print('checking the installed', p.parent)",
+            env=env,
+        )
+        session.run("cacheorm", "--version", env=env)  # the wheel's console script
+        session.run("mypy", "--config-file", "mypy.ini", user_code.name, env=env)
+        # pyright reads the installed packages through the session's interpreter.
+        session.run("basedpyright", "--pythonpath", str(Path(session.bin, "python")), env=env)
 
 
 @nox.session

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import cacheorm as co
-from cacheorm.__main__ import _without_password, main, run_demo
+from cacheorm._cli import main
+from cacheorm._cli import without_password as _without_password
+from cacheorm._cli_demo import run_demo
 from tests.servers import MemcachedServer, RedisClusterServer, RedisServer, closed_port
 
 

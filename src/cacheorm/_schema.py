@@ -9,10 +9,12 @@ only after a fast one failed, to say where and why.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import inspect
 import sys
 import types
 import typing
@@ -171,6 +173,7 @@ class _Compiler:
         self.models: dict[type, tuple[c.ModelNode, ModelSpec | None]] = {}
         self.order: list[type] = []
         self._reading: list[type] = []  # the classes being read, innermost last
+        self._caller_locals: dict[str, Any] | None = None  # read once, on the first miss
 
     # -- annotations ----------------------------------------------------------
 
@@ -223,7 +226,7 @@ class _Compiler:
         """Evaluate a forward reference left inside a generic (``list["Node"]`` on 3.10)."""
         text = ref if isinstance(ref, str) else ref.__forward_arg__
         cls = self._reading[-1]
-        namespace = dict(vars(sys.modules[cls.__module__]))
+        namespace = {**self._local_names(cls), **vars(sys.modules[cls.__module__])}
         namespace[cls.__name__] = cls
         try:
             return eval(text, namespace)
@@ -323,6 +326,8 @@ class _Compiler:
     def _read(self, cls: type) -> ModelSpec:
         try:
             hints = typing.get_type_hints(cls, include_extras=True, localns={cls.__name__: cls})
+        except NameError:
+            hints = self._hints_with_caller_locals(cls)
         except Exception as exc:
             raise ModelDefinitionError(
                 f"cannot resolve the annotations of {cls.__qualname__}: {exc}", model=cls
@@ -370,6 +375,42 @@ class _Compiler:
                 field=tags[1],
             )
         return ModelSpec(cls, tuple(specs), key_fields, autos[0] if autos else None)
+
+    def _local_names(self, cls: type) -> dict[str, Any]:
+        """Local variables of the code building the repository that ``cls``'s module lacks.
+
+        A model defined inside a function under ``from __future__ import
+        annotations`` names the function's local classes in string
+        annotations; like pydantic, we look them up in the first frame outside
+        cacheorm. Names of the model's module and builtins win, so a local
+        variable never changes what an annotation that resolved before means.
+        """
+        if self._caller_locals is None:
+            frame = inspect.currentframe()  # None on Pythons without frames: no caller locals
+            try:
+                while frame is not None and _is_cacheorm(frame.f_globals.get("__name__")):
+                    frame = frame.f_back
+                self._caller_locals = {} if frame is None else dict(frame.f_locals)
+            finally:
+                del frame  # no reference cycle through the frame
+        module = vars(sys.modules[cls.__module__])
+        return {
+            name: value
+            for name, value in self._caller_locals.items()
+            if name not in module and name not in vars(builtins)
+        }
+
+    def _hints_with_caller_locals(self, cls: type) -> dict[str, Any]:
+        """``get_type_hints`` of ``cls`` that also sees :meth:`_local_names`, or a clear error."""
+        localns = {**self._local_names(cls), cls.__name__: cls}
+        try:
+            return typing.get_type_hints(cls, include_extras=True, localns=localns)
+        except NameError as exc:
+            raise _unresolvable(cls, localns, exc) from exc
+        except Exception as exc:
+            raise ModelDefinitionError(
+                f"cannot resolve the annotations of {cls.__qualname__}: {exc}", model=cls
+            ) from exc
 
     def _field(self, cls: type, dc_field: dataclasses.Field[Any], hint: Any) -> FieldSpec:
         attr = dc_field.name
@@ -477,6 +518,42 @@ class _Compiler:
             g.line(f"return {call}")
         header = f"def {node.names['xdec']}(d, p):" if explain else f"def {node.names['dec']}(d):"
         return g.source(header)
+
+
+def _is_cacheorm(module: object) -> bool:
+    """True for cacheorm's own implementation modules (skipped when looking for the caller)."""
+    return module == "cacheorm" or (isinstance(module, str) and module.startswith("cacheorm._"))
+
+
+def _unresolvable(cls: type, localns: dict[str, Any], exc: NameError) -> ModelDefinitionError:
+    """The error for an annotation of ``cls`` that names something defined nowhere we can see."""
+    missing = exc.name
+    owner: type = cls
+    field: str | None = None
+    for base in cls.__mro__:  # which attribute's annotation names it
+        globalns = vars(sys.modules[base.__module__])
+        for attr, annotation in vars(base).get("__annotations__", {}).items():
+            if not isinstance(annotation, str):
+                continue
+            try:
+                eval(annotation, globalns, localns)
+            except NameError as failure:
+                owner, field, missing = base, attr, failure.name
+                break
+            except Exception:  # another problem; get_type_hints said which name is missing
+                continue
+        if field is not None:
+            break
+    where = f"{owner.__qualname__}.{field}" if field is not None else owner.__qualname__
+    return ModelDefinitionError(
+        f"{where}: the annotation names {missing!r}, which is neither in module "
+        f"{owner.__module__} nor a local variable where the Repository is built. Define "
+        f"{missing} at module level, or build the Repository in the function where {missing} "
+        "is defined (string annotations, as under `from __future__ import annotations`, are "
+        "resolved when the Repository is built)",
+        model=owner,
+        field=field,
+    )
 
 
 def _is_int_or_optional_int(tp: Any) -> bool:
