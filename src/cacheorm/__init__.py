@@ -43,6 +43,7 @@ from cacheorm._errors import (
 from cacheorm._filesystem import FileSystemBackend
 from cacheorm._memcached import MemcachedBackend
 from cacheorm._memory import MemoryBackend
+from cacheorm._observe import Hook, OperationEvent
 from cacheorm._protobuf import ProtobufSerializer
 from cacheorm._redis import RedisBackend
 from cacheorm._repository import Repository, registry
@@ -77,6 +78,7 @@ __all__ = [
     "DeserializationError",
     "Field",
     "FileSystemBackend",
+    "Hook",
     "InvalidTTL",
     "KeepTTLType",
     "JSONSerializer",
@@ -86,6 +88,7 @@ __all__ = [
     "ModelDefinitionError",
     "MsgpackSerializer",
     "NotFound",
+    "OperationEvent",
     "OutcomeUnknown",
     "PickleSerializer",
     "ProtobufSerializer",

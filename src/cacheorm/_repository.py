@@ -7,7 +7,7 @@ import math
 import time
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar, get_args, get_origin
 
 from cacheorm._backend import Backend
@@ -26,6 +26,7 @@ from cacheorm._errors import (
 )
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
+from cacheorm._observe import Hook, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
 from cacheorm._ttl import DEFAULT, TTL, TTLArg, normalize_ttl
@@ -63,6 +64,9 @@ class Repository(Generic[T]):
             no expiry.
         registry: the registry to resolve a serializer name in
             (``cacheorm.registry`` by default).
+        hooks: functions called with an :class:`~cacheorm.OperationEvent` after
+            every operation (metrics, tracing: see :mod:`cacheorm.otel`). A
+            repository without hooks pays nothing for them.
 
     Raises:
         ModelDefinitionError: the model cannot be stored (no primary key,
@@ -81,6 +85,7 @@ class Repository(Generic[T]):
         prefix: str = "",
         ttl: TTL = None,
         registry: SerializerRegistry | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if backend is None:
             from cacheorm._memory import MemoryBackend
@@ -125,6 +130,12 @@ class Repository(Generic[T]):
         auto = compiled.spec.auto_field
         self._auto: FieldSpec | None = auto
         self._counter_key = f"{prefix}{namespace}:__seq__"
+        if hooks:
+            if isinstance(hooks, str) or not all(callable(hook) for hook in hooks):
+                raise ConfigurationError(
+                    f"hooks must be a sequence of callables taking an OperationEvent, not {hooks!r}"
+                )
+            instrument(self, hooks)
 
     def _key_parts(self, key: str | Callable[[Any], str] | None) -> list[KeyPart]:
         spec = self._compiled.spec
