@@ -291,3 +291,55 @@ def test_the_library_logs_nothing_unless_configured() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stderr == ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_memcached_logs_an_unreachable_server_without_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that cannot be reached is a WARNING on cacheorm.memcached; no key in it."""
+    port = _free_port()
+    backend = co.MemcachedBackend.from_servers([f"127.0.0.1:{port}"], connect_timeout=0.5)
+    with caplog.at_level(logging.DEBUG, logger="cacheorm"), pytest.raises(co.BackendUnavailable):
+        backend.get("secret-key")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.name for r in warnings] == ["cacheorm.memcached"]
+    assert f"127.0.0.1:{port}" in warnings[0].getMessage()
+    assert all("secret-key" not in r.getMessage() for r in caplog.records)
+
+
+def test_memcached_logs_a_discarded_connection_and_the_resend(
+    memcached_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interrupted request's connection is discarded with a WARNING; a resend is DEBUG."""
+    from tests.test_memcached_hardening import FaultySocketModule, Interrupt
+
+    faults = FaultySocketModule()
+    backend = co.MemcachedBackend.from_servers(memcached_server.servers, socket_module=faults)
+    backend.set("log-key", b"value")
+    with caplog.at_level(logging.WARNING, logger="cacheorm"):
+        faults.arm("after_send")
+        with pytest.raises(Interrupt):
+            backend.get("log-key")
+    messages = [r.getMessage() for r in caplog.records if r.name == "cacheorm.memcached"]
+    assert any("interrupted by Interrupt; connection discarded" in m for m in messages)
+    assert backend.get("log-key") == b"value"  # a new connection, kept for the next request
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="cacheorm"):
+        faults.arm("lose")
+        assert backend.get("log-key") == b"value"  # resent on a new connection
+    records = [r for r in caplog.records if r.name == "cacheorm.memcached"]
+    assert any(
+        r.levelno == logging.WARNING and "discarded after ConnectionResetError" in r.getMessage()
+        for r in records
+    )
+    assert any(r.levelno == logging.DEBUG and "resending" in r.getMessage() for r in records)
+    assert all("value" not in r.getMessage().replace("log-key", "") for r in records)
+    backend.close()

@@ -190,10 +190,13 @@ from cacheorm._errors import (
     ValueTooLarge,
     describe_keys,
 )
+from cacheorm._observe import get_logger
 from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 if TYPE_CHECKING:
     import socket
+
+_log = get_logger("memcached")
 
 __all__ = ["ITEM_OVERHEAD", "MemcachedBackend"]
 
@@ -1085,14 +1088,25 @@ class MemcachedBackend(Closing):
             sent, cause = exc.sent, exc.cause
         except Exception as exc:  # a socket error, or a reply that made no sense
             cause = exc
-        except BaseException:
+        except BaseException as exc:
             # Interrupted (KeyboardInterrupt, SystemExit, a gevent Timeout...)
             # with the request possibly in flight: its reply may still come,
             # and the next request on this connection would read it as its own.
             client.close()
+            _log.warning(
+                "memcached at %s: request interrupted by %s; connection discarded",
+                node.address,
+                type(exc).__name__,
+            )
             raise
         client.close()
+        # The class only at WARNING: a reason can quote a reply, and so a key.
+        _log.warning(
+            "memcached at %s: connection discarded after %s", node.address, type(cause).__name__
+        )
+        _log.debug("memcached at %s: the failure was: %s", node.address, _reason(cause))
         if resend and reused and isinstance(cause, ConnectionError):
+            _log.debug("memcached at %s: resending a request on a new connection", node.address)
             try:
                 return self._exchange(node, client, watch, request, read, False, expect)
             except _Failure as again:
@@ -1114,6 +1128,14 @@ class MemcachedBackend(Closing):
             if node.retry_timeout > 0:
                 node.down_error = exc
                 node.down_until = time.monotonic() + node.retry_timeout
+                _log.warning(
+                    "memcached at %s is down (%s); not tried again for %gs",
+                    node.address,
+                    _reason(exc),
+                    node.retry_timeout,
+                )
+            else:
+                _log.warning("memcached at %s: cannot connect: %s", node.address, _reason(exc))
             raise _Failure(node, exc, 0) from exc
         sock: socket.socket = client.sock
         return sock
