@@ -193,7 +193,9 @@ def test_user_facing_pages_run_every_block() -> None:
 
 
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
-_URL_HOST = re.compile(r"\b(?!https?:)[a-z][a-z0-9+.-]*://(?:[^/@\s\"']*@)?(\[[^\]]+\]|[A-Za-z0-9][^/:?#\s\"'`]*)")
+_URL_HOST = re.compile(
+    r"\b(?!https?:)[a-z][a-z0-9+.-]*://(?:[^/@\s\"']*@)?(\[[^\]]+\]|[A-Za-z0-9][^/:?#\s\"'`]*)"
+)
 #: "host:port" strings; a host has a dot (or is localhost), which tells it from a key like "user:1".
 _HOST_PORT = re.compile(r"[\"']([A-Za-z][A-Za-z0-9-]*\.[A-Za-z0-9.-]+|localhost):\d{2,5}[\"',]")
 _LOOPBACK_NAMES = {"localhost"}

@@ -170,7 +170,9 @@ def parse(path: Path, root: Path = ROOT) -> Page:
                 if closing.startswith(mark[0] * len(mark)) and not closing.strip(mark[0]):
                     break
                 i += 1
-            body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[start:i]]
+            body = [
+                line[len(indent) :] if line.startswith(indent) else line for line in lines[start:i]
+            ]
             i += 1
             if language in ("python", "py", "python3"):
                 code, source = _expand(body, root, name, start + 1)
@@ -243,7 +245,9 @@ def _expand(body: list[str], root: Path, page: str, line: int) -> tuple[str, str
         out.append(target.read_text(encoding="utf-8").rstrip("\n"))
     code = "\n".join(out) + "\n"
     whole = [s for s in snippets if s is not None]
-    alone = len(whole) == 1 and all(s is not None or not t.strip() for s, t in zip(snippets, body, strict=True))
+    alone = len(whole) == 1 and all(
+        s is not None or not t.strip() for s, t in zip(snippets, body, strict=True)
+    )
     return code, whole[0]["path"] if alone else page
 
 
