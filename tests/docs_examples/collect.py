@@ -15,7 +15,9 @@ before a block (blank lines may come between):
 
 A line ``--8<-- "docs/examples/x.py"`` inside a block (pymdownx.snippets, which
 the site uses to show a file) is replaced by that file, so an example module
-shown on a page is run from the page too.
+shown on a page is run from the page too. Such a block is opened with
+``{.python title="..."}`` rather than ``python``: ruff formats ```python blocks
+in Markdown and would rewrite the ``--8<--`` line as Python.
 
 The names in :data:`SERVER_NAMES` (and environment variables of the same
 names) hold the addresses of the servers the test suite starts; a page that
@@ -162,7 +164,7 @@ def parse(path: Path, root: Path = ROOT) -> Page:
         fence = _FENCE.match(text)
         if fence is not None:
             indent, mark = fence["indent"], fence["fence"]
-            language = (fence["info"].split() or [""])[0].lower().lstrip(".{")
+            language = _language(fence["info"])
             start = i + 1
             i += 1
             while i < len(lines):
@@ -227,6 +229,15 @@ def parse(path: Path, root: Path = ROOT) -> Page:
     if marker_at:
         raise fail(marker_at, "a marker at the end of the page, with no block after it")
     return Page(name, tuple(blocks))
+
+
+def _language(info: str) -> str:
+    """The language of a fence's info string: ``python``, ``py title="x"`` or ``{.python ...}``."""
+    info = info.strip()
+    if info.startswith("{"):
+        found = re.search(r"\.([\w+-]+)", info)
+        return found[1].lower() if found else ""
+    return (info.split() or [""])[0].lower()
 
 
 def _expand(body: list[str], root: Path, page: str, line: int) -> tuple[str, str]:
