@@ -331,3 +331,20 @@ def test_summary_counts_run_and_no_run_blocks() -> None:
     assert text.splitlines()[-1].startswith("total")
     assert sum(page.run for page in PAGES) > 0
     assert isinstance(PAGES[0].blocks[0], Block)
+
+
+def test_main_fails_when_a_user_facing_page_has_an_unrun_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tests.docs_examples.collect`` prints the table and exits 1 on an unrun block."""
+    from tests.docs_examples import collect as collector
+
+    quickstart = Page("docs/quickstart.md", (Block("docs/quickstart.md", 3, "x\n", no_run="why"),))
+    design = Page("docs/design.md", (Block("docs/design.md", 3, "x\n", no_run="why"),))
+    monkeypatch.setattr(collector, "collect", lambda: [quickstart, design])
+    assert collector.main() == 1
+    out, err = capsys.readouterr()
+    assert "docs/quickstart.md    0       1  (must be 0)" in out
+    assert "docs/quickstart.md" in err
+    monkeypatch.setattr(collector, "collect", lambda: [design])
+    assert collector.main() == 0
