@@ -1,5 +1,5 @@
 """Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``typing_installed``,
-``demo``, ``bench``.
+``demo``, ``docs``, ``bench``.
 
 Sessions run on the Python that runs nox, so one installed Python is enough.
 """
@@ -105,6 +105,24 @@ def demo(session: nox.Session) -> None:
     """Walk through the API on the in-memory backend."""
     session.install(".")
     session.run("python", "-m", "cacheorm", "demo", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (``mkdocs build --strict``) and count its code examples.
+
+    The build needs no network: no plugin fetches anything. The examples
+    themselves run in the test suite (``tests/test_docs_examples.py``); this
+    prints how many run per page and fails if a user-facing page has one
+    that does not. ``nox -s docs -- serve`` serves the site locally instead.
+    """
+    session.install(*_group("docs"))
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env=env)
+        return
+    session.run("mkdocs", "build", "--strict", *session.posargs, env=env)
+    session.run("python", "-m", "tests.docs_examples.collect")
 
 
 @nox.session
