@@ -490,7 +490,7 @@ def test_failed_replace_keeps_old_value_and_no_temp_files(
     """A write whose rename fails raises BackendError and leaves the old value, no temp file."""
     store.set("k", b"7")
 
-    def fail(src: Any, dst: Any) -> None:
+    def fail(src: Any, dst: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", dst)
 
     monkeypatch.setattr(os, "replace", fail)
