@@ -224,9 +224,46 @@ def test_symlink_at_entry_path_is_not_followed(tmp_path: Path, clock: FakeClock)
         with pytest.raises(BackendError, match=r"'victim'.*symbolic link") as info:
             run(lambda op=op: op(store, "victim"))  # type: ignore[misc]
         assert info.value.key == "victim", name
+    assert run(store.purge_expired) == 0
+    assert path.is_symlink(), "purge_expired leaves what is not a regular file alone"
     assert run(lambda: store.delete("victim")) is True
     assert not path.is_symlink()
     assert elsewhere.get("victim") == b"someone else's record", "the link's target is untouched"
+
+
+def test_file_kinds_are_named() -> None:
+    """Messages name what a non-regular file is (devices and sockets included)."""
+    from cacheorm._filesystem import _file_kind
+
+    assert _file_kind(stat.S_IFDIR) == "a directory"
+    assert _file_kind(stat.S_IFIFO) == "a FIFO"
+    assert _file_kind(stat.S_IFCHR) == "a device"
+    assert _file_kind(stat.S_IFBLK) == "a device"
+    assert _file_kind(stat.S_IFSOCK) == "file type 0o140000"
+
+
+def test_purge_reports_unreadable_entries_and_skips_vanished_shards(
+    store: FileSystemBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """purge_expired reports an entry it may not open, and skips a shard removed meanwhile."""
+    store.set("k", b"v")
+    real_open = os.open
+
+    def deny(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == entry_path(store, "k").name:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(BackendError, match="could not purge expired entries") as info:
+        store.purge_expired()
+    assert isinstance(info.value.__cause__, PermissionError)
+    monkeypatch.undo()
+    real_shards = FileSystemBackend._shards
+    monkeypatch.setattr(FileSystemBackend, "_shards", lambda self: ["zz", *real_shards(self)])
+    assert store.purge_expired() == 0
+    store.clear()
+    assert store.get("k") is None
 
 
 def test_planted_fifo_as_lock_file_never_hangs(store: FileSystemBackend, fifos: list[Path]) -> None:

@@ -171,11 +171,9 @@ def _file_kind(mode: int) -> str:
         return "a directory"
     if stat.S_ISFIFO(mode):
         return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
-    return f"file type {stat.S_IFMT(mode):#o}"  # pragma: no cover - no other kind on Linux
+    return f"file type {stat.S_IFMT(mode):#o}"
 
 
 def _release(fds: list[int]) -> None:
@@ -898,10 +896,9 @@ class FileSystemBackend(Closing):
         """Whether the entry file ``name`` has expired; False if malformed, not a file or gone."""
         try:
             fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return False
         except OSError as exc:
-            if exc.errno in _LINK_ERRNOS or exc.errno == errno.ENXIO:
+            # Gone since listed, a symbolic link, or a socket: not an expired entry.
+            if exc.errno in _LINK_ERRNOS or exc.errno in (errno.ENOENT, errno.ENXIO):
                 return False
             raise
         try:
