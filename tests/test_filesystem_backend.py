@@ -557,6 +557,8 @@ def test_permission_errors_are_backend_errors(
         (entry_path(store, "k").name, lambda: store.exists("k")),
         (entry_path(store, "k").name, lambda: store.gets("k")),
         (entry_path(store, "k").name, lambda: store.get_many(["k"])),
+        (f"{os.sep}{entry_path(store, 'k').parent.name}", lambda: store.get("k")),
+        (f"{os.sep}{entry_path(store, 'k').parent.name}", lambda: store.set("k", b"new")),
     ]
     for fragment, action in attempts:
         monkeypatch.setattr(os, "open", deny(fragment))

@@ -346,7 +346,7 @@ def test_file_cut_short_while_read_is_corrupt(
 
     def read(fd: int, n: int) -> bytes:
         calls.append(n)
-        return real_read(fd, n) if len(calls) == 1 else b""
+        return b"" if n == 100_000 + 45 - 16384 else real_read(fd, n)
 
     monkeypatch.setattr(os, "read", read)
     with pytest.raises(BackendError, match="truncated value"):

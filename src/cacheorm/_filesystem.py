@@ -76,6 +76,8 @@ _FORMAT_VERSION = 1
 _FLAG_EXPIRES = 1
 #: magic, version, flags, (2 reserved bytes), expiry, nonce, key length, value length.
 _HEADER = struct.Struct(">4sBBxxd16sIQ")
+#: What the fast read path compares when a file is shorter than it said: matches nothing.
+_NO_HEADER = (b"", 0, 0, 0.0, b"", 0, 0)
 _NONCE_SIZE = 16
 _LOCK_NAME = ".lock"
 #: Starts with a dot, so a temporary file can never be mistaken for an entry.
@@ -90,6 +92,7 @@ _O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 _O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
+_S_ISREG = stat.S_ISREG
 #: A shard directory: never through a symbolic link (ELOOP or ENOTDIR instead).
 _DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
 #: An entry or lock file: never through a link, and a FIFO opens without waiting
@@ -193,18 +196,25 @@ def _release(fds: list[int]) -> None:
             _release(fds)
 
 
+def _dir_error(path: str, exc: OSError) -> OSError:
+    """``exc`` from opening the directory ``path``, as _Unsafe if it is a link or no directory."""
+    if exc.errno not in _LINK_ERRNOS:
+        return exc
+    return _Unsafe(
+        exc.errno,
+        f"{path} is a symbolic link or not a directory; the store never follows "
+        "a link out of its directory",
+    )
+
+
 def _open_dir(path: str) -> int:
     """A descriptor of the directory at ``path``; _Unsafe if it is a link or not a directory."""
     try:
         return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        if exc.errno not in _LINK_ERRNOS:
-            raise
-        raise _Unsafe(
-            exc.errno,
-            f"{path} is a symbolic link or not a directory; the store never follows "
-            "a link out of its directory",
-        ) from None
+        raise _dir_error(path, exc) from None
 
 
 def _open_lock(dir_fd: int, shard_dir: str, mode: int) -> int:
@@ -323,6 +333,7 @@ class FileSystemBackend(Closing):
             ) from exc
         self._directory = path
         self._root = str(path)
+        self._shard_dirs = {f"{i:02x}": f"{self._root}{os.sep}{i:02x}" for i in range(256)}
         self._clock: Callable[[], float] = time.time if clock is None else clock
         self._fsync = bool(fsync)
         self._remove_orphans()
@@ -398,14 +409,17 @@ class FileSystemBackend(Closing):
         With ``check_root``, a missing shard whose store directory is gone too
         is an error rather than an absent key.
         """
+        path = self._shard_dirs[slot.shard]
         try:
-            return _open_dir(f"{self._root}{os.sep}{slot.shard}")
+            return os.open(path, _DIR_FLAGS)
         except FileNotFoundError:
             if check_root and not os.path.isdir(self._root):
                 raise FileNotFoundError(
                     errno.ENOENT, "the store directory has vanished", self._root
                 ) from None
             return None
+        except OSError as exc:
+            raise _dir_error(path, exc) from None
 
     def _read(self, slot: _Slot, dir_fd: int, *, value: bool) -> tuple[_Header, bytes] | None:
         """The entry's header and (if ``value``) its value, live or not; None if no file."""
@@ -540,7 +554,7 @@ class FileSystemBackend(Closing):
     # -- the Backend protocol -------------------------------------------------------
 
     def _read_unlocked(self, slot: _Slot, *, value: bool) -> tuple[_Header, bytes] | None:
-        """A lock-free read of one key, as get, gets and exists make it."""
+        """A lock-free read of one key, reporting every problem (the careful path)."""
         try:
             dir_fd = self._shard_fd(slot, check_root=True)
             if dir_fd is None:
@@ -552,36 +566,79 @@ class FileSystemBackend(Closing):
         except OSError as exc:
             raise self._os_error("read", slot, exc) from exc
 
+    def _fetch(self, key: str, value: bool) -> tuple[float | None, bytes, bytes] | None:
+        """Expiry, nonce and (if ``value``) value of ``key``, live or not; None if absent.
+
+        The lock-free read of get, gets, exists and get_many: the same checks
+        as :meth:`_read_unlocked`, in straight-line code for an entry that
+        passes them; anything unusual is handed to the careful path, which
+        says what is wrong.
+        """
+        raw = key.encode("utf-8", "surrogatepass")
+        name = hashlib.sha256(raw).hexdigest()
+        try:
+            dir_fd = os.open(self._shard_dirs[name[:2]], _DIR_FLAGS)
+        except OSError:  # no shard yet, a vanished store, a link: let the careful path tell
+            found = self._read_unlocked(self._locate(key), value=value)
+            return None if found is None else (found[0].expires_at, found[0].nonce, found[1])
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            fd = -1
+        finally:
+            os.close(dir_fd)
+        if fd >= 0:
+            try:
+                info = os.fstat(fd)
+                size = info.st_size
+                want = _HEADER.size + len(raw)
+                if _S_ISREG(info.st_mode) and size >= want:
+                    data = os.read(fd, size if value and size <= _FIRST_READ else want)
+                    header = _HEADER.unpack_from(data) if len(data) >= want else _NO_HEADER
+                    magic, version, flags, expires, nonce, key_len, value_len = header
+                    if (
+                        magic == _MAGIC
+                        and version == _FORMAT_VERSION
+                        and want + value_len == size
+                        and key_len == len(raw)
+                        and data[_HEADER.size : want] == raw
+                        and (flags == 0 or (flags == _FLAG_EXPIRES and math.isfinite(expires)))
+                    ):
+                        if not value:
+                            return (expires if flags else None), nonce, b""
+                        if len(data) == size:
+                            return (expires if flags else None), nonce, data[want:]
+            finally:
+                os.close(fd)
+        # A large value, or something wrong: the careful path reads it again and says what.
+        found = self._read_unlocked(self._locate(key), value=value)
+        return None if found is None else (found[0].expires_at, found[0].nonce, found[1])
+
     def get(self, key: str, /) -> bytes | None:
         """The value under ``key``, or None if absent or expired.
 
         Raises:
             BackendError: the file cannot be read or is corrupt.
         """
-        found = self._read_unlocked(self._locate(_check_key(key)), value=True)
-        if found is None or not self._live(found[0], self._clock()):
+        found = self._fetch(_check_key(key), True)
+        if found is None or (found[0] is not None and found[0] <= self._clock()):
             return None
-        return found[1]
+        return found[2]
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys``, in the same order, None where absent or expired."""
-        slots = [self._locate(_check_key(key)) for key in keys]
+        for key in keys:
+            _check_key(key)
         now = self._clock()
         result: list[bytes | None] = []
-        dirs: dict[str, int | None] = {}
-        try:
-            for slot in slots:
-                try:
-                    if slot.shard in dirs:
-                        dir_fd = dirs[slot.shard]
-                    else:
-                        dir_fd = dirs[slot.shard] = self._shard_fd(slot, check_root=not result)
-                    found = None if dir_fd is None else self._read(slot, dir_fd, value=True)
-                except OSError as exc:
-                    raise self._os_error("read", slot, exc) from exc
-                result.append(None if found is None or not self._live(found[0], now) else found[1])
-        finally:
-            _release([fd for fd in dirs.values() if fd is not None])
+        for key in keys:
+            found = self._fetch(key, True)
+            if found is None or (found[0] is not None and found[0] <= now):
+                result.append(None)
+            else:
+                result.append(found[2])
         return result
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
@@ -712,8 +769,8 @@ class FileSystemBackend(Closing):
 
     def exists(self, key: str, /) -> bool:
         """True if ``key`` holds a live value; reads only the file's header."""
-        found = self._read_unlocked(self._locate(_check_key(key)), value=False)
-        return found is not None and self._live(found[0], self._clock())
+        found = self._fetch(_check_key(key), False)
+        return found is not None and (found[0] is None or found[0] > self._clock())
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key``, starting from 0; the new value.
@@ -762,10 +819,10 @@ class FileSystemBackend(Closing):
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
         """The value and its version nonce (bytes) for :meth:`cas`, or None if absent."""
-        found = self._read_unlocked(self._locate(_check_key(key)), value=True)
-        if found is None or not self._live(found[0], self._clock()):
+        found = self._fetch(_check_key(key), True)
+        if found is None or (found[0] is not None and found[0] <= self._clock()):
             return None
-        return found[1], found[0].nonce
+        return found[2], found[1]
 
     def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``.
