@@ -615,6 +615,18 @@ def test_orphaned_temp_file_of_a_killed_writer_is_removed_on_open(tmp_path: Path
     assert (store.directory / "stray").exists()
 
 
+def test_remove_orphans_false_leaves_them_for_purge(tmp_path: Path) -> None:
+    """remove_orphans=False skips the scan at construction; purge_expired still cleans."""
+    store = FileSystemBackend(tmp_path)
+    store.set("k", b"v")
+    orphan = entry_path(store, "k").parent / ".tmp-orphan"
+    orphan.write_bytes(b"x")
+    again = FileSystemBackend(tmp_path, remove_orphans=False)
+    assert orphan.exists()
+    assert again.purge_expired() == 0
+    assert not orphan.exists()
+
+
 def test_live_writers_temp_file_is_kept_and_open_does_not_wait(tmp_path: Path) -> None:
     """A temp file whose shard another process has locked (a live writer) is left alone,
     construction does not wait for that lock, and the file goes once the lock is free."""

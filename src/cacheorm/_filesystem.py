@@ -289,6 +289,11 @@ class FileSystemBackend(Closing):
             Directories it creates get the same bits plus search (``x``)
             wherever read is set. The process umask can still remove bits.
             Existing files and directories keep their permissions.
+        remove_orphans: remove temporary files of dead writers now (see
+            above). This lists every shard directory: about 2 ms for 1,000
+            entries and 80 ms for 50,000 on a local disk. A very large store
+            opened often may pass False and run :meth:`purge_expired` from a
+            maintenance job instead.
 
     Raises:
         TypeError: ``directory`` is not a path, ``clock`` is not callable or
@@ -305,6 +310,7 @@ class FileSystemBackend(Closing):
         clock: Callable[[], float] | None = None,
         fsync: bool = False,
         mode: int = _DEFAULT_MODE,
+        remove_orphans: bool = True,
     ) -> None:
         if not _HAVE_FCNTL:
             raise ConfigurationError(
@@ -336,7 +342,8 @@ class FileSystemBackend(Closing):
         self._shard_dirs = {f"{i:02x}": f"{self._root}{os.sep}{i:02x}" for i in range(256)}
         self._clock: Callable[[], float] = time.time if clock is None else clock
         self._fsync = bool(fsync)
-        self._remove_orphans()
+        if remove_orphans:
+            self._remove_orphans()
 
     @property
     def directory(self) -> Path:
