@@ -304,6 +304,8 @@ def test_header_claiming_a_huge_value_is_corrupt_not_memory_error(
         with pytest.raises(BackendError, match=rf"'k'.*header claims {claimed} bytes") as info:
             run(lambda op=op: op(store, "k"))  # type: ignore[misc]
         assert info.value.key == "k", name
+    assert run(store.purge_expired) == 0, "purge reads headers only and leaves it alone"
+    assert entry_path(store, "k").exists()
     assert run(lambda: store.delete("k")) is True
 
 
@@ -370,6 +372,9 @@ def test_planted_lock_symlink_creates_nothing_outside(
         with pytest.raises(BackendError, match=r"'victim'.*\.lock is a symbolic link") as info:
             run(lambda op=op: op(store, "victim"))  # type: ignore[misc]
         assert info.value.key == "victim", name
+    for sweep in (store.purge_expired, store.clear):
+        with pytest.raises(BackendError, match=r"\.lock is a symbolic link"):
+            run(sweep)
     assert list(outside.iterdir()) == []
     (outside / "real").write_bytes(b"precious")
     lock.unlink()
