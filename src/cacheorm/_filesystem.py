@@ -265,9 +265,9 @@ class FileSystemBackend(Closing):
     and the file; no operation blocks on it. get, gets and incr check the whole
     file; exists, add, replace and cas check its header, key and size.
     ``set`` replaces such a file and ``delete`` removes it (counting it as
-    present). A batch that fails part way may have applied its earlier pairs.
-    Only POSIX file locks are used, so the directory must be on a local file
-    system (not NFS without flock).
+    present; a directory is reported instead). A batch that fails part way
+    may have applied its earlier pairs. Only POSIX file locks are used, so the
+    directory must be on a local file system (not NFS without flock).
 
     Construction removes temporary files left by writers that died (killed
     mid-write): a writer holds its shard's lock for as long as its temporary
