@@ -490,7 +490,7 @@ def test_failed_replace_keeps_old_value_and_no_temp_files(
     """A write whose rename fails raises BackendError and leaves the old value, no temp file."""
     store.set("k", b"7")
 
-    def fail(src: Any, dst: Any) -> None:
+    def fail(src: Any, dst: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", dst)
 
     monkeypatch.setattr(os, "replace", fail)
@@ -557,6 +557,8 @@ def test_permission_errors_are_backend_errors(
         (entry_path(store, "k").name, lambda: store.exists("k")),
         (entry_path(store, "k").name, lambda: store.gets("k")),
         (entry_path(store, "k").name, lambda: store.get_many(["k"])),
+        (f"{os.sep}{entry_path(store, 'k').parent.name}", lambda: store.get("k")),
+        (f"{os.sep}{entry_path(store, 'k').parent.name}", lambda: store.set("k", b"new")),
     ]
     for fragment, action in attempts:
         monkeypatch.setattr(os, "open", deny(fragment))
