@@ -56,10 +56,11 @@ class DecimalCodec:
     On write it accepts a finite ``Decimal`` or an ``int`` (exact), never a
     ``float`` (binary fractions are not exact amounts), ``bool``, text, NaN or
     infinity. ``-0.00`` is stored as ``0.00``. On read it accepts plain
-    decimal text (``-?digits[.digits]``, no exponent, sign or spaces) with at
-    most ``places`` decimals, so widening ``places`` keeps old records
-    readable, while narrowing it makes records with more decimals a
-    ``DeserializationError`` (reads never round).
+    decimal text (``-?digits[.digits]``, no exponent, ``+`` or spaces) whose
+    value fits in ``places`` decimals exactly ("9.5" and "9.5000" read as
+    9.50), so widening ``places`` keeps old records readable, while narrowing
+    it makes records that would need rounding a ``DeserializationError``
+    (reads never round).
 
     Example::
 
@@ -161,17 +162,16 @@ class DecimalCodec:
             raise TypeError(f"expected decimal text, got {type(data).__name__}")
         if len(data) > self._max_text or not _DECIMAL_TEXT.fullmatch(data):
             raise ValueError(f"{safe_repr(data, 60)} is not decimal text like '12.50'")
-        point = data.find(".")
-        if point >= 0 and len(data) - point - 1 > self.places:
-            raise ValueError(
-                f"{safe_repr(data, 60)} has more than {self.places} decimal places "
-                f"({self!r} never rounds what it reads)"
-            )
         value = Decimal(data)
         try:
             stored = value.quantize(self._exponent, context=self._context)
         except decimal.InvalidOperation:
             raise ValueError(self._too_long(value)) from None
+        if stored != value:
+            raise ValueError(
+                f"{safe_repr(data, 60)} has more than {self.places} decimal places "
+                f"({self!r} never rounds what it reads)"
+            )
         if data[0] == "-" and stored.is_zero():
             stored = stored.copy_abs()
         return stored
