@@ -905,3 +905,25 @@ def test_a_decimal_codec_key_is_accepted() -> None:
         amount: Annotated[Decimal, co.Field(primary_key=True, codec=co.DecimalCodec(2))]
 
     assert co.Repository(Price).key_for(Decimal("9.5")) == "price:9.50"
+
+
+def test_codec_reprs_and_protocol() -> None:
+    """Each codec is a cacheorm Codec and says what it is in messages."""
+    assert repr(SHORT) == "ShortUUIDCodec()"
+    assert repr(UTC_TEXT) == "UTCDateTimeCodec()"
+    for codec in (MONEY, SHORT, UTC_TEXT):
+        assert isinstance(codec, co.Codec)
+
+
+def test_docstring_examples_hold() -> None:
+    """The examples in the codecs' docstrings give what they say."""
+    half_up = co.DecimalCodec(2, rounding=decimal.ROUND_HALF_UP)
+    assert half_up.encode(Decimal("9.995")) == "10.00"
+    assert SHORT.encode(uuid.UUID("6ca4f0f8-2508-4bac-b8f1-5d1e3da2247a")) == (
+        "MLpZDiEXM4VsUryR9oE8uc"
+    )
+    paris = dt.datetime(2024, 5, 6, 9, 8, 9, tzinfo=PARIS)
+    assert UTC_TEXT.encode(paris) == "2024-05-06T07:08:09.000000+00:00"
+    orders = co.Repository(Order)
+    with pytest.raises(co.ValidationError, match="more than 2 decimal places"):
+        orders.create(order(total=Decimal("9.999")))
