@@ -854,6 +854,34 @@ def test_utc_datetime_primary_key_round_trips_in_utc(
     assert ticks.get(at).price == Decimal("102.00")
 
 
+@pytest.mark.parametrize("serializer", SERIALIZERS)
+def test_a_key_function_keys_by_the_codec_text_today(
+    key_backend: co.Backend, serializer: str
+) -> None:
+    """The documented stopgap: key=lambda pk: ... + codec.encode(pk) keys by the stored text."""
+    invites = co.Repository(
+        Invite,
+        backend=key_backend,
+        serializer=serializer,
+        key=lambda pk: "invite:" + SHORT.encode(pk),
+    )
+    invites.create(Invite(id=REF, email="a@example.com"))
+    assert invites.key_for(REF) == "invite:MLpZDiEXM4VsUryR9oE8uc"
+    assert key_backend.get("invite:MLpZDiEXM4VsUryR9oE8uc") is not None
+    assert invites.get(REF).email == "a@example.com"
+    ticks = co.Repository(
+        Tick,
+        backend=key_backend,
+        serializer=serializer,
+        key=lambda pk: "tick:" + UTC_TEXT.encode(pk),
+    )
+    ticks.create(Tick(at=PLACED, price=Decimal("1")))
+    got = ticks.get(PLACED.astimezone(UTC))
+    assert ticks.key_of(got) == ticks.key_for(PLACED) == "tick:2024-05-06T07:08:09.250000+00:00"
+    ticks.save(dataclasses.replace(got, price=Decimal("2")))
+    assert ticks.get(PLACED).price == Decimal("2.00")
+
+
 def test_today_a_short_uuid_key_is_the_canonical_uuid_text() -> None:
     """What keys use today: _keys.py formats a UUID key part by annotation, not by its codec."""
     invites = co.Repository(Invite)
