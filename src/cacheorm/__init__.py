@@ -40,6 +40,7 @@ from cacheorm._errors import (
     ValidationError,
     ValueTooLarge,
 )
+from cacheorm._fieldcodecs import DecimalCodec, ShortUUIDCodec, UTCDateTimeCodec
 from cacheorm._filesystem import FileSystemBackend
 from cacheorm._memcached import MemcachedBackend
 from cacheorm._memory import MemoryBackend
@@ -74,6 +75,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DataError",
+    "DecimalCodec",
     "DefaultType",
     "DeserializationError",
     "Field",
@@ -98,7 +100,9 @@ __all__ = [
     "Serializer",
     "SerializerNotFound",
     "SerializerRegistry",
+    "ShortUUIDCodec",
     "Timestamp",
+    "UTCDateTimeCodec",
     "ValidationError",
     "ValueTooLarge",
     "__version__",

@@ -118,3 +118,28 @@ def check_failure_reports() -> None:
     co.Field(primary_key=True, hash_tag=True)
     co.PickleSerializer(signing_key=b"0123456789abcdef")
     co.JSONSerializer(allow_nan=False)
+
+
+def check_field_codecs() -> None:
+    import decimal
+    import uuid
+
+    money: co.Codec[decimal.Decimal] = co.DecimalCodec(places=2, rounding=decimal.ROUND_HALF_UP)
+    assert_type(money.decode("9.50"), decimal.Decimal)
+    assert_type(co.DecimalCodec(2).encode(decimal.Decimal("9.5")), str)
+    assert_type(co.DecimalCodec(0, max_digits=12).encode(7), str)
+    assert_type(co.DecimalCodec(2).places, int)
+    assert_type(co.DecimalCodec(2).rounding, str | None)
+    short: co.Codec[uuid.UUID] = co.ShortUUIDCodec()
+    assert_type(short.decode("MLpZDiEXM4VsUryR9oE8uc"), uuid.UUID)
+    assert_type(co.ShortUUIDCodec().encode(uuid.uuid4()), str)
+    assert_type(co.ShortUUIDCodec.alphabet, str)
+    utc: co.Codec[datetime.datetime] = co.UTCDateTimeCodec()
+    assert_type(utc.decode("2024-05-06T07:08:09.000000+00:00"), datetime.datetime)
+    assert_type(co.UTCDateTimeCodec().encode(datetime.datetime.now(datetime.timezone.utc)), str)
+    co.ShortUUIDCodec().encode("MLpZDiEXM4VsUryR9oE8uc")  # type: ignore[arg-type]
+    co.DecimalCodec(2).encode(1.5)  # type: ignore[arg-type]
+    co.UTCDateTimeCodec().encode(datetime.date(2024, 5, 6))  # type: ignore[arg-type]
+    wrong: co.Codec[datetime.datetime] = co.ShortUUIDCodec()  # type: ignore[assignment]
+    assert_type(wrong, co.Codec[datetime.datetime])
+    co.Field(primary_key=True, codec=co.ShortUUIDCodec())
