@@ -39,6 +39,7 @@ DOCUMENTED = {
     "PickleSerializer",
     "ProtobufSerializer",
     "RedisBackend",
+    "Ref",
     "Repository",
     "SerializationError",
     "Serializer",

@@ -47,6 +47,7 @@ from cacheorm._memory import MemoryBackend
 from cacheorm._observe import Hook, OperationEvent
 from cacheorm._protobuf import ProtobufSerializer
 from cacheorm._redis import RedisBackend
+from cacheorm._refs import Ref
 from cacheorm._repository import Repository, registry
 from cacheorm._schema import Field
 from cacheorm._serializers import (
@@ -95,6 +96,7 @@ __all__ = [
     "PickleSerializer",
     "ProtobufSerializer",
     "RedisBackend",
+    "Ref",
     "Repository",
     "SerializationError",
     "Serializer",

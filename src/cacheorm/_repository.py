@@ -824,6 +824,72 @@ class Repository(Generic[T]):
             path=None if failure is None else failure.path,
         )
 
+    # -- references (implemented in cacheorm._refs) ----------------------------------
+
+    @typing.overload
+    def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: Repository[U],
+        *,
+        missing: typing.Literal["raise"] = "raise",
+    ) -> dict[Any, U]: ...
+
+    @typing.overload
+    def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: Repository[U],
+        *,
+        missing: typing.Literal["none"],
+    ) -> dict[Any, U | None]: ...
+
+    def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: Repository[U],
+        *,
+        missing: typing.Literal["raise", "none"] = "raise",
+    ) -> dict[Any, U] | dict[Any, U | None]:
+        """The ``target`` records that ``field`` of ``records`` refers to, by primary key.
+
+        ``field`` is a reference field (``Annotated[int, co.Ref(User)]``), or
+        several that refer to the same model. However many records and
+        references, it costs one ``target.get_many`` (none when nothing is
+        referred to); ``None`` records and ``None`` references are skipped and
+        a key referred to many times is read once. For nested references
+        (post -> author -> company), call it again on the values: one round
+        trip per level.
+
+        Args:
+            records: records of this repository's model (``None`` is skipped,
+                so a ``get_many`` result can be passed as is).
+            field: the reference field's name, or a list of names.
+            target: the repository of the referenced model.
+            missing: ``"raise"`` (a :class:`~cacheorm.NotFound` naming the
+                referring field and the missing keys) or ``"none"`` (the key
+                maps to ``None``) when a referenced record is not stored.
+
+        Returns:
+            ``{primary key: record}`` for every key referred to, so
+            ``authors[post.author_id]`` is the post's author.
+
+        Raises:
+            ConfigurationError: no such field, not a ``Ref``, or a ``Ref`` to
+                another model than ``target``'s.
+            ModelDefinitionError: the ``Ref`` target cannot be resolved or does
+                not fit the target's key (composite keys need tuples).
+            ValidationError: a record of another model, or a reference that
+                is not a valid key of the target model.
+            NotFound: ``missing="raise"`` and referenced records are not stored.
+        """
+        from cacheorm._refs import load_related
+
+        return load_related(self, records, field, target, missing)
+
 
 def _positive(name: str, value: object) -> float:
     """``value`` as a positive finite number of seconds, or ConfigurationError."""
@@ -866,3 +932,7 @@ def _resolve_serializer(
         f"serializer must be a registry name or an object with name, binary, dumps() and "
         f"loads(), not {serializer!r}"
     )
+
+
+#: The referenced model of :meth:`Repository.load_related` (see cacheorm._refs).
+U = TypeVar("U")
