@@ -143,3 +143,38 @@ def check_field_codecs() -> None:
     wrong: co.Codec[datetime.datetime] = co.ShortUUIDCodec()  # type: ignore[assignment]
     assert_type(wrong, co.Codec[datetime.datetime])
     co.Field(primary_key=True, codec=co.ShortUUIDCodec())
+
+
+@dataclasses.dataclass
+class Company:
+    id: Annotated[int, co.Field(primary_key=True)]
+    name: str
+
+
+@dataclasses.dataclass
+class Member:
+    id: Annotated[int, co.Field(primary_key=True)]
+    company_id: Annotated[int | None, co.Ref(Company)] = None
+    manager_id: Annotated[int | None, co.Ref("Member")] = None
+    friend_ids: Annotated[list[int], co.Ref("Member")] = dataclasses.field(default_factory=list)
+
+
+def check_references() -> None:
+    from typing import Any
+
+    companies = co.Repository(Company)
+    members = co.Repository(Member)
+    page = members.get_many([1, 2])
+    assert_type(co.Ref(Company), co.Ref)
+    assert_type(co.Ref("Company").target, type | str)
+    employers = members.load_related(page, "company_id", companies)
+    assert_type(employers, dict[Any, Company])
+    assert_type(
+        members.load_related(page, "manager_id", members, missing="raise"), dict[Any, Member]
+    )
+    maybe = members.load_related(page, ["manager_id", "friend_ids"], members, missing="none")
+    assert_type(maybe, dict[Any, Member | None])
+    # The next level of a nested preload takes the previous level's values, Nones included.
+    assert_type(members.load_related(maybe.values(), "company_id", companies), dict[Any, Company])
+    members.load_related(page, "company_id", companies, missing="skip")  # type: ignore[call-overload]
+    members.load_related([Company(1, "x")], "company_id", companies)  # type: ignore[list-item]
