@@ -637,3 +637,21 @@ def test_only_optional_unions_are_unwrapped() -> None:
     """`X | None` gives X; a wider union is left alone (the schema compiler rejects it)."""
     assert _refs._without_none(int | None) is int
     assert _refs._without_none(int | str) == int | str
+
+
+def test_the_plan_does_no_io_and_finish_needs_only_the_reply(
+    blog: Blog, counting: CountingBackend
+) -> None:
+    """plan_related reads nothing; finish() turns one get_many reply into the result.
+
+    This split is what an async repository reuses: only the get_many is awaited.
+    """
+    page = blog.posts.get_many([1, 2, 3])
+    counting.calls.clear()
+    plan = _refs.plan_related(blog.posts, page, ["author_id", "editor_id"], blog.users, "raise")
+    assert counting.calls == []
+    assert plan.pks == [1, 2, 3]
+    reply = blog.users.get_many(plan.pks)
+    assert plan.finish(reply) == {1: reply[0], 2: reply[1], 3: reply[2]}
+    with pytest.raises(co.NotFound, match=r"Post.editor_id -> 'user:2'"):
+        plan.finish([reply[0], None, reply[2]])

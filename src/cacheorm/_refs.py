@@ -22,7 +22,17 @@ import typing
 import weakref
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+)
 
 from cacheorm._errors import (
     ConfigurationError,
@@ -36,10 +46,18 @@ from cacheorm._schema import Field, type_name
 if TYPE_CHECKING:
     from cacheorm._repository import Repository
 
-__all__ = ["Missing", "Ref", "load_related"]
+__all__ = [
+    "KeyedRepository",
+    "Missing",
+    "Ref",
+    "RelatedPlan",
+    "load_related",
+    "plan_related",
+]
 
 T = TypeVar("T")
 U = TypeVar("U")
+T_co = TypeVar("T_co", covariant=True)
 
 #: What :func:`load_related` does with a reference to a record that is not stored.
 Missing = Literal["raise", "none"]
@@ -358,26 +376,85 @@ def _check_shape(field: RefField, target: type) -> None:
         )
 
 
-def load_related(
-    source: Repository[T],
+class KeyedRepository(Protocol[T_co]):
+    """What references need of a repository (sync or async): its model and its keys."""
+
+    @property
+    def model(self) -> type[T_co]:
+        """The dataclass the repository stores."""
+        ...
+
+    def key_for(self, pk: Any) -> str:
+        """The backend key of primary key ``pk``."""
+        ...
+
+    def key_of(self, obj: Any) -> str:
+        """The backend key of a record."""
+        ...
+
+
+class RelatedPlan(Generic[U]):
+    """The read :func:`plan_related` decided on, and how to finish it without I/O.
+
+    ``pks`` are the distinct primary keys to read with one ``get_many`` of the
+    target repository (sync or async: the I/O is the caller's); ``finish``
+    turns that call's result into the mapping ``load_related`` returns.
+    """
+
+    __slots__ = ("_keys", "_missing", "_referrers", "_source", "_target", "pks")
+
+    def __init__(
+        self,
+        source: KeyedRepository[Any],
+        target: KeyedRepository[U],
+        keys: list[str],
+        pks: list[Any],
+        referrers: dict[str, tuple[RefField, Any]],
+        missing: Missing,
+    ) -> None:
+        self._source = source
+        self._target = target
+        self._keys = keys
+        self.pks = pks
+        self._referrers = referrers
+        self._missing = missing
+
+    def finish(self, found: Sequence[U | None]) -> dict[Any, U | None]:
+        """``{pk: record}`` from ``get_many(self.pks)``.
+
+        Raises:
+            NotFound: a record is absent and the policy is ``missing="raise"``.
+        """
+        result: dict[Any, U | None] = {}
+        absent: list[str] = []
+        for key, pk, obj in zip(self._keys, self.pks, found, strict=True):
+            if obj is None:
+                absent.append(key)
+            result[pk] = obj
+        if absent and self._missing == "raise":
+            raise _dangling(self._source, self._target, absent, self._referrers)
+        return result
+
+
+def plan_related(
+    source: KeyedRepository[T],
     records: Iterable[T | None],
     fields: str | Sequence[str],
-    target: Repository[U],
+    target: KeyedRepository[U],
     missing: Missing,
-) -> dict[Any, U | None]:
-    """The records of ``target`` that ``fields`` of ``records`` refer to, by primary key.
+) -> RelatedPlan[U]:
+    """Check the arguments and collect the distinct keys ``fields`` of ``records`` refer to.
 
-    One ``target.get_many`` for the whole batch (none if nothing is referred
-    to). ``None`` records and ``None`` references are skipped; a key referred
-    to many times is read once.
+    ``None`` records and ``None`` references are skipped; a key referred to
+    many times is collected once. No I/O: see :class:`RelatedPlan`.
 
     Raises:
         ConfigurationError: a bad field name or ``missing`` policy, or a field
             that does not refer to ``target``'s model.
+        ModelDefinitionError: the ``Ref`` cannot be resolved or does not fit
+            the target's key.
         ValidationError: a record is not of ``source``'s model, or holds a
             reference that is not a valid key of ``target``'s model.
-        NotFound: ``missing="raise"`` and some referenced records are not
-            stored; ``keys`` lists them, the message names the referring field.
     """
     if missing not in _MISSING_POLICIES:
         raise ConfigurationError(f"missing must be 'raise' or 'none', not {missing!r}")
@@ -387,7 +464,7 @@ def load_related(
         raise ConfigurationError(f"{model.__qualname__}: load_related() needs a field name")
     specs = [resolve_field(model, name, target.model) for name in names]
     wanted: dict[str, Any] = {}  # backend key -> primary key, first seen first
-    referrers: dict[str, tuple[RefField, T]] = {}
+    referrers: dict[str, tuple[RefField, Any]] = {}
     for record in records:
         if record is None:
             continue
@@ -412,18 +489,31 @@ def load_related(
                 if key not in wanted:
                     wanted[key] = pk
                     referrers[key] = (spec, record)
-    if not wanted:
+    return RelatedPlan(source, target, list(wanted), list(wanted.values()), referrers, missing)
+
+
+def load_related(
+    source: Repository[T],
+    records: Iterable[T | None],
+    fields: str | Sequence[str],
+    target: Repository[U],
+    missing: Missing,
+) -> dict[Any, U | None]:
+    """The records of ``target`` that ``fields`` of ``records`` refer to, by primary key.
+
+    :func:`plan_related`, then one ``target.get_many`` for the whole batch
+    (none if nothing is referred to), then :meth:`RelatedPlan.finish`.
+
+    Raises:
+        NotFound: ``missing="raise"`` and some referenced records are not
+            stored; ``keys`` lists them, the message names the referring field.
+        ConfigurationError, ModelDefinitionError, ValidationError: as for
+            :func:`plan_related`; nothing was read.
+    """
+    plan = plan_related(source, records, fields, target, missing)
+    if not plan.pks:
         return {}
-    found = target.get_many(list(wanted.values()))
-    result: dict[Any, U | None] = {}
-    absent: list[str] = []
-    for (key, pk), obj in zip(wanted.items(), found, strict=True):
-        if obj is None:
-            absent.append(key)
-        result[pk] = obj
-    if absent and missing == "raise":
-        raise _dangling(source, target, absent, referrers)
-    return result
+    return plan.finish(target.get_many(plan.pks))
 
 
 def _hashable(pk: Any) -> Any:
@@ -431,7 +521,9 @@ def _hashable(pk: Any) -> Any:
     return tuple(pk) if isinstance(pk, list) else pk
 
 
-def _key(source: Repository[T], target: Repository[U], spec: RefField, record: T, pk: Any) -> str:
+def _key(
+    source: KeyedRepository[Any], target: KeyedRepository[Any], spec: RefField, record: Any, pk: Any
+) -> str:
     try:
         return target.key_for(pk)
     except ValidationError as exc:
@@ -446,7 +538,7 @@ def _key(source: Repository[T], target: Repository[U], spec: RefField, record: T
         ) from exc
 
 
-def _where(source: Repository[T], record: T) -> str:
+def _where(source: KeyedRepository[Any], record: Any) -> str:
     try:
         return f" of record {source.key_of(record)!r}"
     except Exception:  # only a better message; the record may lack a key
@@ -454,10 +546,10 @@ def _where(source: Repository[T], record: T) -> str:
 
 
 def _dangling(
-    source: Repository[T],
-    target: Repository[U],
+    source: KeyedRepository[Any],
+    target: KeyedRepository[Any],
     absent: list[str],
-    referrers: dict[str, tuple[RefField, T]],
+    referrers: dict[str, tuple[RefField, Any]],
 ) -> NotFound:
     by_field: dict[str, tuple[str, list[str]]] = {}
     for key in absent:
