@@ -343,9 +343,13 @@ def test_a_hand_built_list_composite_reference_still_works() -> None:
     profiles = co.Repository(Profile)
     settings.create(Setting(2, "theme", "light"))
     profile = Profile(3, theme=[2, "theme"])  # type: ignore[arg-type]
-    assert profiles.load_related([profile], "theme", settings) == {
+    twin = Profile(4, theme=[2, "theme"])  # type: ignore[arg-type]
+    assert profiles.load_related([profile, twin], "theme", settings) == {
         (2, "theme"): Setting(2, "theme", "light")
     }
+    odd = Profile(5, theme={"user_id": 2})  # type: ignore[arg-type]
+    with pytest.raises(co.ValidationError, match=r"Profile.theme of record 'profile:5' holds"):
+        profiles.load_related([odd], "theme", settings)
 
 
 def test_redis_sends_one_mget_per_level(redis_server: RedisServer) -> None:

@@ -465,6 +465,7 @@ def plan_related(
     specs = [resolve_field(model, name, target.model) for name in names]
     wanted: dict[str, Any] = {}  # backend key -> primary key, first seen first
     referrers: dict[str, tuple[RefField, Any]] = {}
+    seen: set[Any] = set()  # primary keys already rendered
     for record in records:
         if record is None:
             continue
@@ -484,8 +485,13 @@ def plan_related(
             for pk in value if spec.many else (value,):
                 if pk is None:
                     continue
-                pk = _hashable(pk)
+                try:
+                    if pk in seen:  # most references repeat: skip rendering their key
+                        continue
+                except TypeError:  # unhashable: a list-shaped composite key, or no key
+                    pk = _hashable(pk)
                 key = _key(source, target, spec, record, pk)
+                seen.add(pk)
                 if key not in wanted:
                     wanted[key] = pk
                     referrers[key] = (spec, record)
