@@ -617,7 +617,7 @@ def test_load_related_is_observed_as_one_get_many() -> None:
 
 
 def test_tuples_sets_and_lists_with_holes_are_several_references(backend: co.Backend) -> None:
-    """tuple[int, ...], frozenset[int] and list[int | None] each hold several keys; None skipped."""
+    """tuple[int, ...], frozenset[int], list[int | None] hold several keys; or Ref on the item."""
 
     @dataclasses.dataclass
     class Shelf:
@@ -625,16 +625,19 @@ def test_tuples_sets_and_lists_with_holes_are_several_references(backend: co.Bac
         row: Annotated[tuple[int, ...], co.Ref(Tag)] = ()
         bag: Annotated[frozenset[int], co.Ref(Tag)] = frozenset()
         holes: Annotated[list[int | None], co.Ref(Tag)] = dataclasses.field(default_factory=list)
+        inner: list[Annotated[int, co.Ref(Tag)]] = dataclasses.field(default_factory=list)
 
     tags = co.Repository(Tag, backend=backend)
     shelves = co.Repository(Shelf, backend=backend)
     tags.create_many([Tag(1, "a"), Tag(2, "b"), Tag(3, "c")])
-    shelves.create(Shelf(1, row=(1, 2), bag=frozenset({2, 3}), holes=[None, 3]))
+    shelves.create(Shelf(1, row=(1, 2), bag=frozenset({2, 3}), holes=[None, 3], inner=[1]))
     page = shelves.get_many([1])
     assert set(shelves.load_related(page, "row", tags)) == {1, 2}
     assert set(shelves.load_related(page, "bag", tags)) == {2, 3}
     assert shelves.load_related(page, "holes", tags) == {3: Tag(3, "c")}
+    assert shelves.load_related(page, "inner", tags) == {1: Tag(1, "a")}
     assert _refs.model_refs(Shelf).fields["holes"].element is int
+    assert _refs.model_refs(Shelf).fields["inner"].element is int
 
 
 def test_only_optional_unions_are_unwrapped() -> None:

@@ -162,7 +162,7 @@ def _read(model: type) -> _ModelRefs:
             continue
         if any(isinstance(m, Field) and m.primary_key for m in _metadata(hint)):
             arity += 1
-        refs = [m for m in _metadata(hint) if isinstance(m, Ref)]
+        refs = [m for m in _metadata(hint) + _element_metadata(hint) if isinstance(m, Ref)]
         if len(refs) > 1:
             raise ModelDefinitionError(
                 f"{model.__qualname__}.{attr}: has {len(refs)} Ref(...) annotations; "
@@ -182,6 +182,23 @@ def _metadata(hint: Any) -> tuple[Any, ...]:
     if _is_union(hint):
         return tuple(m for arg in get_args(hint) for m in _metadata(arg))
     return ()
+
+
+def _element_metadata(hint: Any) -> tuple[Any, ...]:
+    """The Annotated metadata of a collection's element: ``list[Annotated[int, Ref(Tag)]]``."""
+    base = _without_none(_strip(hint))
+    if _is_many(base):
+        return _metadata(get_args(base)[0])
+    return ()
+
+
+def _is_many(base: Any) -> bool:
+    """``list[X]``, ``set[X]``, ``frozenset[X]``, ``Sequence[X]`` or ``tuple[X, ...]``."""
+    origin = get_origin(base)
+    args = get_args(base)
+    if origin is tuple:
+        return len(args) == 2 and args[1] is Ellipsis
+    return origin in _MANY_ORIGINS and len(args) == 1
 
 
 def _strip(hint: Any) -> Any:
@@ -208,13 +225,9 @@ def _without_none(tp: Any) -> Any:
 
 def _ref_field(model: type, attr: str, ref: Ref, hint: Any) -> RefField:
     base = _without_none(_strip(hint))
-    origin = get_origin(base)
-    args = get_args(base)
-    if origin in _MANY_ORIGINS:
-        return RefField(model, attr, ref, True, _without_none(args[0]) if args else Any)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return RefField(model, attr, ref, True, _without_none(args[0]))
-    if origin is dict or base in (list, set, frozenset, tuple, dict):
+    if _is_many(base):
+        return RefField(model, attr, ref, True, _without_none(_strip(get_args(base)[0])))
+    if get_origin(base) is dict or base in (list, set, frozenset, tuple, dict):
         raise ModelDefinitionError(
             f"{model.__qualname__}.{attr}: a Ref field holds a key, `X | None`, or a "
             f"list / tuple[X, ...] / set / frozenset of keys, not {type_name(base)}",
