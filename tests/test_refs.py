@@ -662,3 +662,19 @@ def test_the_plan_does_no_io_and_finish_needs_only_the_reply(
     assert plan.finish(reply) == {1: reply[0], 2: reply[1], 3: reply[2]}
     with pytest.raises(co.NotFound, match=r"Post.editor_id -> 'user:2'"):
         plan.finish([reply[0], None, reply[2]])
+
+
+def test_a_namesake_model_is_told_apart_by_module() -> None:
+    """A Ref to User given a repository of another class named User names both modules."""
+
+    @dataclasses.dataclass
+    class User:  # shadows the module-level User
+        id: Annotated[int, co.Field(primary_key=True)]
+
+    blog = Blog(co.MemoryBackend())
+    with pytest.raises(
+        co.ConfigurationError,
+        match=r"Post.author_id refers to tests.test_refs.User, but the repository given stores "
+        r"tests.test_refs.test_a_namesake_model_is_told_apart_by_module.<locals>.User",
+    ):
+        blog.posts.load_related([], "author_id", co.Repository(User))

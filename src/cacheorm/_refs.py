@@ -316,9 +316,11 @@ def resolve_field(model: type, attr: str, target: type) -> RefField:
         )
     referenced = _resolve_target(field, target)
     if referenced is not target:
+        wanted, given = referenced.__qualname__, target.__qualname__
+        if referenced.__name__ == target.__name__:  # namesakes: say which is which
+            wanted, given = _full_name(referenced), _full_name(target)
         raise ConfigurationError(
-            f"{field.label} refers to {referenced.__qualname__}, but the repository given "
-            f"stores {target.__qualname__}",
+            f"{field.label} refers to {wanted}, but the repository given stores {given}",
             model=model,
             field=attr,
         )
