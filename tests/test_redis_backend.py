@@ -272,14 +272,14 @@ SINGLE_OPS: list[tuple[str, Callable[[RedisBackend], object], dict[str, int]]] =
     ("add", lambda b: b.add("new", b"w", ttl=5), {"set": 1}),
     ("replace", lambda b: b.replace("k", b"w", ttl=5), {"set": 1}),
     ("delete", lambda b: b.delete("k"), {"del": 1}),
-    ("exists", lambda b: b.exists("k"), {"exists": 1}),
+    ("exists", lambda b: b.exists("k"), {"type": 1}),
     ("incr", lambda b: b.incr("n", 2), {"incrby": 1}),
     ("gets", lambda b: b.gets("k"), {"get": 1}),
     ("cas", lambda b: b.cas("k", b"w", TOKEN_V, ttl=5), {"evalsha": 1, "get": 1, "set": 1}),
-    ("get_many", lambda b: b.get_many(["k", "n", "x"]), {"mget": 1}),
+    ("get_many", lambda b: b.get_many(["k", "n", "k"]), {"mget": 1}),
     ("set_many", lambda b: b.set_many([("a", b"1"), ("b", b"2")]), {"mset": 1}),
     ("set_many ttl", lambda b: b.set_many([("a", b"1"), ("b", b"2")], ttl=5), {"set": 2}),
-    ("add_many", lambda b: b.add_many([("a", b"1"), ("k", b"2")], ttl=5), {"set": 2}),
+    ("add_many", lambda b: b.add_many([("a", b"1"), ("b", b"2")], ttl=5), {"set": 2}),
     ("replace_many", lambda b: b.replace_many([("a", b"1"), ("k", b"2")]), {"set": 2}),
     ("delete_many", lambda b: b.delete_many(["k", "n", "x"]), {"del": 1}),
 ]
@@ -307,13 +307,43 @@ def test_each_operation_is_one_round_trip(
 
 
 def test_get_many_of_1000_keys_is_one_mget(store: RedisBackend, raw: redis.Redis) -> None:
-    """get_many of 1,000 keys is exactly one MGET and no GET."""
+    """get_many of 1,000 keys is exactly one MGET and no GET; with misses, one EXISTS of
+    the missing keys (to tell them from keys of another type) follows."""
     keys = [f"key:{i}" for i in range(1000)]
     raw.mset({key: key.encode() for key in keys[::2]})
     reset_stats(raw)
-    values = store.get_many(keys)
+    assert store.get_many(keys[::2]) == [key.encode() for key in keys[::2]]
     assert command_calls(raw) == {"mget": 1}
+    reset_stats(raw)
+    values = store.get_many(keys)
+    assert command_calls(raw) == {"mget": 1, "exists": 1}
     assert values == [key.encode() if i % 2 == 0 else None for i, key in enumerate(keys)]
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        (lambda b: b.get_many(["k", "x", "y", "x"]), {"mget": 1, "exists": 1}),
+        (lambda b: b.add("k", b"w"), {"set": 1, "type": 1}),
+        (lambda b: b.add_many([("a", b"1"), ("k", b"2")]), {"set": 2, "type": 1}),
+    ],
+    ids=["get_many with misses", "refused add", "add_many with a refusal"],
+)
+def test_misses_and_refusals_cost_one_more_round_trip(
+    store: RedisBackend,
+    raw: redis.Redis,
+    sends: SendCounter,
+    op: Callable[[RedisBackend], object],
+    expected: dict[str, int],
+) -> None:
+    """A get_many with misses and a refused add check for keys of another Redis type in one
+    more round trip (EXISTS of the misses, TYPE of the refused keys)."""
+    raw.set("k", b"v")
+    reset_stats(raw)
+    sends.sends = 0
+    op(store)
+    assert sends.sends == 2
+    assert command_calls(raw) == expected
 
 
 def test_set_many_with_ttl_is_one_pipeline(

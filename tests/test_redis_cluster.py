@@ -247,8 +247,8 @@ def test_each_batch_is_one_round_trip_per_node(
 
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
     batches: list[tuple[Callable[[], object], Callable[[str], dict[str, int]]]] = [
-        (lambda: store.get_many(keys), reads),
         (lambda: store.set_many([(k, b"v") for k in keys]), lambda a: {"mset": slots[a]}),
+        (lambda: store.get_many(keys), reads),  # no miss, so no EXISTS follows
         (
             lambda: store.set_many([(k, b"v") for k in keys], ttl=9),
             lambda a: {"set": len(grouped[a])},
@@ -378,7 +378,7 @@ def test_nodes_are_called_concurrently(
         for name, batch in [
             ("set_many", lambda: slow.set_many([(k, b"v") for k in keys], ttl=30)),
             ("get_many", lambda: slow.get_many(keys)),
-            ("add_many", lambda: slow.add_many([(k, b"w") for k in keys])),
+            ("add_many", lambda: slow.add_many([(f"new{k}", b"w") for k in keys])),
             ("delete_many", lambda: slow.delete_many(keys)),
         ]:
             start = time.monotonic()
@@ -514,8 +514,10 @@ def test_moved_and_ask_redirect_every_write_once(
         assert store.cas(moved_key, b"2", got[1]) is True
         assert store.add_many([(moved_key, b"x"), ("{" + moved_key + "}2", b"y")]) == [False, True]
         assert owner(store, moved_key) == b  # refreshed by the MOVED reply
-        # cas: EVALSHA (NOSCRIPT on this node), then EVAL, whose script runs GET and SET
-        assert calls(nodes[b]) == {"set": 4, "incrby": 1, "evalsha": 1, "eval": 1, "get": 2}
+        # cas: EVALSHA (NOSCRIPT on this node), then EVAL, whose script runs GET and SET;
+        # the refused add of add_many is checked with a TYPE
+        expected = {"set": 4, "incrby": 1, "evalsha": 1, "eval": 1, "get": 2, "type": 1}
+        assert calls(nodes[b]) == expected
         assert nodes[b].get("{" + moved_key + "}n") == b"5"
 
         nodes[b].cluster("SETSLOT", ask_slot, "IMPORTING", ids[a])
@@ -524,7 +526,8 @@ def test_moved_and_ask_redirect_every_write_once(
         assert store.add(ask_key, b"asked") is True
         assert store.incr("{" + ask_key + "}n") == 1
         assert store.add_many([("{" + ask_key + "}2", b"y"), (ask_key, b"z")]) == [True, False]
-        assert calls(nodes[b]) == {"asking": 4, "set": 3, "incrby": 1}
+        # the refused add's TYPE check is asked (ASK) to the importing node too
+        assert calls(nodes[b]) == {"asking": 5, "set": 3, "incrby": 1, "type": 1}
         assert calls(nodes[a]).get("set", 0) == 0
     finally:
         for slot in (moved_slot, ask_slot):

@@ -37,6 +37,7 @@ from cacheorm._errors import (
     describe_keys,
     safe_repr,
 )
+from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 if TYPE_CHECKING:
     import redis
@@ -58,18 +59,16 @@ _TOKEN = re.compile(r"[0-9a-f]{40}")
 #: The key types the batch fast path accepts without checking each key.
 _STR = frozenset({str})
 
-#: Compare-and-set on one key: store ARGV[2] (with PX ARGV[3] when given) only
-#: if the key holds a value whose SHA-1 hex digest is ARGV[1]; 1 if stored.
+#: Compare-and-set on one key: store ARGV[2] only if the key holds a value whose
+#: SHA-1 hex digest is ARGV[1]; 1 if stored. ARGV[3:] are SET's expiry options
+#: (``PX ms``, ``KEEPTTL`` or nothing). GET on a key of another type raises
+#: WRONGTYPE, so the script never replaces one.
 _CAS_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if not current or redis.sha1hex(current) ~= ARGV[1] then
   return 0
 end
-if ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
+redis.call('SET', KEYS[1], ARGV[2], unpack(ARGV, 3))
 return 1
 """
 _CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
@@ -118,6 +117,34 @@ def _px(ttl: float | None) -> int | None:
             f"ttl {safe_repr(ttl)} is too long for Redis: at most {_MAX_TTL_MS // 1000} seconds"
         )
     return math.ceil(ms)
+
+
+#: SET's option that keeps the key's remaining TTL (Redis 6.0+).
+_KEEP: tuple[Any, ...] = ("KEEPTTL",)
+
+
+def _expiry(ttl: BackendTTL) -> tuple[Any, ...]:
+    """SET's expiry options for ``ttl``: ``PX ms``, ``KEEPTTL`` for KEEP_TTL, or none.
+
+    Raises:
+        InvalidTTL: as :func:`_px`.
+    """
+    if ttl is KEEP_TTL:
+        return _KEEP
+    px = _px(ttl)
+    return () if px is None else ("PX", px)
+
+
+#: What a "key holds another type" error tells the user.
+_FOREIGN_HINT = (
+    "another program uses this key. cacheorm neither reads it nor replaces it, "
+    "except by an explicit set (save) or delete; use another namespace or prefix"
+)
+
+
+def _type_name(reply: Any) -> str:
+    """A TYPE reply (``b"string"``, or already decoded by the client) as str."""
+    return reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
 
 
 def _address(kwargs: Any) -> str:
@@ -596,8 +623,25 @@ class RedisBackend:
             return InvalidTTL(
                 f"redis {op} of {what} refused the ttl on {server}: {detail}", key=key
             )
+        if isinstance(exc, self._response_error) and detail.startswith("WRONGTYPE"):
+            return BackendError(
+                f"redis {op} of {what} failed on {server}: the key holds another Redis type, "
+                f"not a string value; {_FOREIGN_HINT} ({detail})",
+                key=key,
+                server=server,
+            )
         return BackendError(
             f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
+        )
+
+    def _foreign(self, op: str, key: str, kind: str) -> BackendError:
+        """BackendError: ``key`` holds a Redis ``kind`` (a hash, a list...), not a string."""
+        server = self._node_of(None, key)
+        return BackendError(
+            f"redis {op} of key {safe_repr(key)}: the key holds a Redis {kind}, not a string "
+            f"value, on {server}; {_FOREIGN_HINT}",
+            key=key,
+            server=server,
         )
 
     def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
@@ -610,7 +654,7 @@ class RedisBackend:
             server=server,
         )
 
-    def _node_of(self, exc: BaseException, key: str | None) -> str:
+    def _node_of(self, exc: BaseException | None, key: str | None) -> str:
         """The node a redis-py error concerns (cluster), or this backend's server."""
         if self._cluster is None:
             return self._server
@@ -1075,7 +1119,65 @@ class RedisBackend:
             values: list[bytes | None] = self._execute("MGET", *keys, keys=keys)
         except self._errors as exc:
             raise self._fail("MGET", keys, exc) from exc
+        if None in values:
+            self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
         return values
+
+    def _foreign_misses(self, keys: list[str]) -> None:
+        """Raise BackendError if a key MGET answered nil for holds another Redis type.
+
+        MGET answers nil both for an absent key and for a hash or list, so the
+        misses of a batch get one EXISTS (per slot on a cluster): one more
+        round trip, only for a batch with misses. Only if some miss exists
+        (another type, or a value written since the MGET) are their types read.
+        """
+        keys = list(dict.fromkeys(keys))
+        if self._cluster is None:
+            try:
+                found: int = self._execute("EXISTS", *keys, keys=keys)
+            except self._errors as exc:
+                raise self._fail("EXISTS", keys, exc) from exc
+        else:
+            groups = list(self._by_slot("EXISTS", keys).items())
+            commands = [("EXISTS", *[keys[i] for i in ix]) for _, ix in groups]
+            replies = self._cluster_read("EXISTS", commands, [slot for slot, _ in groups], keys)
+            found = sum(replies)
+        if found:
+            self._refuse_foreign("TYPE", keys)
+
+    def _types(self, op: str, keys: list[str]) -> list[str]:
+        """The Redis type of each key (TYPE, pipelined: one round trip per server)."""
+        commands = [("TYPE", key) for key in keys]
+        if self._cluster is not None:
+            replies = self._cluster_read(op, commands, self._slots(op, keys), keys)
+        else:
+            server = self._main
+            assert server is not None
+            try:
+                replies = self._exchange(server, commands, idempotent=True)
+            except _Broken as broken:
+                raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
+            self._first_error(op, replies, keys)
+        return [_type_name(reply) for reply in replies]
+
+    def _refuse_foreign(self, op: str, keys: list[str]) -> None:
+        """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
+        for key, kind in zip(keys, self._types(op, keys), strict=True):
+            if kind not in ("string", "none"):
+                raise self._foreign(op, key, kind)
+
+    def _cluster_read(
+        self, op: str, commands: list[tuple[Any, ...]], slots: list[int], keys: list[str]
+    ) -> list[Any]:
+        """Run idempotent read ``commands`` on the cluster; their replies, or the error."""
+        outcome, failures = self._cluster_batch(op, commands, slots, idempotent=True)
+        if failures:
+            name, exc = failures[0]
+            raise self._fail(op, keys, exc, name) from exc
+        for command, reply in zip(commands, outcome, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._fail(op, command[1], reply) from reply
+        return outcome
 
     def _cluster_get_many(self, keys: list[str]) -> list[bytes | None]:
         """get_many on a cluster: an MGET per slot, pipelined per node, nodes at once."""
@@ -1101,6 +1203,8 @@ class RedisBackend:
                 continue
             for i, value in zip(indices, reply, strict=True):
                 values[i] = value
+        if None in values:
+            self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
         return values
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
@@ -1186,7 +1290,20 @@ class RedisBackend:
             reply = self._once("SET NX", key, ("SET", key, data, "NX"))
         else:
             reply = self._once("SET NX", key, ("SET", key, data, "NX", "PX", px))
-        return reply is not None
+        if reply is not None:
+            return True
+        self._refused_add_check([key])
+        return False
+
+    def _refused_add_check(self, keys: list[str]) -> None:
+        """After SET NX refused ``keys``: BackendError if one holds another Redis type.
+
+        SET NX leaves a hash alone but answers as for any existing key; a TYPE
+        (one more round trip, on the refused path only) tells them apart. If
+        that read fails, the refusal stands: nothing was written either way.
+        """
+        with contextlib.suppress(BackendUnavailable):
+            self._refuse_foreign("SET NX", keys)
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -1198,53 +1315,103 @@ class RedisBackend:
         Raises:
             BatchWriteError: the connection failed part-way (see the class docstring).
         """
-        return self._write_many("NX", _as_items(items), _px(ttl), idempotent=False)
-
-    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` holds a value (``SET XX``, expiry included); True if stored."""
-        data = _as_bytes(_check_key(key), value)
+        pairs = _as_items(items)
         px = _px(ttl)
-        try:
-            if px is None:
-                stored = self._execute("SET", key, data, "XX")
-            else:
-                stored = self._execute("SET", key, data, "XX", "PX", px)
-        except self._errors as exc:
-            raise self._fail("SET XX", key, exc) from exc
-        return stored is True
+        return self._write_many("NX", pairs, () if px is None else ("PX", px), idempotent=False)
 
-    def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
-    ) -> list[bool]:
-        """``replace`` for each pair, in order, in one pipeline.
+    def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` holds a string value; True if stored.
+
+        One ``SET key value XX GET`` with the expiry (``PX``, or ``KEEPTTL`` for
+        ``ttl=KEEP_TTL``, which keeps the key's remaining TTL, or none) in the same
+        command. ``GET`` makes Redis refuse, unapplied, a key holding another type
+        (plain ``SET XX`` would replace a hash); it needs Redis 6.2 or later.
 
         Raises:
-            BatchWriteError: the connection failed part-way (see the class docstring).
+            BackendError: the key holds another Redis type (a hash, a list...).
         """
-        return self._write_many("XX", _as_items(items), _px(ttl), idempotent=True)
+        data = _as_bytes(_check_key(key), value)
+        expiry = _expiry(ttl)
+        try:
+            previous = self._execute("SET", key, data, "XX", "GET", *expiry)
+        except self._errors as exc:
+            raise self._fail("SET XX", key, exc) from exc
+        return previous is not None
+
+    def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order, in one pipeline (``KEEP_TTL`` too).
+
+        Raises:
+            BatchWriteError: the connection failed part-way (see the class
+                docstring), or a key holds another Redis type while other pairs
+                were written.
+            BackendError: a key holds another Redis type (nothing written).
+        """
+        pairs = _as_items(items)
+        return self._write_many("XX", pairs, ("GET", *_expiry(ttl)), idempotent=True)
 
     def _write_many(
-        self, condition: str, pairs: list[tuple[str, bytes]], px: int | None, idempotent: bool
+        self,
+        condition: str,
+        pairs: list[tuple[str, bytes]],
+        options: tuple[Any, ...],
+        idempotent: bool,
     ) -> list[bool]:
-        """One pipeline of ``SET key value NX|XX [PX px]``; which pairs were stored."""
+        """One pipeline of ``SET key value NX|XX [options]``; which pairs were stored.
+
+        A nil reply is a refusal (NX / XX did not hold); with ``GET`` among the
+        options, a replace answers the old value, also not nil.
+        """
         if not pairs:
             return []
         op = f"SET {condition}"
-        commands: list[tuple[Any, ...]]
-        if px is None:
-            commands = [("SET", key, data, condition) for key, data in pairs]
-        else:
-            commands = [("SET", key, data, condition, "PX", px) for key, data in pairs]
+        commands = [("SET", key, data, condition, *options) for key, data in pairs]
+        keys = [key for key, _ in pairs]
         if self._cluster is not None:
-            keys = [key for key, _ in pairs]
             outcome, failures = self._cluster_batch(op, commands, self._slots(op, keys), idempotent)
-            self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
-            return [reply is not None for reply in outcome]
-        replies = self._write_batch(
-            op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
+            if failures:
+                self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
+            replies = outcome
+        else:
+            replies = self._write_batch(
+                op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
+            )
+        stored = [reply is not None for reply in replies]
+        errors = [i for i, reply in enumerate(replies) if isinstance(reply, BaseException)]
+        if errors:
+            for i in errors:
+                stored[i] = False  # an error reply (WRONGTYPE, a refused expiry) wrote nothing
+            error = replies[errors[0]]
+            raise self._partly_written(
+                op, keys, stored, self._fail(op, keys[errors[0]], error)
+            ) from error
+        if condition == "NX" and not all(stored):
+            try:
+                self._refused_add_check([k for k, ok in zip(keys, stored, strict=True) if not ok])
+            except BackendError as exc:
+                raise self._partly_written(op, keys, stored, exc) from None
+        return stored
+
+    def _partly_written(
+        self, op: str, keys: list[str], stored: list[bool], exc: Exception
+    ) -> Exception:
+        """``exc`` (about one pair of a conditional batch), or BatchWriteError if others
+        were stored: ``written`` / ``not_written`` then say which."""
+        written = [key for key, ok in zip(keys, stored, strict=True) if ok]
+        if not written:
+            return exc
+        not_written = [key for key, ok in zip(keys, stored, strict=True) if not ok]
+        return BatchWriteError(
+            f"{exc}; the other pairs of the {op} batch were applied: {len(written)} written, "
+            f"{len(not_written)} not written",
+            written=written,
+            not_written=not_written,
+            unknown=[],
+            key=getattr(exc, "key", None),
+            server=getattr(exc, "server", None),
         )
-        self._first_error(op, replies, [key for key, _ in pairs])
-        return [reply is not None for reply in replies]
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key`` (DEL); True if it existed."""
@@ -1281,13 +1448,24 @@ class RedisBackend:
         return removed
 
     def exists(self, key: str, /) -> bool:
-        """True if ``key`` holds a live value (EXISTS)."""
+        """True if ``key`` holds a live value (TYPE: one command, like EXISTS).
+
+        TYPE rather than EXISTS, so that a key of another Redis type is an
+        error here as it is for ``get``, not a record that seems to exist.
+
+        Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
+        """
         _check_key(key)
         try:
-            found: int = self._execute("EXISTS", key)
+            kind = _type_name(self._execute("TYPE", key, keys=(key,)))
         except self._errors as exc:
-            raise self._fail("EXISTS", key, exc) from exc
-        return found > 0
+            raise self._fail("TYPE", key, exc) from exc
+        if kind == "string":
+            return True
+        if kind == "none":
+            return False
+        raise self._foreign("TYPE", key, kind)
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key`` (INCRBY), starting from 0; the new value.
@@ -1327,24 +1505,25 @@ class RedisBackend:
             return None
         return value, hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
-    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
 
         One Lua script on the key's server (or node) compares the SHA-1 of the
-        stored value with ``token`` and runs SET (with PX when ``ttl``) if they
-        match: EVALSHA, and EVAL if the server answers NOSCRIPT. A missing key,
-        or a token :meth:`gets` did not make, gives False. Never resent: see
-        the class docstring.
+        stored value with ``token`` and runs SET (with ``PX`` when ``ttl``, with
+        ``KEEPTTL`` for ``ttl=KEEP_TTL``) if they match: EVALSHA, and EVAL if the
+        server answers NOSCRIPT. A missing key, or a token :meth:`gets` did not
+        make, gives False. Never resent: see the class docstring.
 
         Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
             BackendUnavailable: the server could not be reached; nothing was written.
             OutcomeUnknown: the script was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
+        expiry = _expiry(ttl)
         if type(token) is not str or _TOKEN.fullmatch(token) is None:
             return False
-        args: tuple[Any, ...] = (key, token, data) if px is None else (key, token, data, px)
+        args: tuple[Any, ...] = (key, token, data, *expiry)
         stored = self._once(
             "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
         )
