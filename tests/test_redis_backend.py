@@ -29,6 +29,7 @@ from cacheorm._errors import (
     MissingDependency,
 )
 from cacheorm._redis import RedisBackend
+from cacheorm._ttl import KEEP_TTL
 from tests.servers import RedisServer, ServerProcess, closed_port, free_port
 
 PASSWORD = "s3cret-pw"
@@ -512,6 +513,36 @@ def test_write_without_ttl_clears_ttl(
     write(store, got[1])
     assert raw.get("k") == b"new"
     assert raw.pttl("k") == -1
+
+
+def keep_ttl_write(store: RedisBackend, method: str, key: str, value: bytes) -> None:
+    """Rewrite ``key`` with ``ttl=KEEP_TTL`` through ``method``; it must be stored."""
+    if method == "replace":
+        assert store.replace(key, value, ttl=KEEP_TTL) is True
+    elif method == "replace_many":
+        assert store.replace_many([(key, value)], ttl=KEEP_TTL) == [True]
+    else:
+        got = store.gets(key)
+        assert got is not None
+        assert store.cas(key, value, got[1], ttl=KEEP_TTL) is True
+
+
+@pytest.mark.parametrize("method", ["replace", "replace_many", "cas"])
+def test_keep_ttl_keeps_the_remaining_ttl(
+    store: RedisBackend, raw: redis.Redis, method: str
+) -> None:
+    """KEEP_TTL sends KEEPTTL: the remaining PTTL is kept (not reset, not cleared), and a key
+    without expiry keeps none."""
+    store.set("k", b"old", ttl=100)
+    time.sleep(0.2)
+    keep_ttl_write(store, method, "k", b"new")
+    remaining = raw.pttl("k")
+    assert 90_000 < remaining <= 99_800
+    assert raw.get("k") == b"new"
+    store.set("forever", b"old")
+    keep_ttl_write(store, method, "forever", b"new")
+    assert raw.pttl("forever") == -1
+    assert raw.get("forever") == b"new"
 
 
 def test_incr_creates_at_zero_and_keeps_ttl(store: RedisBackend, raw: redis.Redis) -> None:

@@ -443,6 +443,30 @@ def test_repository_keys_with_braces_stay_in_their_slot(
     assert plain.get_many(names) == [Plain(n) for n in names]
 
 
+def test_keep_ttl_keeps_the_remaining_ttl_on_every_node(store: co.RedisBackend) -> None:
+    """replace, replace_many and cas with KEEP_TTL keep each key's PTTL on its own node, and
+    keep "no expiry" as no expiry."""
+    client = cluster_client(store)
+    keys = [f"t{i}" for i in range(30)]
+    assert len({owner(store, key) for key in keys}) == 3
+    store.set_many([(key, b"old") for key in keys[:15]], ttl=100)
+    store.set_many([(key, b"old") for key in keys[15:]])
+    for i, key in enumerate(keys[:-2]):
+        if i % 3 == 0:
+            assert store.replace(key, b"new", ttl=co.KEEP_TTL) is True
+        elif i % 3 == 1:
+            got = store.gets(key)
+            assert got is not None
+            assert store.cas(key, b"new", got[1], ttl=co.KEEP_TTL) is True
+    tail = [(key, b"new") for i, key in enumerate(keys) if i % 3 == 2 or i >= 28]
+    assert store.replace_many(tail, ttl=co.KEEP_TTL) == [True] * len(tail)
+    assert store.get_many(keys) == [b"new"] * 30
+    for key in keys[:15]:
+        assert 90_000 < client.pttl(key) <= 100_000, key
+    for key in keys[15:]:
+        assert client.pttl(key) == -1, key
+
+
 def test_cas_loads_its_script_on_each_node(
     store: co.RedisBackend, nodes: dict[str, redis.Redis]
 ) -> None:

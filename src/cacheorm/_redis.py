@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from cacheorm._backend import CasToken
+from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_key as _check_key
@@ -344,7 +344,7 @@ class _Broken(Exception):
         self.server = server
 
 
-class RedisBackend:
+class RedisBackend(Closing):
     """Stores bytes in Redis (or anything speaking its protocol: Valkey, KeyDB, ...).
 
     Every single-key operation is one Redis command and one round trip; a
