@@ -179,6 +179,39 @@ def test_from_url_unix_socket(redis_server: RedisServer) -> None:
         backend.close()
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://app:{PASSWORD}@127.0.0.1:6379/0",
+        f"redis+tls://app:{PASSWORD}@127.0.0.1:6379",
+        "127.0.0.1:6379",
+        "localhost:6379",
+        "",
+    ],
+)
+def test_a_bad_url_scheme_is_a_configuration_error(url: str, cluster: bool) -> None:
+    """An unknown scheme raises ConfigurationError naming the URL (password masked) and the
+    schemes accepted, before any connection."""
+    with pytest.raises(ConfigurationError) as info:
+        RedisBackend.from_url(url, cluster=cluster)
+    message = str(info.value)
+    assert PASSWORD not in message
+    assert url.replace(PASSWORD, "***") in message
+    assert "redis://" in message
+    assert "rediss://" in message
+    assert ("unix://" in message) is not cluster
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+def test_a_url_redis_py_cannot_parse_is_a_configuration_error(cluster: bool) -> None:
+    """A port that is not a number is a ConfigurationError naming the masked URL too."""
+    with pytest.raises(ConfigurationError, match=r"redis://app:\*\*\*@127.0.0.1:port/0") as info:
+        RedisBackend.from_url(f"redis://app:{PASSWORD}@127.0.0.1:port/0", cluster=cluster)
+    assert PASSWORD not in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
 def test_from_url_defaults_timeouts_and_keeps_given_ones(redis_server: RedisServer) -> None:
     """from_url sets 5 s socket timeouts unless told otherwise, and passes other options on."""
     default = RedisBackend.from_url(redis_server.url)

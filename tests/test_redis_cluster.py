@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import pytest
@@ -133,10 +134,9 @@ def test_from_cluster_and_from_url_build_cluster_clients(redis_cluster: RedisClu
             kwargs = client.nodes_manager.connection_kwargs
             assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
         assert by_nodes.server == "cluster " + ",".join(redis_cluster.startup_nodes)
-        # redis-py replaces the startup nodes with the nodes it discovered
-        listed = by_url.server.removeprefix("cluster ").split(",")
-        assert set(listed) == set(redis_cluster.startup_nodes)
-        assert repr(by_url) == f"RedisBackend(cluster={','.join(listed)!r})"
+        # the node the URL names, also after redis-py discovered the others
+        assert by_url.server == f"cluster {first}"
+        assert repr(by_url) == f"RedisBackend(cluster={first!r})"
         by_nodes.set("k", b"v")
         assert by_url.get("k") == b"v"
         assert by_url.delete("k") is True
@@ -145,10 +145,102 @@ def test_from_cluster_and_from_url_build_cluster_clients(redis_cluster: RedisClu
         by_url.close()
 
 
-def test_from_cluster_with_no_reachable_node_is_unavailable() -> None:
-    """A cluster whose startup nodes all refuse connections is BackendUnavailable at once."""
-    with pytest.raises(co.BackendUnavailable, match="cluster"):
-        co.RedisBackend.from_cluster([f"127.0.0.1:{closed_port()}"], socket_connect_timeout=1)
+PASSWORD = "s3cret-pw"
+
+FIRST_USES: dict[str, Callable[[co.RedisBackend], object]] = {
+    "get": lambda b: b.get("k"),
+    "exists": lambda b: b.exists("k"),
+    "set": lambda b: b.set("k", b"v"),
+    "add": lambda b: b.add("k", b"v"),
+    "incr": lambda b: b.incr("n"),
+    "cas": lambda b: b.cas("k", b"v", "0" * 40),
+    "get_many": lambda b: b.get_many(["k", "l"]),
+    "set_many": lambda b: b.set_many([("k", b"v"), ("l", b"w")], ttl=5),
+    "delete_many": lambda b: b.delete_many(["k", "l"]),
+    "client": lambda b: b.client,
+}
+
+
+@pytest.mark.parametrize("build", ["from_url", "from_cluster"])
+def test_building_a_cluster_backend_does_not_connect(build: str) -> None:
+    """from_url(cluster=True) and from_cluster return at once for an address where nothing
+    listens; each first use then raises BackendUnavailable naming the node, no password."""
+    port = closed_port()
+    start = time.monotonic()
+    if build == "from_url":
+        backend = co.RedisBackend.from_url(
+            f"redis://app:{PASSWORD}@127.0.0.1:{port}/0", cluster=True, socket_connect_timeout=1
+        )
+    else:
+        backend = co.RedisBackend.from_cluster(
+            [f"127.0.0.1:{port}"], password=PASSWORD, socket_connect_timeout=1
+        )
+    built = time.monotonic() - start
+    try:
+        assert built < 0.1
+        assert backend.server == f"cluster 127.0.0.1:{port}"
+        assert repr(backend) == f"RedisBackend(cluster='127.0.0.1:{port}')"
+        for name, use in FIRST_USES.items():
+            with pytest.raises(co.BackendUnavailable) as info:
+                use(backend)
+            exc = info.value
+            assert f"127.0.0.1:{port}" in str(exc), name
+            assert exc.server == backend.server, name
+            assert PASSWORD not in str(exc), name
+            assert isinstance(exc.__cause__, redis.exceptions.RedisClusterException), name
+    finally:
+        backend.close()
+    with pytest.raises(co.BackendUnavailable, match="closed"):
+        backend.get("k")
+
+
+def test_a_lazy_cluster_backend_connects_once_under_concurrent_first_use(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads that all make the first call share one RedisCluster client, built once."""
+    built: list[object] = []
+    original = redis.cluster.RedisCluster.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.cluster.RedisCluster, "__init__", counting)
+    backend = co.RedisBackend.from_cluster(redis_cluster.startup_nodes)
+    assert built == []
+    start = threading.Barrier(8)
+
+    def first_use(i: int) -> bytes | None:
+        start.wait()
+        backend.set(f"lazy{i}", b"v")
+        return backend.get(f"lazy{i}")
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(first_use, range(8))) == [b"v"] * 8
+        assert built == [backend.client]
+        assert backend.delete_many([f"lazy{i}" for i in range(8)]) == 8
+    finally:
+        backend.close()
+
+
+def test_a_decoding_lazy_cluster_is_refused_at_build_or_first_use(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """decode_responses as a keyword is refused when building; in the URL, at first use."""
+    first = redis_cluster.startup_nodes[0]
+    with pytest.raises(co.ConfigurationError, match="decode_responses=False"):
+        co.RedisBackend.from_cluster(redis_cluster.startup_nodes, decode_responses=True)
+    backend = co.RedisBackend.from_url(f"redis://{first}/0?decode_responses=True", cluster=True)
+    try:
+        with pytest.raises(co.ConfigurationError, match="decode_responses=False"):
+            backend.get("k")
+    finally:
+        backend.close()
+
+
+def test_from_cluster_checks_its_nodes_when_built() -> None:
+    """Nodes that are not "host:port" are a ValueError at once."""
     for bad in (["localhost"], ["host:port"], []):
         with pytest.raises(ValueError, match="host:port"):
             co.RedisBackend.from_cluster(bad)

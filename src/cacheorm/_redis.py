@@ -17,6 +17,7 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,20 @@ def _address(kwargs: Any) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     return f"{host}:{kwargs.get('port', 6379)}"
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _server_address(client: Any) -> str:
@@ -433,31 +448,22 @@ class RedisBackend(Closing):
                 f"not {type(client).__name__}; use RedisBackend.from_url(url) to build one "
                 "from a URL"
             )
+        self._setup(redis_module, is_cluster=isinstance(client, cluster_class))
+        self._attach(client)
+
+    def _setup(self, redis_module: Any, *, is_cluster: bool) -> None:
+        """The state that does not depend on a connected client."""
         exceptions = redis_module.exceptions
-        self._cluster: Any = client if isinstance(client, cluster_class) else None
-        if self._cluster is not None:
-            pool_kwargs = getattr(self._cluster.nodes_manager, "connection_kwargs", {}) or {}
-            startup = list(getattr(self._cluster.nodes_manager, "startup_nodes", {}) or {})
-            self._server = f"cluster {','.join(startup) or '<no startup node>'}"
-        else:
-            pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-            self._server = _server_address(client)
-        if pool_kwargs.get("decode_responses"):
-            raise ConfigurationError(
-                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
-            )
-        self._client: RedisClient = client
-        password = pool_kwargs.get("password")
-        self._password: str | None = str(password) if password else None
-        self._db = pool_kwargs.get("db", 0)
-        # Bound once: the hot paths then cost one attribute lookup per call.
-        self._execute: Callable[..., Any] = client.execute_command
+        self._redis = redis_module
+        self._is_cluster = is_cluster
+        self._cluster: Any = None
+        self._client: Any = None
+        self._server = "<not connected>"
+        self._password: str | None = None
+        self._db: Any = 0
         self._main: _Server | None = None
-        if self._cluster is None:
-            if getattr(client, "connection", None) is not None:
-                self._main = _Server.of_single_connection(self._server, client)
-            else:
-                self._main = _Server.of_pool(self._server, client.connection_pool)
+        self._build: Callable[[], Any] | None = None
+        self._connect_lock = threading.Lock()
         self._nodes: dict[str, _Server] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
@@ -490,44 +496,110 @@ class RedisBackend(Closing):
         # How keys become bytes (the client's encoding), for hashing them to slots here.
         self._key_slot: Callable[[bytes], int] | None = None
         self._key_encoding: tuple[str, str] = ("utf-8", "strict")
-        if self._cluster is not None:
-            encoder = getattr(self._cluster, "encoder", None)
-            key_slot = getattr(getattr(redis_module, "crc", None), "key_slot", None)
+
+    def _attach(self, client: Any, server: str | None = None) -> None:
+        """Use ``client``; ``server`` names it (else its address, or its startup nodes).
+
+        Raises:
+            ConfigurationError: the client decodes responses to str.
+        """
+        if self._is_cluster:
+            pool_kwargs = getattr(client.nodes_manager, "connection_kwargs", {}) or {}
+            if server is None:
+                startup = list(getattr(client.nodes_manager, "startup_nodes", {}) or {})
+                server = f"cluster {','.join(startup) or '<no startup node>'}"
+        else:
+            pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+            server = _server_address(client)
+        if pool_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
+        self._server = server
+        password = pool_kwargs.get("password")
+        self._password = str(password) if password else None
+        self._db = pool_kwargs.get("db", 0)
+        if self._is_cluster:
+            encoder = getattr(client, "encoder", None)
+            key_slot = getattr(getattr(self._redis, "crc", None), "key_slot", None)
             if encoder is not None and key_slot is not None:
                 self._key_encoding = (encoder.encoding, encoder.encoding_errors)
                 self._key_slot = key_slot
+        elif getattr(client, "connection", None) is not None:
+            self._main = _Server.of_single_connection(server, client)
+        else:
+            self._main = _Server.of_pool(server, client.connection_pool)
+        self._client = client
+        # Bound once: the hot paths then cost one attribute lookup per call.
+        self._execute: Callable[..., Any] = client.execute_command
+        if self._is_cluster:
+            self._cluster = client  # last: a thread that sees it sees the rest
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RedisBackend:
         """A backend on a new client for ``url``, built by redis-py's ``from_url``.
 
         ``redis://[[user]:[password]@]host[:port][/db]``, ``rediss://...`` (TLS)
-        and ``unix:///path/to/redis.sock[?db=N]`` are accepted. ``socket_timeout``
-        and ``socket_connect_timeout`` default to 5 seconds; every other keyword
+        and ``unix:///path/to/redis.sock[?db=N]`` are accepted (a cluster:
+        ``redis://`` and ``rediss://``). ``socket_timeout`` and
+        ``socket_connect_timeout`` default to 5 seconds; every other keyword
         (``retry``, ``max_connections``, ``ssl_*``, ...) goes to redis-py as is,
         so the retry policy is redis-py's for clients built from a URL unless
         ``retry=`` says otherwise.
 
+        Nothing connects here, for a cluster too: redis-py's ``RedisCluster``
+        connects when it is built, so with ``cluster=True`` it is built on the
+        first operation (or the first read of :attr:`client`), and a cluster
+        that cannot be reached raises :class:`~cacheorm.BackendUnavailable`
+        from there, naming the node.
+
         Args:
             url: the server's URL; with ``cluster=True``, any node of the cluster.
-            cluster: build a ``redis.cluster.RedisCluster``, which discovers
+            cluster: use a ``redis.cluster.RedisCluster``, which discovers
                 the other nodes from this one.
             **kwargs: more ``redis.Redis`` / ``RedisCluster`` / connection pool options.
 
         Raises:
             MissingDependency: redis-py is not installed.
-            ValueError: ``url`` is not a Redis URL (raised by redis-py).
-            ConfigurationError: ``decode_responses`` was asked for.
-            BackendUnavailable: ``cluster=True`` and no node could be reached.
+            ConfigurationError: ``url`` has another scheme or is not a URL redis-py
+                can parse (the message names it, password masked), or
+                ``decode_responses`` was asked for.
         """
         redis_module = _import_redis()
+        schemes = ("redis", "rediss") if cluster else ("redis", "rediss", "unix")
+        shown = _masked_url(url)
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in schemes:
+            accepted = ", ".join(f"{name}://" for name in schemes)
+            raise ConfigurationError(
+                f"RedisBackend.from_url({shown!r}{', cluster=True' if cluster else ''}): the "
+                f"URL must start with one of {accepted}, e.g. 'redis://localhost:6379/0'"
+            )
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
+        try:
+            parsed = redis_module.connection.parse_url(url)  # no I/O; refuses a bad port
+            if not cluster:
+                client = redis_module.Redis.from_url(url, **kwargs)
+        except ValueError as exc:
+            detail = str(exc)
+            password = urllib.parse.urlsplit(url).password
+            if password:
+                detail = detail.replace(urllib.parse.unquote(password), "***")
+            raise ConfigurationError(
+                f"RedisBackend.from_url({shown!r}): redis-py cannot use this URL: {detail}"
+            ) from exc
         if cluster:
-            return cls._build_cluster(
-                lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs)
+            host, port = parsed.get("host", "localhost"), parsed.get("port", 6379)
+            return cls._lazy_cluster(
+                lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs),
+                f"cluster {_address({'host': host, 'port': port})}",
+                parsed.get("password") or kwargs.get("password"),
             )
-        client = redis_module.Redis.from_url(url, **kwargs)
         try:
             return cls(client)
         except BaseException:
@@ -542,6 +614,11 @@ class RedisBackend(Closing):
         every other keyword (``retry``, ``password``, ``ssl``, ``address_remap``,
         ...) goes to ``RedisCluster`` as is.
 
+        Nothing connects here: the ``RedisCluster`` (which connects when it is
+        built) is built on the first operation or the first read of
+        :attr:`client`, and a cluster that cannot be reached raises
+        :class:`~cacheorm.BackendUnavailable` from there, naming the nodes.
+
         Args:
             nodes: ``"host:port"`` of one or more cluster nodes.
             **kwargs: more ``RedisCluster`` options.
@@ -550,7 +627,6 @@ class RedisBackend(Closing):
             MissingDependency: redis-py is not installed.
             ValueError: no node, or a node that is not ``host:port``.
             ConfigurationError: ``decode_responses`` was asked for.
-            BackendUnavailable: no node could be reached.
         """
         redis_module = _import_redis()
         if isinstance(nodes, str):
@@ -563,32 +639,85 @@ class RedisBackend(Closing):
             startup.append(redis_module.cluster.ClusterNode(host.strip("[]"), int(port)))
         if not startup:
             raise ValueError("from_cluster needs at least one 'host:port' node")
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
-        return cls._build_cluster(
-            lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs)
+        names = ",".join(_address({"host": node.host, "port": node.port}) for node in startup)
+        return cls._lazy_cluster(
+            lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs),
+            f"cluster {names}",
+            kwargs.get("password"),
         )
 
     @classmethod
-    def _build_cluster(cls, build: Callable[[], Any]) -> RedisBackend:
-        """A backend on the cluster client ``build`` makes; its connection errors translated."""
-        exceptions = _import_redis().exceptions
-        try:
-            client = build()
-        except (exceptions.RedisClusterException, exceptions.RedisError, OSError) as exc:
-            raise BackendUnavailable(
-                f"redis cluster is unavailable: {exc}".replace("\n", " ")
-            ) from exc
-        try:
-            return cls(client)
-        except BaseException:
-            client.close()
-            raise
+    def _lazy_cluster(
+        cls, build: Callable[[], Any], server: str, password: str | None
+    ) -> RedisBackend:
+        """A cluster backend whose client ``build`` makes on first use (it connects)."""
+        self = cls.__new__(cls)
+        self._setup(_import_redis(), is_cluster=True)
+        self._server = server
+        self._password = str(password) if password else None
+        self._build = build
+        self._execute = self._execute_connecting
+        return self
+
+    def _connected_cluster(self, op: str, keys: str | Sequence[str]) -> Any:
+        """The RedisCluster client, built on first use (one thread builds it).
+
+        Raises:
+            BackendUnavailable: no startup node could be reached (this call
+                fails; the next one tries again), or the backend is closed.
+            ConfigurationError: the client decodes responses to str.
+        """
+        with self._connect_lock:
+            if self._cluster is not None:
+                return self._cluster
+            if self._closed:
+                raise BackendUnavailable(
+                    f"this RedisBackend ({self._server}) is closed", server=self._server
+                )
+            build = self._build
+            assert build is not None
+            try:
+                client = build()
+            except self._errors as exc:
+                what, key = _describe(keys)
+                detail = self._detail(exc).replace("\n", " ")
+                raise BackendUnavailable(
+                    f"redis {op} of {what} failed: {self._server} is unavailable: {detail}",
+                    key=key,
+                    server=self._server,
+                ) from exc
+            try:
+                self._attach(client, self._server)
+            except BaseException:
+                client.close()
+                raise
+            return client
+
+    def _execute_connecting(self, *args: Any, **options: Any) -> Any:
+        """``execute_command`` before the cluster client exists: build it, then run."""
+        keys = [str(arg) for arg in args[1:2]]
+        return self._connected_cluster(str(args[0]), keys).execute_command(*args, **options)
 
     @property
     def client(self) -> RedisClient:
-        """The redis-py client, for commands this backend does not offer."""
-        return self._client
+        """The redis-py client, for commands this backend does not offer.
+
+        For a backend built by ``from_url(..., cluster=True)`` or
+        :meth:`from_cluster`, reading it the first time builds (and connects)
+        the ``RedisCluster``.
+
+        Raises:
+            BackendUnavailable: the cluster's client could not be built.
+        """
+        if self._client is None:
+            return self._connected_cluster("connect", [])  # type: ignore[no-any-return]
+        return self._client  # type: ignore[no-any-return]
 
     @property
     def server(self) -> str:
@@ -1060,6 +1189,8 @@ class RedisBackend(Closing):
 
     def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
         """Each key's hash slot."""
+        if self._cluster is None:  # a lazy cluster backend's first use
+            self._connected_cluster(op, keys)
         key_slot = self._key_slot
         try:
             if key_slot is not None:  # keys are str: encode as the client would, hash
@@ -1113,7 +1244,7 @@ class RedisBackend(Closing):
         keys = _key_list(keys)
         if not keys:
             return []
-        if self._cluster is not None:
+        if self._is_cluster:
             return self._cluster_get_many(keys)
         try:
             values: list[bytes | None] = self._execute("MGET", *keys, keys=keys)
@@ -1132,7 +1263,7 @@ class RedisBackend(Closing):
         (another type, or a value written since the MGET) are their types read.
         """
         keys = list(dict.fromkeys(keys))
-        if self._cluster is None:
+        if not self._is_cluster:
             try:
                 found: int = self._execute("EXISTS", *keys, keys=keys)
             except self._errors as exc:
@@ -1148,7 +1279,7 @@ class RedisBackend(Closing):
     def _types(self, op: str, keys: list[str]) -> list[str]:
         """The Redis type of each key (TYPE, pipelined: one round trip per server)."""
         commands = [("TYPE", key) for key in keys]
-        if self._cluster is not None:
+        if self._is_cluster:
             replies = self._cluster_read(op, commands, self._slots(op, keys), keys)
         else:
             server = self._main
@@ -1239,7 +1370,7 @@ class RedisBackend(Closing):
         if not pairs:
             return
         op = "MSET" if px is None else "SET"
-        if self._cluster is not None:
+        if self._is_cluster:
             self._cluster_set_many(pairs, px)
             return
         if px is None:
@@ -1369,7 +1500,7 @@ class RedisBackend(Closing):
         op = f"SET {condition}"
         commands = [("SET", key, data, condition, *options) for key, data in pairs]
         keys = [key for key, _ in pairs]
-        if self._cluster is not None:
+        if self._is_cluster:
             outcome, failures = self._cluster_batch(op, commands, self._slots(op, keys), idempotent)
             if failures:
                 self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
@@ -1432,7 +1563,7 @@ class RedisBackend(Closing):
         keys = _key_list(keys)
         if not keys:
             return 0
-        if self._cluster is not None:
+        if self._is_cluster:
             groups = list(self._by_slot("DEL", keys).items())
             commands = [("DEL", *[keys[i] for i in indices]) for _, indices in groups]
             outcome, failures = self._cluster_batch(
@@ -1536,13 +1667,17 @@ class RedisBackend(Closing):
             threads, self._threads = self._threads, None
         if threads is not None:
             threads.shutdown(wait=True)
+        with self._connect_lock:  # a lazy cluster's client is then never built
+            client = self._client
+        if client is None:
+            return
         try:
-            self._client.close()
+            client.close()
         except self._errors as exc:
             raise self._fail("close", [], exc) from exc
 
     def __repr__(self) -> str:
         """The class, server address and database; never a password."""
-        if self._cluster is not None:
+        if self._is_cluster:
             return f"RedisBackend(cluster={self._server.removeprefix('cluster ')!r})"
         return f"RedisBackend(server={self._server!r}, db={self._db!r})"
