@@ -212,12 +212,31 @@ def test_the_repository_never_overwrites_a_foreign_key(
         lambda: users.exists(7),
         lambda: users.create(User(7, "new")),
         lambda: users.update(User(7, "new")),
+        lambda: users.update_with(7, lambda user: user),
+        lambda: users.patch(7, name="new"),
+        lambda: users.create_many([User(7, "new")]),
+        lambda: users.update_many([User(7, "new")]),
     ):
         with pytest.raises(co.BackendError) as info:
             attempt()
         assert info.value.key == foreign
     assert loads == []
     assert fingerprint(store, foreign) == before
+
+
+def test_the_repository_batches_say_which_records_they_wrote(store: co.RedisBackend) -> None:
+    """create_many / update_many around a foreign key raise BatchWriteError naming it; the
+    other records are stored and reported as written."""
+    users = co.Repository(User, backend=store, namespace="user")
+    store.client.hset("user:2", "f", "v")
+    with pytest.raises(co.BatchWriteError) as info:
+        users.create_many([User(1, "a"), User(2, "b"), User(3, "c")])
+    assert (info.value.written, info.value.not_written) == (["user:1", "user:3"], ["user:2"])
+    with pytest.raises(co.BatchWriteError) as info:
+        users.update_many([User(1, "A"), User(2, "B"), User(3, "C")])
+    assert info.value.key == "user:2"
+    assert [user and user.name for user in users.get_many([1, 3])] == ["A", "C"]
+    assert store.client.type("user:2") == b"hash"
 
 
 def test_a_wrongtype_reply_keeps_the_connection_usable(store: co.RedisBackend) -> None:

@@ -143,9 +143,9 @@ _FOREIGN_HINT = (
 )
 
 
-def _type_name(reply: Any) -> str:
-    """A TYPE reply (``b"string"``, or already decoded by the client) as str."""
-    return reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
+def _type_name(reply: bytes) -> str:
+    """A TYPE reply (``b"string"``, ``b"hash"``, ``b"none"``...) as str."""
+    return reply.decode("ascii", "replace")
 
 
 def _address(kwargs: Any) -> str:
@@ -161,15 +161,20 @@ def _address(kwargs: Any) -> str:
     return f"{host}:{kwargs.get('port', 6379)}"
 
 
+def _url_password(url: str) -> str | None:
+    """The password in ``url`` (percent-decoded), or None if none or unparsable."""
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:  # e.g. a broken IPv6 address: there is no password to find
+        return None
+    return urllib.parse.unquote(password) if password else None
+
+
 def _masked_url(url: str) -> str:
     """``url`` with its password, if any, as ``***``."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:
+    if _url_password(url) is None:
         return url
-    if not password:
-        return url
+    parts = urllib.parse.urlsplit(url)
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
@@ -378,7 +383,20 @@ class RedisBackend(Closing):
     :meth:`close` shuts down; results come back in input order. A MOVED or
     ASK reply means the command was not applied, so it is redirected (after
     refreshing the slot map for MOVED), at most five times, for every kind of
-    write.
+    write. redis-py's ``RedisCluster`` connects when it is built; the cluster
+    backends that :meth:`from_url` and :meth:`from_cluster` make build it on
+    their first operation instead, so building one never connects.
+
+    **Keys of another type.** A key that holds a hash, list or other non-string
+    Redis type is a :class:`~cacheorm.BackendError` naming the key and server
+    on every read (``get``, ``get_many``, ``gets``, ``exists``) and on every
+    conditional write (``add``, ``replace``, ``cas``, ``incr`` and the batch
+    forms), which never replace it. ``set``, ``set_many`` and ``delete`` are
+    unconditional, as in Redis: they replace or remove it. ``replace`` uses
+    ``SET ... XX GET``, which needs Redis 6.2 or later.
+
+    **Keeping the TTL.** ``replace``, ``replace_many`` and ``cas`` with
+    ``ttl=KEEP_TTL`` send ``KEEPTTL``: the value keeps the key's remaining TTL.
 
     **Retries.** Connections, timeouts and TLS are the redis-py client's.
 
@@ -587,9 +605,9 @@ class RedisBackend(Closing):
                 client = redis_module.Redis.from_url(url, **kwargs)
         except ValueError as exc:
             detail = str(exc)
-            password = urllib.parse.urlsplit(url).password
+            password = _url_password(url)
             if password:
-                detail = detail.replace(urllib.parse.unquote(password), "***")
+                detail = detail.replace(password, "***")
             raise ConfigurationError(
                 f"RedisBackend.from_url({shown!r}): redis-py cannot use this URL: {detail}"
             ) from exc
