@@ -109,6 +109,11 @@ def test_absent_keys_and_empty_values_are_not_foreign(store: co.RedisBackend) ->
     assert store.exists("empty") is True
     assert store.exists("missing") is False
     assert store.get_many(["missing"]) == [None]
+    # SET XX GET answers the old value: an empty or non-UTF-8 one still means "replaced"
+    assert store.replace("empty", b"\xff\xfe") is True
+    assert store.replace("empty", b"") is True
+    assert store.replace_many([("empty", b"\xff"), ("missing", b"x")]) == [True, False]
+    assert store.get_many(["empty", "missing"]) == [b"\xff", None]
 
 
 def test_a_key_written_between_mget_and_the_check_reads_as_absent(

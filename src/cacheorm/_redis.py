@@ -1482,7 +1482,9 @@ class RedisBackend(Closing):
         data = _as_bytes(_check_key(key), value)
         expiry = _expiry(ttl)
         try:
-            previous = self._execute("SET", key, data, "XX", "GET", *expiry)
+            # get=True: redis-py's SET callback then hands back the old value as is,
+            # instead of decoding it to compare it with "OK".
+            previous = self._execute("SET", key, data, "XX", "GET", *expiry, get=True)
         except self._errors as exc:
             raise self._fail("SET XX", key, exc) from exc
         return previous is not None
