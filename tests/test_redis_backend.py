@@ -224,6 +224,14 @@ def test_a_url_redis_py_cannot_parse_is_a_configuration_error(
     assert isinstance(info.value.__cause__, ValueError)
 
 
+def test_decode_responses_in_the_url_is_refused_and_the_client_closed(
+    redis_server: RedisServer,
+) -> None:
+    """decode_responses asked for in the URL's query is refused too, and no client is left."""
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisBackend.from_url(f"{redis_server.url}?decode_responses=True")
+
+
 def test_from_url_defaults_timeouts_and_keeps_given_ones(redis_server: RedisServer) -> None:
     """from_url sets 5 s socket timeouts unless told otherwise, and passes other options on."""
     default = RedisBackend.from_url(redis_server.url)

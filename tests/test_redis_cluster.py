@@ -29,6 +29,7 @@ import redis.cluster
 
 import cacheorm as co
 from cacheorm.testing import BackendContract
+from tests.proxy import FaultProxy
 from tests.servers import RedisClusterServer, ServerProcess, closed_port
 
 #: Socket timeouts of the backends that meet a stopped node, in seconds.
@@ -871,3 +872,42 @@ def test_a_killed_node_fails_its_keys_and_not_the_others(
         for client in nodes.values():
             client.config_set("cluster-require-full-coverage", "yes")
         backend.close()
+
+
+def test_a_node_failing_after_mget_fails_the_get_many(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster, a get_many whose EXISTS of the misses cannot reach the nodes raises
+    BackendUnavailable naming EXISTS, never misses it could not check."""
+    proxies: dict[tuple[str, int], FaultProxy] = {}
+    for address in redis_cluster.startup_nodes:
+        host, _, port = address.rpartition(":")
+        proxies[(host, int(port))] = FaultProxy(host, int(port))
+
+    def through_proxy(address: tuple[str, int]) -> tuple[str, int]:
+        proxy = proxies.get(address)
+        return address if proxy is None else (proxy.host, proxy.port)
+
+    backend = co.RedisBackend.from_cluster(
+        redis_cluster.startup_nodes,
+        address_remap=through_proxy,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+    )
+    original = co.RedisBackend._foreign_misses
+
+    def nodes_fail(self: co.RedisBackend, keys: list[str]) -> None:
+        for proxy in proxies.values():
+            proxy.refuse()
+        original(self, keys)
+
+    monkeypatch.setattr(co.RedisBackend, "_foreign_misses", nodes_fail)
+    try:
+        backend.set("hit", b"v")
+        with pytest.raises(co.BackendUnavailable, match="EXISTS") as info:
+            backend.get_many(["hit", "miss"])
+        assert info.value.key == "miss"
+    finally:
+        backend.close()
+        for proxy in proxies.values():
+            proxy.close()

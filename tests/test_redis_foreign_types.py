@@ -253,3 +253,58 @@ def test_a_wrongtype_reply_keeps_the_connection_usable(store: co.RedisBackend) -
         store.set("s", b"v")
         assert store.get("s") == b"v"
     assert isinstance(store.client, (redis.Redis, redis.cluster.RedisCluster))
+
+
+LIMITED_USER = "cacheorm-no-type"
+LIMITED_PASSWORD = "limited-pw"
+
+
+def primaries(store: co.RedisBackend) -> list[redis.Redis]:
+    """A plain client on the server, or on each primary of the cluster."""
+    addresses = (
+        [store.server]
+        if not store.server.startswith("cluster ")
+        else [str(node.name) for node in store.client.get_primaries()]  # type: ignore[union-attr]
+    )
+    return [
+        redis.Redis(host=address.rpartition(":")[0], port=int(address.rpartition(":")[2]))
+        for address in addresses
+    ]
+
+
+def test_a_user_not_allowed_type_or_exists_gets_a_backend_error(store: co.RedisBackend) -> None:
+    """An ACL user that may not run EXISTS or TYPE gets a BackendError naming the key from
+    exists, a get_many with misses and a refused add, never a wrong answer."""
+    servers = primaries(store)
+    for server in servers:
+        server.acl_setuser(
+            LIMITED_USER,
+            enabled=True,
+            passwords=[f"+{LIMITED_PASSWORD}"],
+            keys=["*"],
+            commands=["+@all", "-exists", "-type"],
+        )
+    first = servers[0].connection_pool.connection_kwargs
+    limited = co.RedisBackend.from_url(
+        f"redis://{LIMITED_USER}:{LIMITED_PASSWORD}@{first['host']}:{first['port']}/0",
+        cluster=store.server.startswith("cluster "),
+    )
+    try:
+        limited.set("hit", b"v")
+        for attempt in (
+            lambda: limited.exists("hit"),
+            lambda: limited.get_many(["hit", "miss"]),
+            lambda: limited.get_many([f"m{i}" for i in range(40)]),  # misses on every node
+            lambda: limited.add("hit", b"again"),
+        ):
+            with pytest.raises(co.BackendError, match=r"NOPERM|permission") as info:
+                attempt()
+            assert not isinstance(info.value, co.BackendUnavailable)
+            assert info.value.key is not None
+            assert LIMITED_PASSWORD not in str(info.value)
+        assert limited.get_many(["hit"]) == [b"v"]
+    finally:
+        limited.close()
+        for server in servers:
+            server.acl_deluser(LIMITED_USER)
+            server.close()
