@@ -209,7 +209,7 @@ class MemoryBackend(Closing):
                 entry = self._live(key, now)
                 ok = (entry is not None) is present
                 if ok:
-                    if entry is not None and keep:
+                    if keep and entry is not None:
                         expires_at = entry.expires_at
                     self._store(key, value, expires_at, now)
                 result.append(ok)
