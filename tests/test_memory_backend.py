@@ -9,10 +9,13 @@ import math
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import pytest
 
+from cacheorm._errors import InvalidTTL
 from cacheorm._memory import MemoryBackend
+from cacheorm._ttl import KEEP_TTL
 
 
 class FakeClock:
@@ -249,6 +252,51 @@ def test_incr_keeps_existing_ttl(backend: MemoryBackend, clock: FakeClock) -> No
     assert backend.get("n") == b"2"
     clock.now += 2
     assert backend.get("n") is None
+
+
+# -- KEEP_TTL --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["replace", "replace_many", "cas"])
+def test_keep_ttl_keeps_the_exact_deadline(
+    backend: MemoryBackend, clock: FakeClock, method: str
+) -> None:
+    """A KEEP_TTL rewrite 6 s into a 10 s TTL expires at 10 s, neither earlier nor later."""
+    backend.set("k", b"old", ttl=10)
+    clock.now += 6
+    if method == "replace":
+        assert backend.replace("k", b"new", ttl=KEEP_TTL) is True
+    elif method == "replace_many":
+        assert backend.replace_many([("k", b"new"), ("gone", b"x")], ttl=KEEP_TTL) == [True, False]
+    else:
+        got = backend.gets("k")
+        assert got is not None
+        assert backend.cas("k", b"new", got[1], ttl=KEEP_TTL) is True
+    clock.now += 3.999
+    assert backend.get("k") == b"new"
+    clock.now += 0.001
+    assert backend.get("k") is None
+    assert backend.get("gone") is None
+
+
+def test_keep_ttl_is_refused_by_add_and_set(backend: MemoryBackend) -> None:
+    """KEEP_TTL is for replace and cas: add, add_many and set raise InvalidTTL, writing nothing."""
+    keep: Any = KEEP_TTL
+    for write in (
+        lambda: backend.add("k", b"v", ttl=keep),
+        lambda: backend.add_many([("k", b"v")], ttl=keep),
+        lambda: backend.set("k", b"v", ttl=keep),
+    ):
+        with pytest.raises(InvalidTTL, match="KEEP_TTL"):
+            write()
+    assert backend.get("k") is None
+
+
+def test_is_a_context_manager(clock: FakeClock) -> None:
+    """``with MemoryBackend() as store`` gives the backend; close keeps the data readable."""
+    with MemoryBackend(clock=clock) as store:
+        store.set("k", b"v")
+    assert store.get("k") == b"v"
 
 
 # -- gets / cas ----------------------------------------------------------------

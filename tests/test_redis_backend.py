@@ -29,6 +29,7 @@ from cacheorm._errors import (
     MissingDependency,
 )
 from cacheorm._redis import RedisBackend
+from cacheorm._ttl import KEEP_TTL
 from tests.servers import RedisServer, ServerProcess, closed_port, free_port
 
 PASSWORD = "s3cret-pw"
@@ -178,6 +179,59 @@ def test_from_url_unix_socket(redis_server: RedisServer) -> None:
         backend.close()
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://app:{PASSWORD}@127.0.0.1:6379/0",
+        f"redis+tls://app:{PASSWORD}@127.0.0.1:6379",
+        "127.0.0.1:6379",
+        "localhost:6379",
+        "",
+    ],
+)
+def test_a_bad_url_scheme_is_a_configuration_error(url: str, cluster: bool) -> None:
+    """An unknown scheme raises ConfigurationError naming the URL (password masked) and the
+    schemes accepted, before any connection."""
+    with pytest.raises(ConfigurationError) as info:
+        RedisBackend.from_url(url, cluster=cluster)
+    message = str(info.value)
+    assert PASSWORD not in message
+    assert url.replace(PASSWORD, "***") in message
+    assert "redis://" in message
+    assert "rediss://" in message
+    assert ("unix://" in message) is not cluster
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://app:{PASSWORD}@127.0.0.1:port/0", "redis://app:***@127.0.0.1:port/0"),
+        (f"redis://:{PASSWORD}@127.0.0.1:99999", "redis://:***@127.0.0.1:99999"),
+        ("redis://[::1:6379/0", "redis://[::1:6379/0"),
+    ],
+    ids=["port not a number", "port out of range", "broken IPv6"],
+)
+def test_a_url_redis_py_cannot_parse_is_a_configuration_error(
+    cluster: bool, url: str, shown: str
+) -> None:
+    """A URL redis-py cannot parse is a ConfigurationError naming it, password masked."""
+    with pytest.raises(ConfigurationError) as info:
+        RedisBackend.from_url(url, cluster=cluster)
+    assert repr(shown) in str(info.value)
+    assert PASSWORD not in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_decode_responses_in_the_url_is_refused_and_the_client_closed(
+    redis_server: RedisServer,
+) -> None:
+    """decode_responses asked for in the URL's query is refused too, and no client is left."""
+    with pytest.raises(ConfigurationError, match="decode_responses=False"):
+        RedisBackend.from_url(f"{redis_server.url}?decode_responses=True")
+
+
 def test_from_url_defaults_timeouts_and_keeps_given_ones(redis_server: RedisServer) -> None:
     """from_url sets 5 s socket timeouts unless told otherwise, and passes other options on."""
     default = RedisBackend.from_url(redis_server.url)
@@ -272,14 +326,14 @@ SINGLE_OPS: list[tuple[str, Callable[[RedisBackend], object], dict[str, int]]] =
     ("add", lambda b: b.add("new", b"w", ttl=5), {"set": 1}),
     ("replace", lambda b: b.replace("k", b"w", ttl=5), {"set": 1}),
     ("delete", lambda b: b.delete("k"), {"del": 1}),
-    ("exists", lambda b: b.exists("k"), {"exists": 1}),
+    ("exists", lambda b: b.exists("k"), {"type": 1}),
     ("incr", lambda b: b.incr("n", 2), {"incrby": 1}),
     ("gets", lambda b: b.gets("k"), {"get": 1}),
     ("cas", lambda b: b.cas("k", b"w", TOKEN_V, ttl=5), {"evalsha": 1, "get": 1, "set": 1}),
-    ("get_many", lambda b: b.get_many(["k", "n", "x"]), {"mget": 1}),
+    ("get_many", lambda b: b.get_many(["k", "n", "k"]), {"mget": 1}),
     ("set_many", lambda b: b.set_many([("a", b"1"), ("b", b"2")]), {"mset": 1}),
     ("set_many ttl", lambda b: b.set_many([("a", b"1"), ("b", b"2")], ttl=5), {"set": 2}),
-    ("add_many", lambda b: b.add_many([("a", b"1"), ("k", b"2")], ttl=5), {"set": 2}),
+    ("add_many", lambda b: b.add_many([("a", b"1"), ("b", b"2")], ttl=5), {"set": 2}),
     ("replace_many", lambda b: b.replace_many([("a", b"1"), ("k", b"2")]), {"set": 2}),
     ("delete_many", lambda b: b.delete_many(["k", "n", "x"]), {"del": 1}),
 ]
@@ -307,13 +361,43 @@ def test_each_operation_is_one_round_trip(
 
 
 def test_get_many_of_1000_keys_is_one_mget(store: RedisBackend, raw: redis.Redis) -> None:
-    """get_many of 1,000 keys is exactly one MGET and no GET."""
+    """get_many of 1,000 keys is exactly one MGET and no GET; with misses, one EXISTS of
+    the missing keys (to tell them from keys of another type) follows."""
     keys = [f"key:{i}" for i in range(1000)]
     raw.mset({key: key.encode() for key in keys[::2]})
     reset_stats(raw)
-    values = store.get_many(keys)
+    assert store.get_many(keys[::2]) == [key.encode() for key in keys[::2]]
     assert command_calls(raw) == {"mget": 1}
+    reset_stats(raw)
+    values = store.get_many(keys)
+    assert command_calls(raw) == {"mget": 1, "exists": 1}
     assert values == [key.encode() if i % 2 == 0 else None for i, key in enumerate(keys)]
+
+
+@pytest.mark.parametrize(
+    ("op", "expected"),
+    [
+        (lambda b: b.get_many(["k", "x", "y", "x"]), {"mget": 1, "exists": 1}),
+        (lambda b: b.add("k", b"w"), {"set": 1, "type": 1}),
+        (lambda b: b.add_many([("a", b"1"), ("k", b"2")]), {"set": 2, "type": 1}),
+    ],
+    ids=["get_many with misses", "refused add", "add_many with a refusal"],
+)
+def test_misses_and_refusals_cost_one_more_round_trip(
+    store: RedisBackend,
+    raw: redis.Redis,
+    sends: SendCounter,
+    op: Callable[[RedisBackend], object],
+    expected: dict[str, int],
+) -> None:
+    """A get_many with misses and a refused add check for keys of another Redis type in one
+    more round trip (EXISTS of the misses, TYPE of the refused keys)."""
+    raw.set("k", b"v")
+    reset_stats(raw)
+    sends.sends = 0
+    op(store)
+    assert sends.sends == 2
+    assert command_calls(raw) == expected
 
 
 def test_set_many_with_ttl_is_one_pipeline(
@@ -482,6 +566,36 @@ def test_write_without_ttl_clears_ttl(
     write(store, got[1])
     assert raw.get("k") == b"new"
     assert raw.pttl("k") == -1
+
+
+def keep_ttl_write(store: RedisBackend, method: str, key: str, value: bytes) -> None:
+    """Rewrite ``key`` with ``ttl=KEEP_TTL`` through ``method``; it must be stored."""
+    if method == "replace":
+        assert store.replace(key, value, ttl=KEEP_TTL) is True
+    elif method == "replace_many":
+        assert store.replace_many([(key, value)], ttl=KEEP_TTL) == [True]
+    else:
+        got = store.gets(key)
+        assert got is not None
+        assert store.cas(key, value, got[1], ttl=KEEP_TTL) is True
+
+
+@pytest.mark.parametrize("method", ["replace", "replace_many", "cas"])
+def test_keep_ttl_keeps_the_remaining_ttl(
+    store: RedisBackend, raw: redis.Redis, method: str
+) -> None:
+    """KEEP_TTL sends KEEPTTL: the remaining PTTL is kept (not reset, not cleared), and a key
+    without expiry keeps none."""
+    store.set("k", b"old", ttl=100)
+    time.sleep(0.2)
+    keep_ttl_write(store, method, "k", b"new")
+    remaining = raw.pttl("k")
+    assert 90_000 < remaining <= 99_800
+    assert raw.get("k") == b"new"
+    store.set("forever", b"old")
+    keep_ttl_write(store, method, "forever", b"new")
+    assert raw.pttl("forever") == -1
+    assert raw.get("forever") == b"new"
 
 
 def test_incr_creates_at_zero_and_keeps_ttl(store: RedisBackend, raw: redis.Redis) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import pytest
@@ -28,6 +29,7 @@ import redis.cluster
 
 import cacheorm as co
 from cacheorm.testing import BackendContract
+from tests.proxy import FaultProxy
 from tests.servers import RedisClusterServer, ServerProcess, closed_port
 
 #: Socket timeouts of the backends that meet a stopped node, in seconds.
@@ -133,10 +135,9 @@ def test_from_cluster_and_from_url_build_cluster_clients(redis_cluster: RedisClu
             kwargs = client.nodes_manager.connection_kwargs
             assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (5.0, 5.0)
         assert by_nodes.server == "cluster " + ",".join(redis_cluster.startup_nodes)
-        # redis-py replaces the startup nodes with the nodes it discovered
-        listed = by_url.server.removeprefix("cluster ").split(",")
-        assert set(listed) == set(redis_cluster.startup_nodes)
-        assert repr(by_url) == f"RedisBackend(cluster={','.join(listed)!r})"
+        # the node the URL names, also after redis-py discovered the others
+        assert by_url.server == f"cluster {first}"
+        assert repr(by_url) == f"RedisBackend(cluster={first!r})"
         by_nodes.set("k", b"v")
         assert by_url.get("k") == b"v"
         assert by_url.delete("k") is True
@@ -145,10 +146,102 @@ def test_from_cluster_and_from_url_build_cluster_clients(redis_cluster: RedisClu
         by_url.close()
 
 
-def test_from_cluster_with_no_reachable_node_is_unavailable() -> None:
-    """A cluster whose startup nodes all refuse connections is BackendUnavailable at once."""
-    with pytest.raises(co.BackendUnavailable, match="cluster"):
-        co.RedisBackend.from_cluster([f"127.0.0.1:{closed_port()}"], socket_connect_timeout=1)
+PASSWORD = "s3cret-pw"
+
+FIRST_USES: dict[str, Callable[[co.RedisBackend], object]] = {
+    "get": lambda b: b.get("k"),
+    "exists": lambda b: b.exists("k"),
+    "set": lambda b: b.set("k", b"v"),
+    "add": lambda b: b.add("k", b"v"),
+    "incr": lambda b: b.incr("n"),
+    "cas": lambda b: b.cas("k", b"v", "0" * 40),
+    "get_many": lambda b: b.get_many(["k", "l"]),
+    "set_many": lambda b: b.set_many([("k", b"v"), ("l", b"w")], ttl=5),
+    "delete_many": lambda b: b.delete_many(["k", "l"]),
+    "client": lambda b: b.client,
+}
+
+
+@pytest.mark.parametrize("build", ["from_url", "from_cluster"])
+def test_building_a_cluster_backend_does_not_connect(build: str) -> None:
+    """from_url(cluster=True) and from_cluster return at once for an address where nothing
+    listens; each first use then raises BackendUnavailable naming the node, no password."""
+    port = closed_port()
+    start = time.monotonic()
+    if build == "from_url":
+        backend = co.RedisBackend.from_url(
+            f"redis://app:{PASSWORD}@127.0.0.1:{port}/0", cluster=True, socket_connect_timeout=1
+        )
+    else:
+        backend = co.RedisBackend.from_cluster(
+            [f"127.0.0.1:{port}"], password=PASSWORD, socket_connect_timeout=1
+        )
+    built = time.monotonic() - start
+    try:
+        assert built < 0.1
+        assert backend.server == f"cluster 127.0.0.1:{port}"
+        assert repr(backend) == f"RedisBackend(cluster='127.0.0.1:{port}')"
+        for name, use in FIRST_USES.items():
+            with pytest.raises(co.BackendUnavailable) as info:
+                use(backend)
+            exc = info.value
+            assert f"127.0.0.1:{port}" in str(exc), name
+            assert exc.server == backend.server, name
+            assert PASSWORD not in str(exc), name
+            assert isinstance(exc.__cause__, redis.exceptions.RedisClusterException), name
+    finally:
+        backend.close()
+    with pytest.raises(co.BackendUnavailable, match="closed"):
+        backend.get("k")
+
+
+def test_a_lazy_cluster_backend_connects_once_under_concurrent_first_use(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads that all make the first call share one RedisCluster client, built once."""
+    built: list[object] = []
+    original = redis.cluster.RedisCluster.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.cluster.RedisCluster, "__init__", counting)
+    backend = co.RedisBackend.from_cluster(redis_cluster.startup_nodes)
+    assert built == []
+    start = threading.Barrier(8)
+
+    def first_use(i: int) -> bytes | None:
+        start.wait()
+        backend.set(f"lazy{i}", b"v")
+        return backend.get(f"lazy{i}")
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(first_use, range(8))) == [b"v"] * 8
+        assert built == [backend.client]
+        assert backend.delete_many([f"lazy{i}" for i in range(8)]) == 8
+    finally:
+        backend.close()
+
+
+def test_a_decoding_lazy_cluster_is_refused_at_build_or_first_use(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """decode_responses as a keyword is refused when building; in the URL, at first use."""
+    first = redis_cluster.startup_nodes[0]
+    with pytest.raises(co.ConfigurationError, match="decode_responses=False"):
+        co.RedisBackend.from_cluster(redis_cluster.startup_nodes, decode_responses=True)
+    backend = co.RedisBackend.from_url(f"redis://{first}/0?decode_responses=True", cluster=True)
+    try:
+        with pytest.raises(co.ConfigurationError, match="decode_responses=False"):
+            backend.get("k")
+    finally:
+        backend.close()
+
+
+def test_from_cluster_checks_its_nodes_when_built() -> None:
+    """Nodes that are not "host:port" are a ValueError at once."""
     for bad in (["localhost"], ["host:port"], []):
         with pytest.raises(ValueError, match="host:port"):
             co.RedisBackend.from_cluster(bad)
@@ -247,8 +340,8 @@ def test_each_batch_is_one_round_trip_per_node(
 
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
     batches: list[tuple[Callable[[], object], Callable[[str], dict[str, int]]]] = [
-        (lambda: store.get_many(keys), reads),
         (lambda: store.set_many([(k, b"v") for k in keys]), lambda a: {"mset": slots[a]}),
+        (lambda: store.get_many(keys), reads),  # no miss, so no EXISTS follows
         (
             lambda: store.set_many([(k, b"v") for k in keys], ttl=9),
             lambda a: {"set": len(grouped[a])},
@@ -378,7 +471,7 @@ def test_nodes_are_called_concurrently(
         for name, batch in [
             ("set_many", lambda: slow.set_many([(k, b"v") for k in keys], ttl=30)),
             ("get_many", lambda: slow.get_many(keys)),
-            ("add_many", lambda: slow.add_many([(k, b"w") for k in keys])),
+            ("add_many", lambda: slow.add_many([(f"new{k}", b"w") for k in keys])),
             ("delete_many", lambda: slow.delete_many(keys)),
         ]:
             start = time.monotonic()
@@ -441,6 +534,30 @@ def test_repository_keys_with_braces_stay_in_their_slot(
         assert "}" not in key
         assert node.cluster("KEYSLOT", key) == cluster_client(store).keyslot(key)
     assert plain.get_many(names) == [Plain(n) for n in names]
+
+
+def test_keep_ttl_keeps_the_remaining_ttl_on_every_node(store: co.RedisBackend) -> None:
+    """replace, replace_many and cas with KEEP_TTL keep each key's PTTL on its own node, and
+    keep "no expiry" as no expiry."""
+    client = cluster_client(store)
+    keys = [f"t{i}" for i in range(30)]
+    assert len({owner(store, key) for key in keys}) == 3
+    store.set_many([(key, b"old") for key in keys[:15]], ttl=100)
+    store.set_many([(key, b"old") for key in keys[15:]])
+    for i, key in enumerate(keys[:-2]):
+        if i % 3 == 0:
+            assert store.replace(key, b"new", ttl=co.KEEP_TTL) is True
+        elif i % 3 == 1:
+            got = store.gets(key)
+            assert got is not None
+            assert store.cas(key, b"new", got[1], ttl=co.KEEP_TTL) is True
+    tail = [(key, b"new") for i, key in enumerate(keys) if i % 3 == 2 or i >= 28]
+    assert store.replace_many(tail, ttl=co.KEEP_TTL) == [True] * len(tail)
+    assert store.get_many(keys) == [b"new"] * 30
+    for key in keys[:15]:
+        assert 90_000 < client.pttl(key) <= 100_000, key
+    for key in keys[15:]:
+        assert client.pttl(key) == -1, key
 
 
 def test_cas_loads_its_script_on_each_node(
@@ -514,8 +631,10 @@ def test_moved_and_ask_redirect_every_write_once(
         assert store.cas(moved_key, b"2", got[1]) is True
         assert store.add_many([(moved_key, b"x"), ("{" + moved_key + "}2", b"y")]) == [False, True]
         assert owner(store, moved_key) == b  # refreshed by the MOVED reply
-        # cas: EVALSHA (NOSCRIPT on this node), then EVAL, whose script runs GET and SET
-        assert calls(nodes[b]) == {"set": 4, "incrby": 1, "evalsha": 1, "eval": 1, "get": 2}
+        # cas: EVALSHA (NOSCRIPT on this node), then EVAL, whose script runs GET and SET;
+        # the refused add of add_many is checked with a TYPE
+        expected = {"set": 4, "incrby": 1, "evalsha": 1, "eval": 1, "get": 2, "type": 1}
+        assert calls(nodes[b]) == expected
         assert nodes[b].get("{" + moved_key + "}n") == b"5"
 
         nodes[b].cluster("SETSLOT", ask_slot, "IMPORTING", ids[a])
@@ -524,7 +643,8 @@ def test_moved_and_ask_redirect_every_write_once(
         assert store.add(ask_key, b"asked") is True
         assert store.incr("{" + ask_key + "}n") == 1
         assert store.add_many([("{" + ask_key + "}2", b"y"), (ask_key, b"z")]) == [True, False]
-        assert calls(nodes[b]) == {"asking": 4, "set": 3, "incrby": 1}
+        # the refused add's TYPE check is asked (ASK) to the importing node too
+        assert calls(nodes[b]) == {"asking": 5, "set": 3, "incrby": 1, "type": 1}
         assert calls(nodes[a]).get("set", 0) == 0
     finally:
         for slot in (moved_slot, ask_slot):
@@ -752,3 +872,42 @@ def test_a_killed_node_fails_its_keys_and_not_the_others(
         for client in nodes.values():
             client.config_set("cluster-require-full-coverage", "yes")
         backend.close()
+
+
+def test_a_node_failing_after_mget_fails_the_get_many(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster, a get_many whose EXISTS of the misses cannot reach the nodes raises
+    BackendUnavailable naming EXISTS, never misses it could not check."""
+    proxies: dict[tuple[str, int], FaultProxy] = {}
+    for address in redis_cluster.startup_nodes:
+        host, _, port = address.rpartition(":")
+        proxies[(host, int(port))] = FaultProxy(host, int(port))
+
+    def through_proxy(address: tuple[str, int]) -> tuple[str, int]:
+        proxy = proxies.get(address)
+        return address if proxy is None else (proxy.host, proxy.port)
+
+    backend = co.RedisBackend.from_cluster(
+        redis_cluster.startup_nodes,
+        address_remap=through_proxy,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+    )
+    original = co.RedisBackend._foreign_misses
+
+    def nodes_fail(self: co.RedisBackend, keys: list[str]) -> None:
+        for proxy in proxies.values():
+            proxy.refuse()
+        original(self, keys)
+
+    monkeypatch.setattr(co.RedisBackend, "_foreign_misses", nodes_fail)
+    try:
+        backend.set("hit", b"v")
+        with pytest.raises(co.BackendUnavailable, match="EXISTS") as info:
+            backend.get_many(["hit", "miss"])
+        assert info.value.key == "miss"
+    finally:
+        backend.close()
+        for proxy in proxies.values():
+            proxy.close()

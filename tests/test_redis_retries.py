@@ -514,3 +514,57 @@ def test_a_command_whose_send_fails_was_not_applied(
         ["a", "b"],
     )
     assert raw.dbsize() == 0
+
+
+# -- the follow-up reads that tell a miss from a key of another Redis type ------------
+
+
+def test_a_network_failure_after_mget_fails_the_get_many(
+    no_retry: RedisBackend, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get_many whose MGET answered and whose EXISTS of the misses cannot be sent raises
+    BackendUnavailable naming EXISTS: it never reports misses it could not check."""
+    no_retry.set("hit", b"v")
+    original = RedisBackend._foreign_misses
+
+    def network_fails(self: RedisBackend, keys: list[str]) -> None:
+        refuse(proxy)
+        original(self, keys)
+
+    monkeypatch.setattr(RedisBackend, "_foreign_misses", network_fails)
+    with pytest.raises(BackendUnavailable, match="EXISTS") as info:
+        no_retry.get_many(["hit", "miss"])
+    assert info.value.key == "miss"
+
+
+@pytest.fixture
+def types_fail(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network refuses every connection just before the backend reads key types."""
+    original = RedisBackend._types
+
+    def network_fails(self: RedisBackend, op: str, keys: list[str]) -> list[str]:
+        refuse(proxy)
+        return original(self, op, keys)
+
+    monkeypatch.setattr(RedisBackend, "_types", network_fails)
+
+
+def test_a_network_failure_before_type_fails_the_get_many(
+    no_retry: RedisBackend, raw: redis.Redis, types_fail: None
+) -> None:
+    """A miss that EXISTS says is there gets its TYPE read; if that fails, get_many is
+    BackendUnavailable naming TYPE."""
+    raw.hset("h", "f", "v")
+    with pytest.raises(BackendUnavailable, match="TYPE") as info:
+        no_retry.get_many(["h"])
+    assert info.value.key == "h"
+
+
+def test_a_refused_add_stays_refused_when_its_type_check_fails(
+    no_retry: RedisBackend, raw: redis.Redis, types_fail: None
+) -> None:
+    """add refused by SET NX answers False even if the TYPE read after it cannot be sent:
+    nothing was written either way."""
+    raw.set("taken", b"old")
+    assert no_retry.add("taken", b"new") is False
+    assert raw.get("taken") == b"old"

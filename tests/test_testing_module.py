@@ -88,7 +88,58 @@ def test_a_backend_that_ignores_ttls_fails_the_contract(pytester: pytest.Pyteste
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-k", "ttl or expire")
     outcomes = result.parseoutcomes()
-    assert outcomes["failed"] == 3
+    assert outcomes["failed"] == 4
+    result.stdout.fnmatch_lines(["*test_keep_ttl_keeps_a_finite_ttl*"])
+
+
+def test_a_backend_whose_keep_ttl_clears_the_ttl_fails_the_contract(
+    pytester: pytest.Pytester,
+) -> None:
+    """A backend whose replace treats KEEP_TTL as "no expiry" fails the finite-TTL test."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        """
+        import cacheorm as co
+        from conftest import ContractOnMemory
+
+        class Clearing(co.MemoryBackend):
+            def replace(self, key, value, /, ttl=None):
+                return super().replace(key, value, None if ttl is co.KEEP_TTL else ttl)
+
+        class TestClearing(ContractOnMemory):
+            def make(self, clock):
+                return Clearing(clock=clock)
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-k", "keep_ttl_keeps")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_keep_ttl_keeps_a_finite_ttl*"])
+
+
+def test_a_backend_that_is_not_a_context_manager_fails_the_contract(
+    pytester: pytest.Pytester,
+) -> None:
+    """A backend without __enter__/__exit__ fails the context-manager test."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(
+        """
+        import cacheorm as co
+        from conftest import ContractOnMemory
+
+        class Plain:
+            def __init__(self, clock):
+                self._inner = co.MemoryBackend(clock=clock)
+
+            def __getattr__(self, name):
+                return getattr(self._inner, name)
+
+        class TestPlain(ContractOnMemory):
+            def make(self, clock):
+                return Plain(clock)
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-k", "is_a_context_manager")
+    result.assert_outcomes(failed=1)
 
 
 def test_a_subclass_without_a_backend_fixture_says_what_is_missing(

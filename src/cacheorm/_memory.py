@@ -9,12 +9,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from cacheorm._backend import CasToken
+from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_key as _check_key
 from cacheorm._checks import check_ttl as _check_ttl
-from cacheorm._errors import BackendError
+from cacheorm._errors import BackendError, InvalidTTL
+from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 __all__ = ["MemoryBackend"]
 
@@ -38,7 +39,7 @@ class _Entry:
         self.version = version
 
 
-class MemoryBackend:
+class MemoryBackend(Closing):
     """The embedded default backend: an LRU dictionary of bytes with TTL.
 
     Data lives in this process only; it is not shared with other processes and
@@ -46,7 +47,9 @@ class MemoryBackend:
     under one lock, so the backend is safe to share between threads and its
     add, replace, incr and cas are atomic. Expired entries are invisible and
     removed lazily. Reads (``get``, ``get_many``, ``gets``) and writes mark an
-    entry as recently used; ``exists`` does not.
+    entry as recently used; ``exists`` does not. ``replace``, ``replace_many``
+    and ``cas`` with ``ttl=KEEP_TTL`` keep the entry's expiry time (or its
+    lack of one). It is a context manager, like every backend.
 
     Args:
         max_entries: evict the least recently used entry (an expired one first,
@@ -173,28 +176,41 @@ class MemoryBackend:
         """``add`` for each pair, in order; a later pair sees earlier ones."""
         return self._write_if(_as_items(items), ttl, present=False)
 
-    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` holds a live value; True if stored."""
+    def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` holds a live value; True if stored.
+
+        With ``ttl=KEEP_TTL`` the entry keeps its expiry time.
+        """
         return self._write_if([(_check_key(key), _as_bytes(key, value))], ttl, present=True)[0]
 
     def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
     ) -> list[bool]:
-        """``replace`` for each pair, in order."""
+        """``replace`` for each pair, in order (``KEEP_TTL`` keeps each entry's expiry)."""
         return self._write_if(_as_items(items), ttl, present=True)
 
     def _write_if(
-        self, pairs: list[tuple[str, bytes]], ttl: float | None, *, present: bool
+        self, pairs: list[tuple[str, bytes]], ttl: BackendTTL, *, present: bool
     ) -> list[bool]:
         """Store each pair whose key's liveness equals ``present``, under one lock."""
-        _check_ttl(ttl)
+        keep = ttl is KEEP_TTL
+        if ttl is KEEP_TTL:
+            if not present:
+                raise InvalidTTL("ttl=KEEP_TTL keeps the TTL of a value replaced: not for add")
+            seconds = None
+        else:
+            _check_ttl(ttl)
+            seconds = ttl
         result: list[bool] = []
         with self._lock:
             now = self._clock()
-            expires_at = self._deadline(ttl, now)
+            expires_at = self._deadline(seconds, now)
             for key, value in pairs:
-                ok = (self._live(key, now) is not None) is present
+                entry = self._live(key, now)
+                ok = (entry is not None) is present
                 if ok:
+                    if keep and entry is not None:
+                        expires_at = entry.expires_at
                     self._store(key, value, expires_at, now)
                 result.append(ok)
         return result
@@ -269,16 +285,21 @@ class MemoryBackend:
             self._data.move_to_end(key)
             return entry.value, entry.version
 
-    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
-        """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``."""
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
+        """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``.
+
+        With ``ttl=KEEP_TTL`` the entry keeps its expiry time.
+        """
         data = _as_bytes(_check_key(key), value)
-        _check_ttl(ttl)
+        if ttl is not KEEP_TTL:
+            _check_ttl(ttl)
         with self._lock:
             now = self._clock()
             entry = self._live(key, now)
             if entry is None or type(token) is not int or entry.version != token:
                 return False
-            self._store(key, data, self._deadline(ttl, now), now)
+            expires_at = entry.expires_at if ttl is KEEP_TTL else self._deadline(ttl, now)
+            self._store(key, data, expires_at, now)
             return True
 
     def close(self) -> None:

@@ -17,11 +17,12 @@ import math
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from cacheorm._backend import CasToken
+from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_key as _check_key
@@ -37,6 +38,7 @@ from cacheorm._errors import (
     describe_keys,
     safe_repr,
 )
+from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 if TYPE_CHECKING:
     import redis
@@ -58,18 +60,16 @@ _TOKEN = re.compile(r"[0-9a-f]{40}")
 #: The key types the batch fast path accepts without checking each key.
 _STR = frozenset({str})
 
-#: Compare-and-set on one key: store ARGV[2] (with PX ARGV[3] when given) only
-#: if the key holds a value whose SHA-1 hex digest is ARGV[1]; 1 if stored.
+#: Compare-and-set on one key: store ARGV[2] only if the key holds a value whose
+#: SHA-1 hex digest is ARGV[1]; 1 if stored. ARGV[3:] are SET's expiry options
+#: (``PX ms``, ``KEEPTTL`` or nothing). GET on a key of another type raises
+#: WRONGTYPE, so the script never replaces one.
 _CAS_SCRIPT = """
 local current = redis.call('GET', KEYS[1])
 if not current or redis.sha1hex(current) ~= ARGV[1] then
   return 0
 end
-if ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
+redis.call('SET', KEYS[1], ARGV[2], unpack(ARGV, 3))
 return 1
 """
 _CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
@@ -120,6 +120,34 @@ def _px(ttl: float | None) -> int | None:
     return math.ceil(ms)
 
 
+#: SET's option that keeps the key's remaining TTL (Redis 6.0+).
+_KEEP: tuple[Any, ...] = ("KEEPTTL",)
+
+
+def _expiry(ttl: BackendTTL) -> tuple[Any, ...]:
+    """SET's expiry options for ``ttl``: ``PX ms``, ``KEEPTTL`` for KEEP_TTL, or none.
+
+    Raises:
+        InvalidTTL: as :func:`_px`.
+    """
+    if ttl is KEEP_TTL:
+        return _KEEP
+    px = _px(ttl)
+    return () if px is None else ("PX", px)
+
+
+#: What a "key holds another type" error tells the user.
+_FOREIGN_HINT = (
+    "another program uses this key. cacheorm neither reads it nor replaces it, "
+    "except by an explicit set (save) or delete; use another namespace or prefix"
+)
+
+
+def _type_name(reply: bytes) -> str:
+    """A TYPE reply (``b"string"``, ``b"hash"``, ``b"none"``...) as str."""
+    return reply.decode("ascii", "replace")
+
+
 def _address(kwargs: Any) -> str:
     """``host:port`` or the unix socket path of connection keyword arguments; never a password."""
     if not isinstance(kwargs, dict):
@@ -131,6 +159,25 @@ def _address(kwargs: Any) -> str:
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     return f"{host}:{kwargs.get('port', 6379)}"
+
+
+def _url_password(url: str) -> str | None:
+    """The password in ``url`` (percent-decoded), or None if none or unparsable."""
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:  # e.g. a broken IPv6 address: there is no password to find
+        return None
+    return urllib.parse.unquote(password) if password else None
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***``."""
+    if _url_password(url) is None:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _server_address(client: Any) -> str:
@@ -317,7 +364,7 @@ class _Broken(Exception):
         self.server = server
 
 
-class RedisBackend:
+class RedisBackend(Closing):
     """Stores bytes in Redis (or anything speaking its protocol: Valkey, KeyDB, ...).
 
     Every single-key operation is one Redis command and one round trip; a
@@ -336,7 +383,20 @@ class RedisBackend:
     :meth:`close` shuts down; results come back in input order. A MOVED or
     ASK reply means the command was not applied, so it is redirected (after
     refreshing the slot map for MOVED), at most five times, for every kind of
-    write.
+    write. redis-py's ``RedisCluster`` connects when it is built; the cluster
+    backends that :meth:`from_url` and :meth:`from_cluster` make build it on
+    their first operation instead, so building one never connects.
+
+    **Keys of another type.** A key that holds a hash, list or other non-string
+    Redis type is a :class:`~cacheorm.BackendError` naming the key and server
+    on every read (``get``, ``get_many``, ``gets``, ``exists``) and on every
+    conditional write (``add``, ``replace``, ``cas``, ``incr`` and the batch
+    forms), which never replace it. ``set``, ``set_many`` and ``delete`` are
+    unconditional, as in Redis: they replace or remove it. ``replace`` uses
+    ``SET ... XX GET``, which needs Redis 6.2 or later.
+
+    **Keeping the TTL.** ``replace``, ``replace_many`` and ``cas`` with
+    ``ttl=KEEP_TTL`` send ``KEEPTTL``: the value keeps the key's remaining TTL.
 
     **Retries.** Connections, timeouts and TLS are the redis-py client's.
 
@@ -406,31 +466,22 @@ class RedisBackend:
                 f"not {type(client).__name__}; use RedisBackend.from_url(url) to build one "
                 "from a URL"
             )
+        self._setup(redis_module, is_cluster=isinstance(client, cluster_class))
+        self._attach(client)
+
+    def _setup(self, redis_module: Any, *, is_cluster: bool) -> None:
+        """The state that does not depend on a connected client."""
         exceptions = redis_module.exceptions
-        self._cluster: Any = client if isinstance(client, cluster_class) else None
-        if self._cluster is not None:
-            pool_kwargs = getattr(self._cluster.nodes_manager, "connection_kwargs", {}) or {}
-            startup = list(getattr(self._cluster.nodes_manager, "startup_nodes", {}) or {})
-            self._server = f"cluster {','.join(startup) or '<no startup node>'}"
-        else:
-            pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-            self._server = _server_address(client)
-        if pool_kwargs.get("decode_responses"):
-            raise ConfigurationError(
-                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
-            )
-        self._client: RedisClient = client
-        password = pool_kwargs.get("password")
-        self._password: str | None = str(password) if password else None
-        self._db = pool_kwargs.get("db", 0)
-        # Bound once: the hot paths then cost one attribute lookup per call.
-        self._execute: Callable[..., Any] = client.execute_command
+        self._redis = redis_module
+        self._is_cluster = is_cluster
+        self._cluster: Any = None
+        self._client: Any = None
+        self._server = "<not connected>"
+        self._password: str | None = None
+        self._db: Any = 0
         self._main: _Server | None = None
-        if self._cluster is None:
-            if getattr(client, "connection", None) is not None:
-                self._main = _Server.of_single_connection(self._server, client)
-            else:
-                self._main = _Server.of_pool(self._server, client.connection_pool)
+        self._build: Callable[[], Any] | None = None
+        self._connect_lock = threading.Lock()
         self._nodes: dict[str, _Server] = {}
         self._threads: ThreadPoolExecutor | None = None
         self._threads_lock = threading.Lock()
@@ -463,44 +514,110 @@ class RedisBackend:
         # How keys become bytes (the client's encoding), for hashing them to slots here.
         self._key_slot: Callable[[bytes], int] | None = None
         self._key_encoding: tuple[str, str] = ("utf-8", "strict")
-        if self._cluster is not None:
-            encoder = getattr(self._cluster, "encoder", None)
-            key_slot = getattr(getattr(redis_module, "crc", None), "key_slot", None)
+
+    def _attach(self, client: Any, server: str | None = None) -> None:
+        """Use ``client``; ``server`` names it (else its address, or its startup nodes).
+
+        Raises:
+            ConfigurationError: the client decodes responses to str.
+        """
+        if self._is_cluster:
+            pool_kwargs = getattr(client.nodes_manager, "connection_kwargs", {}) or {}
+            if server is None:
+                startup = list(getattr(client.nodes_manager, "startup_nodes", {}) or {})
+                server = f"cluster {','.join(startup) or '<no startup node>'}"
+        else:
+            pool_kwargs = getattr(client.connection_pool, "connection_kwargs", {})
+            server = _server_address(client)
+        if pool_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
+        self._server = server
+        password = pool_kwargs.get("password")
+        self._password = str(password) if password else None
+        self._db = pool_kwargs.get("db", 0)
+        if self._is_cluster:
+            encoder = getattr(client, "encoder", None)
+            key_slot = getattr(getattr(self._redis, "crc", None), "key_slot", None)
             if encoder is not None and key_slot is not None:
                 self._key_encoding = (encoder.encoding, encoder.encoding_errors)
                 self._key_slot = key_slot
+        elif getattr(client, "connection", None) is not None:
+            self._main = _Server.of_single_connection(server, client)
+        else:
+            self._main = _Server.of_pool(server, client.connection_pool)
+        self._client = client
+        # Bound once: the hot paths then cost one attribute lookup per call.
+        self._execute: Callable[..., Any] = client.execute_command
+        if self._is_cluster:
+            self._cluster = client  # last: a thread that sees it sees the rest
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs: Any) -> RedisBackend:
         """A backend on a new client for ``url``, built by redis-py's ``from_url``.
 
         ``redis://[[user]:[password]@]host[:port][/db]``, ``rediss://...`` (TLS)
-        and ``unix:///path/to/redis.sock[?db=N]`` are accepted. ``socket_timeout``
-        and ``socket_connect_timeout`` default to 5 seconds; every other keyword
+        and ``unix:///path/to/redis.sock[?db=N]`` are accepted (a cluster:
+        ``redis://`` and ``rediss://``). ``socket_timeout`` and
+        ``socket_connect_timeout`` default to 5 seconds; every other keyword
         (``retry``, ``max_connections``, ``ssl_*``, ...) goes to redis-py as is,
         so the retry policy is redis-py's for clients built from a URL unless
         ``retry=`` says otherwise.
 
+        Nothing connects here, for a cluster too: redis-py's ``RedisCluster``
+        connects when it is built, so with ``cluster=True`` it is built on the
+        first operation (or the first read of :attr:`client`), and a cluster
+        that cannot be reached raises :class:`~cacheorm.BackendUnavailable`
+        from there, naming the node.
+
         Args:
             url: the server's URL; with ``cluster=True``, any node of the cluster.
-            cluster: build a ``redis.cluster.RedisCluster``, which discovers
+            cluster: use a ``redis.cluster.RedisCluster``, which discovers
                 the other nodes from this one.
             **kwargs: more ``redis.Redis`` / ``RedisCluster`` / connection pool options.
 
         Raises:
             MissingDependency: redis-py is not installed.
-            ValueError: ``url`` is not a Redis URL (raised by redis-py).
-            ConfigurationError: ``decode_responses`` was asked for.
-            BackendUnavailable: ``cluster=True`` and no node could be reached.
+            ConfigurationError: ``url`` has another scheme or is not a URL redis-py
+                can parse (the message names it, password masked), or
+                ``decode_responses`` was asked for.
         """
         redis_module = _import_redis()
+        schemes = ("redis", "rediss") if cluster else ("redis", "rediss", "unix")
+        shown = _masked_url(url)
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in schemes:
+            accepted = ", ".join(f"{name}://" for name in schemes)
+            raise ConfigurationError(
+                f"RedisBackend.from_url({shown!r}{', cluster=True' if cluster else ''}): the "
+                f"URL must start with one of {accepted}, e.g. 'redis://localhost:6379/0'"
+            )
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
+        try:
+            parsed = redis_module.connection.parse_url(url)  # no I/O; refuses a bad port
+            if not cluster:
+                client = redis_module.Redis.from_url(url, **kwargs)
+        except ValueError as exc:
+            detail = str(exc)
+            password = _url_password(url)
+            if password:
+                detail = detail.replace(password, "***")
+            raise ConfigurationError(
+                f"RedisBackend.from_url({shown!r}): redis-py cannot use this URL: {detail}"
+            ) from exc
         if cluster:
-            return cls._build_cluster(
-                lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs)
+            host, port = parsed.get("host", "localhost"), parsed.get("port", 6379)
+            return cls._lazy_cluster(
+                lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs),
+                f"cluster {_address({'host': host, 'port': port})}",
+                parsed.get("password") or kwargs.get("password"),
             )
-        client = redis_module.Redis.from_url(url, **kwargs)
         try:
             return cls(client)
         except BaseException:
@@ -515,6 +632,11 @@ class RedisBackend:
         every other keyword (``retry``, ``password``, ``ssl``, ``address_remap``,
         ...) goes to ``RedisCluster`` as is.
 
+        Nothing connects here: the ``RedisCluster`` (which connects when it is
+        built) is built on the first operation or the first read of
+        :attr:`client`, and a cluster that cannot be reached raises
+        :class:`~cacheorm.BackendUnavailable` from there, naming the nodes.
+
         Args:
             nodes: ``"host:port"`` of one or more cluster nodes.
             **kwargs: more ``RedisCluster`` options.
@@ -523,7 +645,6 @@ class RedisBackend:
             MissingDependency: redis-py is not installed.
             ValueError: no node, or a node that is not ``host:port``.
             ConfigurationError: ``decode_responses`` was asked for.
-            BackendUnavailable: no node could be reached.
         """
         redis_module = _import_redis()
         if isinstance(nodes, str):
@@ -536,32 +657,85 @@ class RedisBackend:
             startup.append(redis_module.cluster.ClusterNode(host.strip("[]"), int(port)))
         if not startup:
             raise ValueError("from_cluster needs at least one 'host:port' node")
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "RedisBackend needs a redis client with decode_responses=False: values are bytes"
+            )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
-        return cls._build_cluster(
-            lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs)
+        names = ",".join(_address({"host": node.host, "port": node.port}) for node in startup)
+        return cls._lazy_cluster(
+            lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs),
+            f"cluster {names}",
+            kwargs.get("password"),
         )
 
     @classmethod
-    def _build_cluster(cls, build: Callable[[], Any]) -> RedisBackend:
-        """A backend on the cluster client ``build`` makes; its connection errors translated."""
-        exceptions = _import_redis().exceptions
-        try:
-            client = build()
-        except (exceptions.RedisClusterException, exceptions.RedisError, OSError) as exc:
-            raise BackendUnavailable(
-                f"redis cluster is unavailable: {exc}".replace("\n", " ")
-            ) from exc
-        try:
-            return cls(client)
-        except BaseException:
-            client.close()
-            raise
+    def _lazy_cluster(
+        cls, build: Callable[[], Any], server: str, password: str | None
+    ) -> RedisBackend:
+        """A cluster backend whose client ``build`` makes on first use (it connects)."""
+        self = cls.__new__(cls)
+        self._setup(_import_redis(), is_cluster=True)
+        self._server = server
+        self._password = str(password) if password else None
+        self._build = build
+        self._execute = self._execute_connecting
+        return self
+
+    def _connected_cluster(self, op: str, keys: str | Sequence[str]) -> Any:
+        """The RedisCluster client, built on first use (one thread builds it).
+
+        Raises:
+            BackendUnavailable: no startup node could be reached (this call
+                fails; the next one tries again), or the backend is closed.
+            ConfigurationError: the client decodes responses to str.
+        """
+        with self._connect_lock:
+            if self._cluster is not None:
+                return self._cluster
+            if self._closed:
+                raise BackendUnavailable(
+                    f"this RedisBackend ({self._server}) is closed", server=self._server
+                )
+            build = self._build
+            assert build is not None
+            try:
+                client = build()
+            except self._errors as exc:
+                what, key = _describe(keys)
+                detail = self._detail(exc).replace("\n", " ")
+                raise BackendUnavailable(
+                    f"redis {op} of {what} failed: {self._server} is unavailable: {detail}",
+                    key=key,
+                    server=self._server,
+                ) from exc
+            try:
+                self._attach(client, self._server)
+            except BaseException:
+                client.close()
+                raise
+            return client
+
+    def _execute_connecting(self, *args: Any, **options: Any) -> Any:
+        """``execute_command`` before the cluster client exists: build it, then run."""
+        keys = [str(arg) for arg in args[1:2]]
+        return self._connected_cluster(str(args[0]), keys).execute_command(*args, **options)
 
     @property
     def client(self) -> RedisClient:
-        """The redis-py client, for commands this backend does not offer."""
-        return self._client
+        """The redis-py client, for commands this backend does not offer.
+
+        For a backend built by ``from_url(..., cluster=True)`` or
+        :meth:`from_cluster`, reading it the first time builds (and connects)
+        the ``RedisCluster``.
+
+        Raises:
+            BackendUnavailable: the cluster's client could not be built.
+        """
+        if self._client is None:
+            return self._connected_cluster("connect", [])  # type: ignore[no-any-return]
+        return self._client  # type: ignore[no-any-return]
 
     @property
     def server(self) -> str:
@@ -596,8 +770,25 @@ class RedisBackend:
             return InvalidTTL(
                 f"redis {op} of {what} refused the ttl on {server}: {detail}", key=key
             )
+        if isinstance(exc, self._response_error) and detail.startswith("WRONGTYPE"):
+            return BackendError(
+                f"redis {op} of {what} failed on {server}: the key holds another Redis type, "
+                f"not a string value; {_FOREIGN_HINT} ({detail})",
+                key=key,
+                server=server,
+            )
         return BackendError(
             f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
+        )
+
+    def _foreign(self, op: str, key: str, kind: str) -> BackendError:
+        """BackendError: ``key`` holds a Redis ``kind`` (a hash, a list...), not a string."""
+        server = self._node_of(None, key)
+        return BackendError(
+            f"redis {op} of key {safe_repr(key)}: the key holds a Redis {kind}, not a string "
+            f"value, on {server}; {_FOREIGN_HINT}",
+            key=key,
+            server=server,
         )
 
     def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
@@ -610,7 +801,7 @@ class RedisBackend:
             server=server,
         )
 
-    def _node_of(self, exc: BaseException, key: str | None) -> str:
+    def _node_of(self, exc: BaseException | None, key: str | None) -> str:
         """The node a redis-py error concerns (cluster), or this backend's server."""
         if self._cluster is None:
             return self._server
@@ -1016,6 +1207,8 @@ class RedisBackend:
 
     def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
         """Each key's hash slot."""
+        if self._cluster is None:  # a lazy cluster backend's first use
+            self._connected_cluster(op, keys)
         key_slot = self._key_slot
         try:
             if key_slot is not None:  # keys are str: encode as the client would, hash
@@ -1069,13 +1262,71 @@ class RedisBackend:
         keys = _key_list(keys)
         if not keys:
             return []
-        if self._cluster is not None:
+        if self._is_cluster:
             return self._cluster_get_many(keys)
         try:
             values: list[bytes | None] = self._execute("MGET", *keys, keys=keys)
         except self._errors as exc:
             raise self._fail("MGET", keys, exc) from exc
+        if None in values:
+            self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
         return values
+
+    def _foreign_misses(self, keys: list[str]) -> None:
+        """Raise BackendError if a key MGET answered nil for holds another Redis type.
+
+        MGET answers nil both for an absent key and for a hash or list, so the
+        misses of a batch get one EXISTS (per slot on a cluster): one more
+        round trip, only for a batch with misses. Only if some miss exists
+        (another type, or a value written since the MGET) are their types read.
+        """
+        keys = list(dict.fromkeys(keys))
+        if not self._is_cluster:
+            try:
+                found: int = self._execute("EXISTS", *keys, keys=keys)
+            except self._errors as exc:
+                raise self._fail("EXISTS", keys, exc) from exc
+        else:
+            groups = list(self._by_slot("EXISTS", keys).items())
+            commands = [("EXISTS", *[keys[i] for i in ix]) for _, ix in groups]
+            replies = self._cluster_read("EXISTS", commands, [slot for slot, _ in groups], keys)
+            found = sum(replies)
+        if found:
+            self._refuse_foreign("TYPE", keys)
+
+    def _types(self, op: str, keys: list[str]) -> list[str]:
+        """The Redis type of each key (TYPE, pipelined: one round trip per server)."""
+        commands = [("TYPE", key) for key in keys]
+        if self._is_cluster:
+            replies = self._cluster_read(op, commands, self._slots(op, keys), keys)
+        else:
+            server = self._main
+            assert server is not None
+            try:
+                replies = self._exchange(server, commands, idempotent=True)
+            except _Broken as broken:
+                raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
+            self._first_error(op, replies, keys)
+        return [_type_name(reply) for reply in replies]
+
+    def _refuse_foreign(self, op: str, keys: list[str]) -> None:
+        """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
+        for key, kind in zip(keys, self._types(op, keys), strict=True):
+            if kind not in ("string", "none"):
+                raise self._foreign(op, key, kind)
+
+    def _cluster_read(
+        self, op: str, commands: list[tuple[Any, ...]], slots: list[int], keys: list[str]
+    ) -> list[Any]:
+        """Run idempotent read ``commands`` on the cluster; their replies, or the error."""
+        outcome, failures = self._cluster_batch(op, commands, slots, idempotent=True)
+        if failures:
+            name, exc = failures[0]
+            raise self._fail(op, keys, exc, name) from exc
+        for command, reply in zip(commands, outcome, strict=True):
+            if isinstance(reply, BaseException):
+                raise self._fail(op, command[1], reply) from reply
+        return outcome
 
     def _cluster_get_many(self, keys: list[str]) -> list[bytes | None]:
         """get_many on a cluster: an MGET per slot, pipelined per node, nodes at once."""
@@ -1101,6 +1352,8 @@ class RedisBackend:
                 continue
             for i, value in zip(indices, reply, strict=True):
                 values[i] = value
+        if None in values:
+            self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
         return values
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
@@ -1135,7 +1388,7 @@ class RedisBackend:
         if not pairs:
             return
         op = "MSET" if px is None else "SET"
-        if self._cluster is not None:
+        if self._is_cluster:
             self._cluster_set_many(pairs, px)
             return
         if px is None:
@@ -1186,7 +1439,20 @@ class RedisBackend:
             reply = self._once("SET NX", key, ("SET", key, data, "NX"))
         else:
             reply = self._once("SET NX", key, ("SET", key, data, "NX", "PX", px))
-        return reply is not None
+        if reply is not None:
+            return True
+        self._refused_add_check([key])
+        return False
+
+    def _refused_add_check(self, keys: list[str]) -> None:
+        """After SET NX refused ``keys``: BackendError if one holds another Redis type.
+
+        SET NX leaves a hash alone but answers as for any existing key; a TYPE
+        (one more round trip, on the refused path only) tells them apart. If
+        that read fails, the refusal stands: nothing was written either way.
+        """
+        with contextlib.suppress(BackendUnavailable):
+            self._refuse_foreign("SET NX", keys)
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -1198,53 +1464,105 @@ class RedisBackend:
         Raises:
             BatchWriteError: the connection failed part-way (see the class docstring).
         """
-        return self._write_many("NX", _as_items(items), _px(ttl), idempotent=False)
-
-    def replace(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` holds a value (``SET XX``, expiry included); True if stored."""
-        data = _as_bytes(_check_key(key), value)
+        pairs = _as_items(items)
         px = _px(ttl)
-        try:
-            if px is None:
-                stored = self._execute("SET", key, data, "XX")
-            else:
-                stored = self._execute("SET", key, data, "XX", "PX", px)
-        except self._errors as exc:
-            raise self._fail("SET XX", key, exc) from exc
-        return stored is True
+        return self._write_many("NX", pairs, () if px is None else ("PX", px), idempotent=False)
 
-    def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
-    ) -> list[bool]:
-        """``replace`` for each pair, in order, in one pipeline.
+    def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` holds a string value; True if stored.
+
+        One ``SET key value XX GET`` with the expiry (``PX``, or ``KEEPTTL`` for
+        ``ttl=KEEP_TTL``, which keeps the key's remaining TTL, or none) in the same
+        command. ``GET`` makes Redis refuse, unapplied, a key holding another type
+        (plain ``SET XX`` would replace a hash); it needs Redis 6.2 or later.
 
         Raises:
-            BatchWriteError: the connection failed part-way (see the class docstring).
+            BackendError: the key holds another Redis type (a hash, a list...).
         """
-        return self._write_many("XX", _as_items(items), _px(ttl), idempotent=True)
+        data = _as_bytes(_check_key(key), value)
+        expiry = _expiry(ttl)
+        try:
+            # get=True: redis-py's SET callback then hands back the old value as is,
+            # instead of decoding it to compare it with "OK".
+            previous = self._execute("SET", key, data, "XX", "GET", *expiry, get=True)
+        except self._errors as exc:
+            raise self._fail("SET XX", key, exc) from exc
+        return previous is not None
+
+    def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order, in one pipeline (``KEEP_TTL`` too).
+
+        Raises:
+            BatchWriteError: the connection failed part-way (see the class
+                docstring), or a key holds another Redis type while other pairs
+                were written.
+            BackendError: a key holds another Redis type (nothing written).
+        """
+        pairs = _as_items(items)
+        return self._write_many("XX", pairs, ("GET", *_expiry(ttl)), idempotent=True)
 
     def _write_many(
-        self, condition: str, pairs: list[tuple[str, bytes]], px: int | None, idempotent: bool
+        self,
+        condition: str,
+        pairs: list[tuple[str, bytes]],
+        options: tuple[Any, ...],
+        idempotent: bool,
     ) -> list[bool]:
-        """One pipeline of ``SET key value NX|XX [PX px]``; which pairs were stored."""
+        """One pipeline of ``SET key value NX|XX [options]``; which pairs were stored.
+
+        A nil reply is a refusal (NX / XX did not hold); with ``GET`` among the
+        options, a replace answers the old value, also not nil.
+        """
         if not pairs:
             return []
         op = f"SET {condition}"
-        commands: list[tuple[Any, ...]]
-        if px is None:
-            commands = [("SET", key, data, condition) for key, data in pairs]
-        else:
-            commands = [("SET", key, data, condition, "PX", px) for key, data in pairs]
-        if self._cluster is not None:
-            keys = [key for key, _ in pairs]
+        commands = [("SET", key, data, condition, *options) for key, data in pairs]
+        keys = [key for key, _ in pairs]
+        if self._is_cluster:
             outcome, failures = self._cluster_batch(op, commands, self._slots(op, keys), idempotent)
-            self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
-            return [reply is not None for reply in outcome]
-        replies = self._write_batch(
-            op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
+            if failures:
+                self._cluster_failure(op, [[key] for key in keys], outcome, failures, True)
+            replies = outcome
+        else:
+            replies = self._write_batch(
+                op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
+            )
+        stored = [reply is not None for reply in replies]
+        errors = [i for i, reply in enumerate(replies) if isinstance(reply, BaseException)]
+        if errors:
+            for i in errors:
+                stored[i] = False  # an error reply (WRONGTYPE, a refused expiry) wrote nothing
+            error = replies[errors[0]]
+            raise self._partly_written(
+                op, keys, stored, self._fail(op, keys[errors[0]], error)
+            ) from error
+        if condition == "NX" and not all(stored):
+            try:
+                self._refused_add_check([k for k, ok in zip(keys, stored, strict=True) if not ok])
+            except BackendError as exc:
+                raise self._partly_written(op, keys, stored, exc) from None
+        return stored
+
+    def _partly_written(
+        self, op: str, keys: list[str], stored: list[bool], exc: Exception
+    ) -> Exception:
+        """``exc`` (about one pair of a conditional batch), or BatchWriteError if others
+        were stored: ``written`` / ``not_written`` then say which."""
+        written = [key for key, ok in zip(keys, stored, strict=True) if ok]
+        if not written:
+            return exc
+        not_written = [key for key, ok in zip(keys, stored, strict=True) if not ok]
+        return BatchWriteError(
+            f"{exc}; the other pairs of the {op} batch were applied: {len(written)} written, "
+            f"{len(not_written)} not written",
+            written=written,
+            not_written=not_written,
+            unknown=[],
+            key=getattr(exc, "key", None),
+            server=getattr(exc, "server", None),
         )
-        self._first_error(op, replies, [key for key, _ in pairs])
-        return [reply is not None for reply in replies]
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key`` (DEL); True if it existed."""
@@ -1265,7 +1583,7 @@ class RedisBackend:
         keys = _key_list(keys)
         if not keys:
             return 0
-        if self._cluster is not None:
+        if self._is_cluster:
             groups = list(self._by_slot("DEL", keys).items())
             commands = [("DEL", *[keys[i] for i in indices]) for _, indices in groups]
             outcome, failures = self._cluster_batch(
@@ -1281,13 +1599,24 @@ class RedisBackend:
         return removed
 
     def exists(self, key: str, /) -> bool:
-        """True if ``key`` holds a live value (EXISTS)."""
+        """True if ``key`` holds a live value (TYPE: one command, like EXISTS).
+
+        TYPE rather than EXISTS, so that a key of another Redis type is an
+        error here as it is for ``get``, not a record that seems to exist.
+
+        Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
+        """
         _check_key(key)
         try:
-            found: int = self._execute("EXISTS", key)
+            kind = _type_name(self._execute("TYPE", key, keys=(key,)))
         except self._errors as exc:
-            raise self._fail("EXISTS", key, exc) from exc
-        return found > 0
+            raise self._fail("TYPE", key, exc) from exc
+        if kind == "string":
+            return True
+        if kind == "none":
+            return False
+        raise self._foreign("TYPE", key, kind)
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key`` (INCRBY), starting from 0; the new value.
@@ -1327,24 +1656,25 @@ class RedisBackend:
             return None
         return value, hashlib.sha1(value, usedforsecurity=False).hexdigest()
 
-    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: float | None = None) -> bool:
+    def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
 
         One Lua script on the key's server (or node) compares the SHA-1 of the
-        stored value with ``token`` and runs SET (with PX when ``ttl``) if they
-        match: EVALSHA, and EVAL if the server answers NOSCRIPT. A missing key,
-        or a token :meth:`gets` did not make, gives False. Never resent: see
-        the class docstring.
+        stored value with ``token`` and runs SET (with ``PX`` when ``ttl``, with
+        ``KEEPTTL`` for ``ttl=KEEP_TTL``) if they match: EVALSHA, and EVAL if the
+        server answers NOSCRIPT. A missing key, or a token :meth:`gets` did not
+        make, gives False. Never resent: see the class docstring.
 
         Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
             BackendUnavailable: the server could not be reached; nothing was written.
             OutcomeUnknown: the script was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
+        expiry = _expiry(ttl)
         if type(token) is not str or _TOKEN.fullmatch(token) is None:
             return False
-        args: tuple[Any, ...] = (key, token, data) if px is None else (key, token, data, px)
+        args: tuple[Any, ...] = (key, token, data, *expiry)
         stored = self._once(
             "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
         )
@@ -1357,13 +1687,17 @@ class RedisBackend:
             threads, self._threads = self._threads, None
         if threads is not None:
             threads.shutdown(wait=True)
+        with self._connect_lock:  # a lazy cluster's client is then never built
+            client = self._client
+        if client is None:
+            return
         try:
-            self._client.close()
+            client.close()
         except self._errors as exc:
             raise self._fail("close", [], exc) from exc
 
     def __repr__(self) -> str:
         """The class, server address and database; never a password."""
-        if self._cluster is not None:
+        if self._is_cluster:
             return f"RedisBackend(cluster={self._server.removeprefix('cluster ')!r})"
         return f"RedisBackend(server={self._server!r}, db={self._db!r})"

@@ -38,6 +38,7 @@ import pytest
 
 from cacheorm._backend import Backend
 from cacheorm._errors import BackendError
+from cacheorm._ttl import KEEP_TTL
 
 __all__ = ["AWKWARD_KEYS", "BackendContract"]
 
@@ -479,6 +480,45 @@ class BackendContract:
             b"new",
         ]
 
+    def _keep_ttl_writes(self, backend: Backend, keys: dict[str, str]) -> None:
+        """Rewrite each of ``keys`` (``{key: method}``) with ``ttl=KEEP_TTL`` by its method."""
+        for key, method in keys.items():
+            if method == "replace":
+                assert backend.replace(key, b"new", ttl=KEEP_TTL) is True, key
+            elif method == "replace_many":
+                assert backend.replace_many([(key, b"new")], ttl=KEEP_TTL) == [True], key
+            else:
+                got = backend.gets(key)
+                assert got is not None, key
+                assert backend.cas(key, b"new", got[1], ttl=KEEP_TTL) is True, key
+
+    def test_keep_ttl_keeps_a_finite_ttl(self, backend: Backend) -> None:
+        """replace, replace_many and cas with ttl=KEEP_TTL keep the key's TTL: the new
+        value expires when the old one would have, a longer TTL is not cut short."""
+        keys = {"replace": "replace", "replace_many": "replace_many", "cas": "cas"}
+        long_keys = {f"long {key}": method for key, method in keys.items()}
+        backend.set_many([(key, b"old") for key in keys], ttl=self.short_ttl)
+        backend.set_many([(key, b"old") for key in long_keys], ttl=3600)
+        self._keep_ttl_writes(backend, keys)
+        self._keep_ttl_writes(backend, long_keys)
+        assert backend.replace("absent", b"new", ttl=KEEP_TTL) is False
+        assert backend.replace_many([("absent", b"new")], ttl=KEEP_TTL) == [False]
+        assert backend.get_many([*keys, *long_keys, "absent"]) == [b"new"] * 6 + [None]
+
+        self.wait_for_expiry()
+
+        assert backend.get_many([*keys, *long_keys]) == [None] * 3 + [b"new"] * 3
+
+    def test_keep_ttl_keeps_no_expiry(self, backend: Backend) -> None:
+        """A key without a TTL rewritten with ttl=KEEP_TTL still never expires."""
+        keys = {"replace": "replace", "replace_many": "replace_many", "cas": "cas"}
+        backend.set_many([(key, b"old") for key in keys])
+        self._keep_ttl_writes(backend, keys)
+
+        self.wait_for_expiry()
+
+        assert backend.get_many(list(keys)) == [b"new"] * 3
+
     def test_a_fractional_ttl_is_honoured(self, backend: Backend) -> None:
         """A TTL below one second keeps the key until it has passed, then drops it."""
         backend.set("k", b"v", ttl=0.5)
@@ -539,3 +579,25 @@ class BackendContract:
     def test_close_can_be_called(self, backend: Backend) -> None:
         """close() returns normally."""
         backend.close()
+
+    def test_a_backend_is_a_context_manager(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``with backend as b:`` gives the backend and closes it on the way out, also when
+        the block raises (the exception goes on)."""
+        closed: list[bool] = []
+        close = backend.close
+
+        def counting_close() -> None:
+            closed.append(True)
+            close()
+
+        monkeypatch.setattr(backend, "close", counting_close)
+        managed: Any = backend  # the Backend protocol itself does not require __enter__
+        with managed as entered:
+            assert entered is backend
+            assert closed == []
+        assert closed == [True]
+        with pytest.raises(KeyError), managed:
+            raise KeyError("raised in the block")
+        assert closed == [True, True]
