@@ -343,3 +343,19 @@ def test_memcached_logs_a_discarded_connection_and_the_resend(
     assert any(r.levelno == logging.DEBUG and "resending" in r.getMessage() for r in records)
     assert all("value" not in r.getMessage().replace("log-key", "") for r in records)
     backend.close()
+
+
+def test_redis_logs_an_unreachable_server_without_keys(caplog: pytest.LogCaptureFixture) -> None:
+    """An unreachable Redis is a WARNING on cacheorm.redis naming the server, not the key."""
+    port = _free_port()
+    backend = co.RedisBackend.from_url(
+        f"redis://127.0.0.1:{port}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    with caplog.at_level(logging.DEBUG, logger="cacheorm"), pytest.raises(co.BackendUnavailable):
+        backend.get("secret-key")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings
+    assert all(r.name == "cacheorm.redis" for r in warnings)
+    assert all(f"127.0.0.1:{port}" in r.getMessage() for r in warnings)
+    assert all("secret-key" not in r.getMessage() for r in warnings)
+    backend.close()

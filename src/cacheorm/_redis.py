@@ -38,6 +38,7 @@ from cacheorm._errors import (
     describe_keys,
     safe_repr,
 )
+from cacheorm._observe import get_logger
 from cacheorm._ttl import KEEP_TTL, BackendTTL
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
     #: What :class:`RedisBackend` wraps.
     RedisClient = redis.Redis | redis.cluster.RedisCluster
+
+_log = get_logger("redis")
 
 __all__ = ["RedisBackend"]
 
@@ -761,6 +764,9 @@ class RedisBackend(Closing):
         if server is None:
             server = self._node_of(exc, key)
         if isinstance(exc, self._unavailable):  # ClusterDownError is a ClusterError
+            # The class only at WARNING: the detail can quote a reply, and so a key.
+            _log.warning("redis %s: server %s is unavailable (%s)", op, server, type(exc).__name__)
+            _log.debug("redis %s on %s failed: %s", op, server, detail)
             return BackendUnavailable(
                 f"redis {op} of {what} failed: server {server} is unavailable: {detail}",
                 key=key,
@@ -793,6 +799,13 @@ class RedisBackend(Closing):
 
     def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
         """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
+        _log.warning(
+            "redis %s: the connection to %s failed after the command was sent (%s); "
+            "its outcome is unknown and it is not resent",
+            op,
+            server,
+            type(exc).__name__,
+        )
         return OutcomeUnknown(
             f"redis {op} of key {safe_repr(key)} was sent to {server}, then the connection "
             f"failed before the reply ({self._detail(exc)}): the write may or may not have "
