@@ -63,6 +63,10 @@ class Repository(Generic[T]):
             no expiry.
         registry: the registry to resolve a serializer name in
             (``cacheorm.registry`` by default).
+        allow_subclasses: store an instance of a subclass of ``model`` (or of a
+            nested model) as that model, leaving its extra fields out; it reads
+            back as the base class. By default such an instance is refused with
+            a ``ValidationError``, since it would lose fields.
 
     Raises:
         ModelDefinitionError: the model cannot be stored (no primary key,
@@ -81,7 +85,10 @@ class Repository(Generic[T]):
         prefix: str = "",
         ttl: TTL = None,
         registry: SerializerRegistry | None = None,
+        allow_subclasses: bool = False,
     ) -> None:
+        if not isinstance(allow_subclasses, bool):
+            raise ConfigurationError(f"allow_subclasses must be a bool, not {allow_subclasses!r}")
         if backend is None:
             from cacheorm._memory import MemoryBackend
 
@@ -92,7 +99,9 @@ class Repository(Generic[T]):
             )
         self._serializer = _resolve_serializer(serializer, registry)
         self._dumps = self._serializer.dumps
-        compiled: CompiledModel[T] = compile_model(model, binary=self._serializer.binary)
+        compiled: CompiledModel[T] = compile_model(
+            model, binary=self._serializer.binary, allow_subclasses=allow_subclasses
+        )
         self._model = model
         self._compiled = compiled
         self._encode = compiled.encode
