@@ -353,8 +353,8 @@ def _int_key_flood(count: int) -> bytes:
     """A dict of ``count`` int keys that all hash alike (multiples of 2**61 - 1)."""
     body = b""
     for i in range(1, count + 1):
-        number = (i * (2**61 - 1)).to_bytes(9, "little", signed=True)
-        body += b"\x8a\x09" + number + b"N"
+        number = (i * (2**61 - 1)).to_bytes(10, "little", signed=True)
+        body += b"\x8a\x0a" + number + b"N"
     return b"\x80\x05}(" + _str("id") + b"K\x01" + _str("value") + b"}(" + body + b"uu."
 
 
