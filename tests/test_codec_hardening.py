@@ -443,3 +443,139 @@ def test_pickle_payloads_written_by_cacheorm_hold_no_shared_references() -> None
     repo: co.Repository[Pair] = co.Repository(Pair, serializer="pickle")
     repo.save(Pair(1, rows, rows))
     assert repo.get(1) == Pair(1, [row, row], [row, row])
+
+
+# -- item 8: protobuf payloads -----------------------------------------------------------------
+
+
+def _account_class(*, extra_field: int | None = None) -> type[Any]:
+    """A proto3 message ``Account {int64 id = 1; string name = 2; bool admin = 3;}``."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    name = f"hardening_account_{extra_field}.proto"
+    fdp = descriptor_pb2.FileDescriptorProto(name=name, package="hardening", syntax="proto3")
+    message = fdp.message_type.add(name="Account")
+    for number, (attr, kind) in enumerate(
+        [("id", field.TYPE_INT64), ("name", field.TYPE_STRING), ("admin", field.TYPE_BOOL)], 1
+    ):
+        message.field.add(name=attr, number=number, type=kind, label=field.LABEL_OPTIONAL)
+    if extra_field is not None:
+        message.field.add(
+            name="extra", number=extra_field, type=field.TYPE_INT64, label=field.LABEL_OPTIONAL
+        )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    built: type[Any] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("hardening.Account")
+    )
+    return built
+
+
+@dataclasses.dataclass
+class Account:
+    id: PK
+    name: str = ""
+    admin: bool = False
+
+
+@pytest.fixture(scope="module")
+def account_class() -> type[Any]:
+    """The Account message class."""
+    pytest.importorskip("google.protobuf")
+    return _account_class()
+
+
+def test_protobuf_refuses_empty_cut_extended_and_altered_payloads(account_class: type[Any]) -> None:
+    """Empty bytes, every cut (at field boundaries too), an appended record and a flipped
+    byte are each a DeserializationError, never a record with defaults or merged fields."""
+    repo = co.Repository(Account, serializer=co.ProtobufSerializer(account_class))
+    repo.save(Account(5, "eve", admin=True))
+    repo.save(Account(9, "mallory"))
+    good = repo.backend.get(repo.key_for(5))
+    other = repo.backend.get(repo.key_for(9))
+    assert good is not None
+    assert other is not None
+    planted = {
+        "empty": b"",
+        "appended": good + other,
+        "appended-raw-field": good + b"\x08\x09",
+        "flipped": good[:3] + bytes([good[3] ^ 1]) + good[4:],
+        **{f"cut-{n}": good[:n] for n in range(1, len(good))},
+    }
+    for name, payload in planted.items():
+        repo.backend.set(repo.key_for(5), payload)
+        with pytest.raises(co.DeserializationError) as info:
+            repo.get(5)
+        assert info.value.serializer == "protobuf", name
+    repo.backend.set(repo.key_for(5), good)
+    assert repo.get(5) == Account(5, "eve", admin=True)
+
+
+def test_protobuf_payload_is_still_a_plain_message_for_other_readers(
+    account_class: type[Any],
+) -> None:
+    """Other programs parse the payload as the message (the trailer is an unknown field)."""
+    repo = co.Repository(Account, serializer=co.ProtobufSerializer(account_class))
+    repo.save(Account(5, "eve", admin=True))
+    payload = repo.backend.get(repo.key_for(5))
+    assert payload is not None
+    message = account_class.FromString(payload)
+    assert (message.id, message.name, message.admin) == (5, "eve", True)
+
+
+def test_protobuf_without_trailer_refuses_a_second_record_appended(
+    account_class: type[Any],
+) -> None:
+    """trailer=False stores plain messages; a repeated singular field is still refused."""
+    serializer = co.ProtobufSerializer(account_class, trailer=False)
+    repo = co.Repository(Account, serializer=serializer)
+    repo.save(Account(5, "eve", admin=True))
+    repo.save(Account(9, "mallory"))
+    good = repo.backend.get(repo.key_for(5))
+    other = repo.backend.get(repo.key_for(9))
+    assert good is not None
+    assert other is not None
+    assert good == account_class(id=5, name="eve", admin=True).SerializeToString()
+    for payload in (good + other, good + b"\x08\x09", good + b"\x08"):
+        repo.backend.set(repo.key_for(5), payload)
+        with pytest.raises(co.DeserializationError):
+            repo.get(5)
+
+
+def test_protobuf_trailer_field_number_must_be_free() -> None:
+    """A message that uses the trailer's field number needs trailer=False."""
+    pytest.importorskip("google.protobuf")
+    taken = _account_class(extra_field=536_870_911)
+    with pytest.raises(co.ConfigurationError, match="trailer=False"):
+        co.ProtobufSerializer(taken)
+    assert co.ProtobufSerializer(taken, trailer=False).name == "protobuf"
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"\x08\x05\x39" + bytes(8) + b"\x3d" + bytes(4), None),  # unknown fixed64, fixed32
+        (b"\x08\x05\x1b", "wire type 3"),  # a group: never written
+        (b"\x08" + b"\xff" * 11, "inside a varint"),
+        (b"\x08\x05\x12\x09ab", "inside field 2"),
+        (b"\x12\x01a\x08\x05", "appears again"),  # field numbers going backwards
+    ],
+)
+def test_protobuf_without_trailer_checks_the_top_level_fields(
+    account_class: type[Any], payload: bytes, error: str | None
+) -> None:
+    """The bare-message check walks every wire type and refuses what protobuf would merge."""
+    serializer = co.ProtobufSerializer(account_class, trailer=False)
+    assert repr(serializer) == "ProtobufSerializer(hardening.Account, trailer=False)"
+    if error is None:
+        assert serializer.loads(payload)["id"] == 5
+        return
+    with pytest.raises(ValueError, match=error):
+        serializer.loads(payload)
+
+
+def test_protobuf_trailer_must_be_a_bool(account_class: type[Any]) -> None:
+    """trailer= takes a bool."""
+    with pytest.raises(co.ConfigurationError, match="trailer must be a bool"):
+        co.ProtobufSerializer(account_class, trailer=1)  # type: ignore[arg-type]
