@@ -579,3 +579,23 @@ def test_protobuf_trailer_must_be_a_bool(account_class: type[Any]) -> None:
     """trailer= takes a bool."""
     with pytest.raises(co.ConfigurationError, match="trailer must be a bool"):
         co.ProtobufSerializer(account_class, trailer=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("serializer", "value", "where"),
+    [
+        ("msgpack", {"a": [1, 2**64]}, "at `$.value['a'][1]`"),
+        (co.JSONSerializer(allow_nan=False), [0.5, math.nan], "at `$.value[1]`"),
+        ("json", [10**5000], "at `$.value[0]`"),
+    ],
+    ids=["msgpack-int", "strict-json-nan", "json-long-int"],
+)
+def test_serializer_refusals_name_the_path(
+    serializer: co.Serializer | str, value: Any, where: str
+) -> None:
+    """A value the serializer itself cannot carry is refused with its path in the message."""
+    repo = co.Repository(Blob, serializer=serializer)
+    with pytest.raises(co.SerializationError) as info:
+        repo.save(Blob(id=1, value=value))
+    assert where in str(info.value)
+    assert repo.get_or_none(1) is None

@@ -104,10 +104,14 @@ class JSONSerializer:
             raise ValueError("the record is nested too deeply for JSON") from None
         except ValueError as exc:
             if not self.allow_nan and "JSON compliant" in str(exc):
+                where = _locate(data, lambda v: type(v) is float and not math.isfinite(v))
                 raise ValueError(
-                    "NaN and Infinity are not valid strict JSON "
+                    f"{where}NaN and Infinity are not valid strict JSON "
                     "(this serializer was made with allow_nan=False)"
                 ) from None
+            where = _locate(data, lambda v: type(v) is int and _too_long_for_str(v))
+            if where:
+                raise ValueError(f"{where}{exc}") from None
             raise
 
     def loads(self, payload: bytes, /) -> Any:
@@ -116,6 +120,31 @@ class JSONSerializer:
             return self._decode(payload.decode("utf-8"))
         except RecursionError:
             raise ValueError("the JSON text is nested too deeply to read") from None
+
+
+def _locate(data: Any, bad: Callable[[Any], bool]) -> str:
+    """``"at `$.path`: "`` for the first value in ``data`` that is ``bad`` (or "")."""
+    todo: list[tuple[Any, str]] = [(data, "$")]
+    while todo:
+        value, path = todo.pop()
+        if bad(value):
+            return f"at `{path}`: "
+        if isinstance(value, dict):
+            todo.extend(
+                (v, f"{path}.{k}" if path == "$" else f"{path}[{k!r}]")
+                for k, v in reversed(list(value.items()))
+            )
+        elif isinstance(value, (list, tuple)):
+            todo.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return ""
+
+
+def _too_long_for_str(value: int) -> bool:
+    try:
+        str(value)
+    except ValueError:
+        return True
+    return False
 
 
 def _refuse_constant(token: str) -> Any:
@@ -158,8 +187,9 @@ class MsgpackSerializer:
         try:
             result: bytes = self._packb(data, use_bin_type=True)
         except OverflowError:
+            where = _locate(data, lambda v: type(v) is int and not -(2**63) <= v < 2**64)
             raise ValueError(
-                "an int is outside the range msgpack carries (-2**63 to 2**64 - 1)"
+                f"{where}an int is outside the range msgpack carries (-2**63 to 2**64 - 1)"
             ) from None
         return result
 
