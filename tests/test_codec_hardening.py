@@ -345,7 +345,7 @@ def _tuple_hash_bomb(levels: int) -> bytes:
     """A dict keyed by a tuple whose hash takes 2**levels steps (each holds the last twice)."""
     out = b"\x80\x05}(" + _str("id") + b"K\x01" + _str("value") + b"}" + b")\x94"
     for level in range(levels):
-        out += b"h" + bytes([level]) + b"h" + bytes([level]) + b"\x86\x94"
+        out += b"h" + bytes([level]) + b"\x86\x94"  # (t, t) from t on the stack and its ref
     return out + b"Ns" + b"u."
 
 

@@ -125,10 +125,15 @@ class JSONSerializer:
 def _locate(data: Any, bad: Callable[[Any], bool]) -> str:
     """``"at `$.path`: "`` for the first value in ``data`` that is ``bad`` (or "")."""
     todo: list[tuple[Any, str]] = [(data, "$")]
+    seen: set[int] = set()  # a cycle (JSON's "Circular reference") must not loop forever
     while todo:
         value, path = todo.pop()
         if bad(value):
             return f"at `{path}`: "
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
         if isinstance(value, dict):
             todo.extend(
                 (v, f"{path}.{k}" if path == "$" else f"{path}[{k!r}]")
@@ -226,7 +231,8 @@ class _PrimitivePickler(pickle.Pickler):
 class _PrimitiveUnpickler(pickle.Unpickler):
     """An unpickler that refuses every global, so no payload can run code."""
 
-    def find_class(self, module: str, name: str, /) -> Any:
+    def find_class(self, module: str, name: str, /) -> Any:  # pragma: no cover - scanned first
+        # Defence in depth: _scan_pickle refuses every global before this runs.
         raise pickle.UnpicklingError(
             f"the pickle refers to {module}.{name}; cacheorm payloads hold primitives only, "
             "so it was refused (nothing was run)"
