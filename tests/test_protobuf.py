@@ -193,9 +193,13 @@ def test_round_trip_with_optionals_set(serializer: ProtobufSerializer) -> None:
     assert serializer.loads(serializer.dumps(data)) == data
 
 
-def test_loads_fills_every_field(serializer: ProtobufSerializer) -> None:
-    """loads of an empty payload lists every field with its zero value or None."""
-    assert serializer.loads(b"") == {
+def test_loads_fills_every_field(classes: tuple[type[Any], type[Any]]) -> None:
+    """loads of an empty message lists every field with its zero value or None."""
+    serializer = ProtobufSerializer(classes[1])
+    assert serializer.loads(serializer.dumps({})) == ProtobufSerializer(
+        classes[1], trailer=False
+    ).loads(b"")
+    assert serializer.loads(serializer.dumps({})) == {
         "id": 0,
         "name": "",
         "height": 0.0,
@@ -297,9 +301,14 @@ def test_dumps_rejects_non_dict(serializer: ProtobufSerializer) -> None:
 
 
 def test_garbage_bytes_raise(serializer: ProtobufSerializer) -> None:
-    """loads of bytes that are not a valid message raises DecodeError."""
-    with pytest.raises(DecodeError):
+    """loads of bytes that are not a valid message raises (no trailer, or DecodeError)."""
+    with pytest.raises(ValueError, match="trailer"):
         serializer.loads(b"\xff\xff\xff garbage")
+    bare = ProtobufSerializer(serializer.message_class, trailer=False)
+    with pytest.raises((DecodeError, ValueError)):
+        bare.loads(b"\xff\xff\xff garbage")
+    with pytest.raises((DecodeError, ValueError)):
+        bare.loads(b"\x12\x05ab")  # a string field cut short
 
 
 def test_empty_nested_dict_sets_presence(

@@ -643,12 +643,12 @@ def test_json_too_deep_is_a_value_error_not_recursion_error() -> None:
 
 
 @pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
-def test_too_deep_any_value_is_a_serialization_error(serializer: str) -> None:
-    """A value nested too deeply for the serializer raises SerializationError; nothing written."""
+def test_too_deep_any_value_is_a_validation_error(serializer: str) -> None:
+    """A value nested too deeply for an Any field raises ValidationError; nothing written."""
     pytest.importorskip("msgpack")
     backend = co.MemoryBackend()
     repo = co.Repository(Blob, backend=backend, serializer=serializer)
-    with pytest.raises(co.SerializationError) as info:
+    with pytest.raises(co.ValidationError, match="nested deeper than 100") as info:
         repo.save(Blob(id=1, value=_nested_list(100_000)))
     assert info.value.key == "blob:1"
     assert not isinstance(info.value.__cause__, RecursionError)
@@ -757,10 +757,16 @@ def test_signed_pickle_by_name_in_a_registry() -> None:
 
 @pytest.mark.parametrize("serializer", [co.PickleSerializer(), SIGNED], ids=["plain", "signed"])
 def test_pickle_round_trips_every_primitive(serializer: co.PickleSerializer) -> None:
-    """Every primitive a codec produces (and tuples, sets, bytearray) pickles and reads back."""
-    data = {**PRIMITIVES, "tuple": (1, 2), "set": {1, 2}, "frozen": frozenset({3})}
-    data["bytearray"] = bytearray(b"ab")
+    """Every primitive a codec produces (and tuples) pickles and reads back; sets, frozensets
+    and bytearrays, which no codec produces and the reader refuses, are refused on write."""
+    data = {**PRIMITIVES, "tuple": (1, 2), "text": "\u038f\u0391\u0396 \x8f"}
     assert serializer.loads(serializer.dumps(data)) == data
+    for value in ({1, 2}, frozenset({3}), bytearray(b"ab")):
+        with pytest.raises(ValueError, match=r"set|bytearray"):
+            serializer.dumps({**PRIMITIVES, "value": [value]})
+        plain = pickle.dumps({"value": value}, protocol=5)
+        with pytest.raises(pickle.UnpicklingError, match=r"set|bytearray"):
+            co.PickleSerializer().loads(plain)
 
 
 class Shade(enum.IntEnum):
@@ -778,11 +784,14 @@ class Label(str):
 )
 @pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
 def test_pickle_refuses_to_write_non_primitives(value: Any, signed: bool) -> None:
-    """A value needing a class reference raises SerializationError naming its type; no write."""
+    """A value needing a class reference is refused naming its type: by the pickler, and
+    (in an Any field) by the codec first, as a ValidationError; nothing is written."""
     backend = co.MemoryBackend()
     serializer = SIGNED if signed else co.PickleSerializer()
+    with pytest.raises(pickle.PicklingError, match=type(value).__qualname__):
+        serializer.dumps({"value": value})
     repo = co.Repository(Blob, backend=backend, serializer=serializer)
-    with pytest.raises(co.SerializationError) as info:
+    with pytest.raises(co.ValidationError) as info:
         repo.save(Blob(id=1, value=value))
     assert info.value.key == "blob:1"
     assert type(value).__qualname__ in str(info.value)
@@ -971,3 +980,66 @@ def test_import_works_without_optional_extras() -> None:
     assert lines[2].startswith("PROTOBUF ")
     assert "cacheorm[protobuf]" in lines[2]
     assert lines[3] == "JSON M(id=1)"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"\x80\x05" + b"(" * 1001, "deeper than 1000"),
+        (b"\x80\x05" + b"]" * 2001, "deeper than 1000"),
+        (b"]e.", "closes a MARK it never opened"),
+        (b"l.", "closes a MARK it never opened"),
+        (b"N(Ne.", "not a container"),
+        (b"NNa.", "not a container"),
+        (b"}NNs.", "map key in the pickle is not a str"),
+        (b"}(NNu.", "map key in the pickle is not a str"),
+        (b"(NNd.", "map key in the pickle is not a str"),
+        (b"h\x05.", "never filled"),
+        (b"g7\n.", "never filled"),
+        (b"]\x94h\x00a.", "from two places"),
+        (b"]r\x05\x00\x00\x00.", "out of order"),
+        (b"Np9\n.", "out of order"),
+        (b"\x86.", "too short for a tuple"),
+        (b"I12", "ends inside a text argument"),
+        (b"NN.", "exactly one value"),
+        (b"N", "without a STOP"),
+        (b"\xff.", "holds the opcode"),
+        (b"cos\nsystem\n.", "refers to os.system"),
+        (b"\x8f.", "holds a set"),
+    ],
+)
+def test_pickle_scan_refusals(payload: bytes, message: str) -> None:
+    """Each shape the pre-scan refuses is refused, with a message saying which."""
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        co.PickleSerializer().loads(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "value"),
+    [
+        (b"]\x94Nq\x00a.", [None]),  # a memo slot reused for a leaf
+        (b"]\x8c\x01a\x94aj\x00\x00\x00\x00a.", ["a", "a"]),  # LONG_BINGET of a str
+        (b"(lp0\nVa\np1\nag1\na.", ["a", "a"]),  # protocol 0: PUT / GET lines
+    ],
+)
+def test_pickle_scan_accepts_shared_text(payload: bytes, value: Any) -> None:
+    """Memo references to text and numbers (what pickle.dumps writes for a repeated str)."""
+    assert co.PickleSerializer().loads(payload) == value
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_reads_repeated_strings_written_by_plain_pickle(protocol: int) -> None:
+    """pickle.dumps refers back to a str it has written; such payloads still read."""
+    word = "repeated"
+    data = {"a": [word, word, {"k": word}], "b": word}
+    assert co.PickleSerializer().loads(pickle.dumps(data, protocol=protocol)) == data
+
+
+def test_serializers_refuse_cycles_and_depth_without_hanging() -> None:
+    """A cyclic value is a ValueError from every serializer (JSON's locator does not loop)."""
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="Circular reference"):
+        co.JSONSerializer().dumps({"v": cyclic})
+    with pytest.raises(ValueError, match="nested too deeply to pickle"):
+        co.PickleSerializer().dumps({"v": _nested_list(100_000)})

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import re
 import uuid
 from collections import abc
 from collections.abc import Callable, Iterator
@@ -154,10 +156,37 @@ MISSING: Any = _Missing()
 # --- helpers the generated code calls on its slow branches -----------------------
 
 
+#: Finds a UTF-16 surrogate code point: valid in a Python str, but UTF-8 (and so
+#: JSON, msgpack and protobuf text) cannot carry one.
+_find_surrogate = re.compile("[\ud800-\udfff]").search
+
+
+def _surrogate_error(v: str) -> ValueError:
+    found = _find_surrogate(v)
+    assert found is not None
+    return ValueError(
+        f"the text holds a lone surrogate {found.group()!a} at index {found.start()}, "
+        "which is not valid Unicode and cannot be stored as UTF-8"
+    )
+
+
 def _to_str(v: Any) -> str:
-    if isinstance(v, str):
-        return str.__str__(v)
-    raise _Fast
+    """``v`` as a plain str without lone surrogates (called when not exact ASCII str)."""
+    if type(v) is not str:
+        if not isinstance(v, str):
+            raise _Fast
+        v = str.__str__(v)
+    text: str = v
+    if not text.isascii() and _find_surrogate(text) is not None:
+        raise _surrogate_error(text)
+    return text
+
+
+def _str_in(v: Any) -> str:
+    """A stored ``v`` as text: exactly a str, without lone surrogates."""
+    if type(v) is not str:
+        raise _Fast
+    return _to_str(v)
 
 
 def _to_int(v: Any) -> int:
@@ -168,8 +197,14 @@ def _to_int(v: Any) -> int:
 
 
 def _to_float(v: Any) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if isinstance(v, float):
         return float(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        f = float(v)
+        # Only exact conversions: float(2**53 + 1) would silently store 2**53.
+        if f != v:
+            raise ValueError(f"the int {v} has no exact float value")
+        return f
     raise _Fast
 
 
@@ -241,11 +276,146 @@ def _literal_ok(allowed: frozenset[tuple[type, Any]], v: Any) -> Any:
     return v
 
 
+#: How deep an ``Any`` value may nest (a list in a list is 2). Deeper values, and
+#: values that contain themselves, are refused both ways: they cost the readers'
+#: recursion, and the parsers' own limits (msgpack writes 511, orjson 255) differ.
+ANY_MAX_DEPTH = 100
+
+_ANY_LEAVES = frozenset({type(None), bool, int, float})
+_ANY_DATA = "None, bool, int, float, str, list or str-keyed dict"
+
+
+def _any_ok(v: Any, binary: bool, depth: int) -> bool:
+    """True if ``v`` reads back equal on every serializer (the fast check)."""
+    t = type(v)
+    if t in _ANY_LEAVES:
+        return True
+    if t is str:
+        return v.isascii() or _find_surrogate(v) is None
+    if t is bytes:
+        return binary
+    if depth >= ANY_MAX_DEPTH:
+        return False
+    if t is list:
+        for x in v:  # noqa: SIM110 - a loop is faster than all() over a generator
+            if not _any_ok(x, binary, depth + 1):
+                return False
+        return True
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str or not (k.isascii() or _find_surrogate(k) is None):
+                return False
+            if not _any_ok(x, binary, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _any_check_binary(v: Any) -> None:
+    if type(v) not in _ANY_LEAVES and not _any_ok(v, True, 0):
+        raise _Fast
+
+
+def _any_check_text(v: Any) -> None:
+    if type(v) not in _ANY_LEAVES and not _any_ok(v, False, 0):
+        raise _Fast
+
+
+def _any_refusal(v: Any, binary: bool) -> str | None:
+    """Why a leaf (or a container's own type) cannot be an ``Any`` value; None if it can."""
+    t = type(v)
+    if t in _ANY_LEAVES or t is list or t is dict:
+        return None
+    if t is str:
+        return None if v.isascii() or _find_surrogate(v) is None else str(_surrogate_error(v))
+    if t is bytes:
+        if binary:
+            return None
+        return (
+            "bytes in an Any field need a binary serializer (msgpack, pickle); JSON "
+            "would read them back as text: annotate the field `bytes` to store base64"
+        )
+    if isinstance(v, (tuple, set, frozenset)):
+        return (
+            f"a {t.__name__} would read back as a list: store a list, or annotate the "
+            f"field ({t.__name__}[...]) so it is converted both ways"
+        )
+    for base in (bool, int, float, str, bytes, list, dict):
+        if isinstance(v, base):
+            return (
+                f"{t.__qualname__} is a subclass of {base.__name__} and would read back "
+                f"as a plain {base.__name__}: convert it, or annotate the field with its type"
+            )
+    return f"an Any field holds {_ANY_DATA} only: annotate the field with its type or use a codec"
+
+
+def _any_explain(v: Any, binary: bool, path: str, depth: int = 0) -> None:
+    """Raise a Failure at the first part of ``v`` that ``_any_ok`` refuses."""
+    expected = f"{_ANY_DATA}{', bytes' if binary else ''}"
+    reason = _any_refusal(v, binary)
+    if reason is not None:
+        raise Failure(path, expected, v, ValueError(reason))
+    if type(v) not in (list, dict):
+        return
+    if depth >= ANY_MAX_DEPTH:
+        raise Failure(
+            path,
+            expected,
+            v,
+            ValueError(
+                f"the value is nested deeper than {ANY_MAX_DEPTH} levels (or contains itself)"
+            ),
+        )
+    if type(v) is list:
+        for i, x in enumerate(v):
+            _any_explain(x, binary, f"{path}[{i}]", depth + 1)
+        return
+    for k, x in v.items():
+        where = f"{path}[{safe_repr(k, 40)}]"
+        if type(k) is not str:
+            raise Failure(
+                where,
+                "a str map key",
+                k,
+                ValueError(
+                    "map keys in an Any field must be str: JSON and msgpack maps here carry "
+                    f"text keys only, so {type(k).__name__} keys would not read back"
+                ),
+            )
+        if not (k.isascii() or _find_surrogate(k) is None):
+            raise Failure(where, "a str map key", k, _surrogate_error(k))
+        _any_explain(x, binary, where, depth + 1)
+
+
+def _model_in(v: Any, cls: type, allow_subclasses: bool) -> Any:
+    """``v`` if it may be stored as ``cls`` (called when ``type(v) is not cls``)."""
+    if not isinstance(v, cls):
+        raise _Fast
+    if allow_subclasses:
+        return v
+    extra = [f.name for f in _dataclass_fields(v) if f.name not in _field_names(cls)]
+    lost = f"drop its fields {', '.join(extra)} and " if extra else ""
+    raise ValueError(
+        f"{type(v).__qualname__} is a subclass of {cls.__qualname__}: storing it would "
+        f"{lost}read back a {cls.__qualname__}; pass allow_subclasses=True to the "
+        f"Repository to store the {cls.__qualname__} fields only"
+    )
+
+
+def _dataclass_fields(v: Any) -> tuple[Any, ...]:
+    return dataclasses.fields(v) if dataclasses.is_dataclass(v) else ()
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in _dataclass_fields(cls)}
+
+
 BASE_NAMESPACE: dict[str, Any] = {
     "_F": _Fast,
     "_Fail": Failure,
     "_M": MISSING,
     "_to_str": _to_str,
+    "_str_in": _str_in,
     "_to_int": _to_int,
     "_to_float": _to_float,
     "_to_bytes": _to_bytes,
@@ -257,6 +427,10 @@ BASE_NAMESPACE: dict[str, Any] = {
     "_date_only": _date_only,
     "_td_from": _timedelta_from,
     "_literal_ok": _literal_ok,
+    "_any_b": _any_check_binary,
+    "_any_t": _any_check_text,
+    "_any_x": _any_explain,
+    "_model_in": _model_in,
     "_US": _ONE_US,
     "str": str,
     "int": int,
@@ -380,6 +554,14 @@ class Node:
     identity_enc: bool = False
     identity_dec: bool = False
 
+    def needs_normalizing(self, src: str) -> str:
+        """The fast test that sends ``src`` to the normalizer (``exact`` nodes only)."""
+        assert self.exact is not None
+        if self.exact is str:
+            # Non-ASCII text may hold a lone surrogate; isascii() is O(1).
+            return f"type({src}) is not str or not {src}.isascii()"
+        return f"type({src}) is not {self.exact.__name__}"
+
     def enc(self, g: Gen, src: str, path: str | None) -> str:
         """Write checks for local ``src``; return the expression of its primitive."""
         raise NotImplementedError
@@ -390,16 +572,24 @@ class Node:
 
 
 class AnyNode(Node):
-    """``typing.Any``: passed through unchecked; the serializer must carry it."""
+    """``typing.Any``: JSON-like data, passed through after a check.
+
+    Only values that read back equal on every serializer are accepted (both
+    ways): None, bool, int, float, str, lists and str-keyed dicts of them, and
+    bytes on binary serializers; exact types, at most ``ANY_MAX_DEPTH`` deep.
+    """
 
     desc = "any value"
     identity_enc = identity_dec = True
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
+        if g.explain:
+            g.line(f"_any_x({src}, {g.binary}, {path})")
+        else:
+            g.line(f"{'_any_b' if g.binary else '_any_t'}({src})")
         return src
 
-    def dec(self, g: Gen, src: str, path: str | None) -> str:
-        return src
+    dec = enc
 
 
 class ScalarNode(Node):
@@ -413,8 +603,7 @@ class ScalarNode(Node):
         self.desc = exact.__name__
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
-        name = self.exact.__name__  # type: ignore[union-attr]
-        g.line(f"if type({src}) is not {name}:")
+        g.line(f"if {self.needs_normalizing(src)}:")
         with g.block():
             if self.normalizer is None:
                 g.fail(path, self.desc, src)
@@ -423,12 +612,14 @@ class ScalarNode(Node):
         return src
 
     def dec(self, g: Gen, src: str, path: str | None) -> str:
-        name = self.exact.__name__  # type: ignore[union-attr]
-        g.line(f"if type({src}) is not {name}:")
+        g.line(f"if {self.needs_normalizing(src)}:")
         with g.block():
             if self.exact is float:
                 # JSON writes 2.0 as 2.0 but other writers may store an int.
                 g.guarded(src, f"_to_float({src})", path, self.desc, src)
+            elif self.exact is str:
+                # Exact text only; non-ASCII is checked for lone surrogates.
+                g.guarded(src, f"_str_in({src})", path, self.desc, src)
             else:
                 g.fail(path, self.desc, src)
         return src
@@ -623,7 +814,14 @@ class CodecNode(Node):
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
         fn = g.const(self.codec.encode, "_ce")
-        return g.materialize(f"{fn}({src})", path, self.desc, src)
+        out = g.var("c")
+        g.guarded(out, f"{fn}({src})", path, self.desc, src)
+        # What a codec returns is checked like an Any value: it must read back equal.
+        if g.explain:
+            g.line(f"_any_x({out}, {g.binary}, {path})")
+        else:
+            g.line(f"{'_any_b' if g.binary else '_any_t'}({out})")
+        return out
 
     def dec(self, g: Gen, src: str, path: str | None) -> str:
         fn = g.const(self.codec.decode, "_cd")
@@ -696,10 +894,9 @@ class SequenceNode(Node):
         loop = f"for {index}, {item} in enumerate({src}):" if g.explain else f"for {item} in {src}:"
         if identity and self.item.exact is not None and not g.explain:
             # Check in place; rebuild only if some item needs normalizing.
-            exact = self.item.exact.__name__
             g.line(loop)
             with g.block():
-                g.line(f"if type({item}) is not {exact}:")
+                g.line(f"if {self.item.needs_normalizing(item)}:")
                 with g.block():
                     if self.item.normalizer is None:
                         g.line("raise _F")
@@ -798,10 +995,7 @@ class ModelNode(Node):
         self.names = names
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
-        cls = g.const(self.cls, "_t")
-        g.line(f"if type({src}) is not {cls}:")
-        with g.block():
-            g.guarded(src, f"_instance({src}, {cls})", path, self.desc, src)
+        # The class check (exact type unless subclasses are allowed) opens enc_N itself.
         if g.explain:
             out = g.var("n")
             g.line(f"{out} = {self.names['xenc']}({src}, {path})")

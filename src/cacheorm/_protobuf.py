@@ -24,14 +24,28 @@ field by field (matched by name), and reads it back the same way. Write the
 Reading back, every field of the message appears in the dict: unset ``optional``
 scalars and message fields as None, repeated fields as lists, maps as dicts,
 bytes as bytes and proto enums as ints.
+
+A protobuf message has no start, no end and no checksum: empty bytes are a valid
+message (every field at its default), a message cut at a field boundary is a
+valid message with fewer fields, and two messages one after the other parse as
+one, the second's fields overwriting the first's. So by default every payload
+ends with a *trailer*: one extra length-delimited field, number 536870911 (the
+largest), holding the byte length and the CRC-32 of the message before it.
+Other protobuf readers skip it as an unknown field, so the payload is still a
+plain ``message_class`` message for them; cacheorm refuses a payload without a
+trailer that matches (empty, cut anywhere, extended, or altered by accident).
+``trailer=False`` stores bare messages (for stores that other programs write
+too); then only a repeated singular field or a field number going backwards
+(a second message appended) can be detected.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from cacheorm._errors import MissingDependency
+from cacheorm._errors import ConfigurationError, MissingDependency
 
 __all__ = ["ProtobufSerializer"]
 
@@ -119,6 +133,77 @@ def _build_plan(descriptor: Any, plans: dict[str, _Plan]) -> _Plan:
     return plan
 
 
+#: The trailer's field number: the largest protobuf allows, so it cannot clash with
+#: a field a schema would plausibly use (checked when the serializer is built).
+TRAILER_FIELD = 536_870_911
+_TRAILER_BODY = 8  # the message's length and its CRC-32, 4 bytes each, little-endian
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+#: The trailer's tag (field number, wire type 2) and its length byte.
+_TRAILER_HEAD = _varint(TRAILER_FIELD << 3 | 2) + bytes([_TRAILER_BODY])
+_TRAILER_SIZE = len(_TRAILER_HEAD) + _TRAILER_BODY
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``data[i]`` and the offset after it (ValueError if cut or too long)."""
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("the message ends inside a varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _check_top_level(data: bytes, singular: frozenset[int]) -> None:
+    """Refuse a message whose top-level fields repeat a singular field or go backwards.
+
+    The protobuf writer puts each field once, in field-number order (repeated and
+    map entries next to each other), so either is the sign of a second message
+    appended to the first, which protobuf itself would silently merge.
+    """
+    i = 0
+    last = 0
+    seen: set[int] = set()
+    size = len(data)
+    while i < size:
+        tag, i = _read_varint(data, i)
+        number, wire = tag >> 3, tag & 7
+        if number < last or (number in seen and number in singular):
+            raise ValueError(
+                f"field {number} appears again after field {last}: a second message "
+                "was appended to this one (protobuf would merge them)"
+            )
+        if number in singular:
+            seen.add(number)
+        last = number
+        if wire == 0:
+            _, i = _read_varint(data, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            length, i = _read_varint(data, i)
+            i += length
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"field {number} has wire type {wire}, which cacheorm never writes")
+        if i > size:
+            raise ValueError(f"the message ends inside field {number}")
+
+
 def _wrap(exc: Exception, where: str) -> Exception:
     """Restate protobuf's error (which rarely names the field) with the field's path."""
     cls = TypeError if isinstance(exc, TypeError) else ValueError
@@ -131,16 +216,22 @@ class ProtobufSerializer:
     Args:
         message_class: the generated message class records are stored as; its
             fields must mirror the model's (see the module docstring).
+        trailer: end every payload with the length-and-CRC-32 trailer field
+            and refuse payloads without a matching one (the default). False
+            stores and reads bare messages, which cannot be told apart from an
+            empty or cut payload.
 
     Raises:
         MissingDependency: protobuf is not installed.
         TypeError: ``message_class`` is not a protobuf message class.
+        ConfigurationError: ``trailer`` is not a bool, or the message uses the
+            trailer's field number.
     """
 
     name = "protobuf"
     binary = True
 
-    def __init__(self, message_class: type[Any]) -> None:
+    def __init__(self, message_class: type[Any], *, trailer: bool = True) -> None:
         try:
             from google.protobuf.message import Message
         except ImportError:
@@ -155,12 +246,26 @@ class ProtobufSerializer:
                 f"ProtobufSerializer needs a protobuf message class (one with a DESCRIPTOR), "
                 f"not {message_class!r}"
             )
+        if not isinstance(trailer, bool):
+            raise ConfigurationError(f"trailer must be a bool, not {trailer!r}")
+        if trailer and TRAILER_FIELD in descriptor.fields_by_number:
+            raise ConfigurationError(
+                f"{descriptor.full_name} uses field number {TRAILER_FIELD}, which the "
+                "ProtobufSerializer trailer needs; pass trailer=False or renumber the field"
+            )
         self.message_class = message_class
         self.full_name: str = descriptor.full_name
+        #: Whether payloads end with the length-and-checksum trailer field.
+        self.trailer = trailer
         self._plan = _build_plan(descriptor, {})
+        self._singular = frozenset(
+            field.number for field in descriptor.fields if not _is_repeated(field)
+        )
 
     def __repr__(self) -> str:
-        return f"ProtobufSerializer({self.full_name})"
+        if self.trailer:
+            return f"ProtobufSerializer({self.full_name})"
+        return f"ProtobufSerializer({self.full_name}, trailer=False)"
 
     def dumps(self, data: Any, /) -> bytes:
         """Copy the primitives dict onto a new message and serialize it.
@@ -175,16 +280,40 @@ class ProtobufSerializer:
             )
         message = self.message_class()
         _fill(message, data, self._plan, "$")
-        result: bytes = message.SerializeToString()
-        return result
+        body: bytes = message.SerializeToString()
+        if not self.trailer:
+            return body
+        check = len(body).to_bytes(4, "little") + zlib.crc32(body).to_bytes(4, "little")
+        return body + _TRAILER_HEAD + check
 
     def loads(self, payload: bytes, /) -> Any:
-        """Parse a message and return it as a primitives dict holding every field.
+        """Check the trailer (or the field order), parse, and return every field as primitives.
 
         Raises:
+            ValueError: no matching trailer (empty, cut, extended or altered), or,
+                without a trailer, a second message appended.
             google.protobuf.message.DecodeError: the payload is not a valid message.
         """
-        return _to_dict(self.message_class.FromString(payload), self._plan)
+        if self.trailer:
+            body = payload[:-_TRAILER_SIZE]
+            tail = payload[-_TRAILER_SIZE:]
+            if len(payload) < _TRAILER_SIZE or not tail.startswith(_TRAILER_HEAD):
+                raise ValueError(
+                    "the payload does not end with the cacheorm trailer: it is empty, cut "
+                    "short, extended, or was written without one (trailer=False)"
+                )
+            length = int.from_bytes(tail[-8:-4], "little")
+            if length != len(body):
+                raise ValueError(
+                    f"the trailer counts {length} bytes of message, but {len(body)} come "
+                    "before it: bytes were cut or added"
+                )
+            if zlib.crc32(body) != int.from_bytes(tail[-4:], "little"):
+                raise ValueError("the message does not match its CRC-32: it was altered")
+        else:
+            body = payload
+            _check_top_level(body, self._singular)
+        return _to_dict(self.message_class.FromString(body), self._plan)
 
 
 def _fill(message: Any, data: Mapping[Any, Any], plan: _Plan, path: str) -> None:

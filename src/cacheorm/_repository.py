@@ -67,6 +67,10 @@ class Repository(Generic[T]):
         hooks: functions called with an :class:`~cacheorm.OperationEvent` after
             every operation (metrics, tracing: see :mod:`cacheorm.otel`). A
             repository without hooks pays nothing for them.
+        allow_subclasses: store an instance of a subclass of ``model`` (or of a
+            nested model) as that model, leaving its extra fields out; it reads
+            back as the base class. By default such an instance is refused with
+            a ``ValidationError``, since it would lose fields.
 
     Raises:
         ModelDefinitionError: the model cannot be stored (no primary key,
@@ -85,8 +89,11 @@ class Repository(Generic[T]):
         prefix: str = "",
         ttl: TTL = None,
         registry: SerializerRegistry | None = None,
+        allow_subclasses: bool = False,
         hooks: Sequence[Hook] = (),
     ) -> None:
+        if not isinstance(allow_subclasses, bool):
+            raise ConfigurationError(f"allow_subclasses must be a bool, not {allow_subclasses!r}")
         if backend is None:
             from cacheorm._memory import MemoryBackend
 
@@ -97,7 +104,9 @@ class Repository(Generic[T]):
             )
         self._serializer = _resolve_serializer(serializer, registry)
         self._dumps = self._serializer.dumps
-        compiled: CompiledModel[T] = compile_model(model, binary=self._serializer.binary)
+        compiled: CompiledModel[T] = compile_model(
+            model, binary=self._serializer.binary, allow_subclasses=allow_subclasses
+        )
         self._model = model
         self._compiled = compiled
         self._encode = compiled.encode

@@ -167,8 +167,9 @@ _DICT_ORIGINS = {dict, Mapping}
 class _Compiler:
     """Builds nodes for one root model and every dataclass reachable from it."""
 
-    def __init__(self, *, binary: bool) -> None:
+    def __init__(self, *, binary: bool, allow_subclasses: bool = False) -> None:
         self.binary = binary
+        self.allow_subclasses = allow_subclasses
         self.ns: dict[str, Any] = dict(c.BASE_NAMESPACE)
         self.models: dict[type, tuple[c.ModelNode, ModelSpec | None]] = {}
         self.order: list[type] = []
@@ -470,6 +471,12 @@ class _Compiler:
 
     def _encoder(self, node: c.ModelNode, spec: ModelSpec, explain: bool) -> str:
         g = c.Gen(self.ns, explain=explain, binary=self.binary)
+        cls = g.const(spec.cls, "_t")
+        # Exactly this class: a subclass would lose its own fields (unless allowed).
+        g.line(f"if type(o) is not {cls}:")
+        with g.block():
+            check = f"_model_in(o, {cls}, {self.allow_subclasses})"
+            g.guarded("o", check, "p" if explain else None, spec.cls.__qualname__, "o")
         items = []
         for f in spec.fields:
             local = g.var("a")
@@ -563,8 +570,14 @@ def _is_int_or_optional_int(tp: Any) -> bool:
     return get_origin(tp) in (typing.Union, types.UnionType) and set(args) == {int, type(None)}
 
 
-def compile_model(cls: type[T], *, binary: bool) -> CompiledModel[T]:
+def compile_model(
+    cls: type[T], *, binary: bool, allow_subclasses: bool = False
+) -> CompiledModel[T]:
     """Read ``cls`` and generate its functions for a text or binary serializer.
+
+    With ``allow_subclasses``, an instance of a subclass of ``cls`` (or of a
+    nested model) is stored as that class, its own fields left out; otherwise
+    it is refused, since reading it back would lose them.
 
     Raises:
         ModelDefinitionError: ``cls`` is not a dataclass, or a field cannot be stored.
@@ -574,7 +587,7 @@ def compile_model(cls: type[T], *, binary: bool) -> CompiledModel[T]:
             f"{cls!r} is not a dataclass; decorate it with @dataclasses.dataclass",
             model=cls if isinstance(cls, type) else None,
         )
-    compiler = _Compiler(binary=binary)
+    compiler = _Compiler(binary=binary, allow_subclasses=allow_subclasses)
     root = compiler.model(cls)
     source = compiler.generate()
     exec(compile(source, f"<cacheorm {cls.__qualname__}>", "exec"), compiler.ns)
