@@ -270,7 +270,7 @@ def cases(draw: st.DrawFn, binary: bool) -> Case:
 
 
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -338,6 +338,9 @@ foreign_values = json_like(False) | st.sampled_from(
         10**30,
         2**64,
         -(2**63) - 1,
+        {1: 2},  # an int map key (msgpack refuses it on read; json writes "1")
+        msgpack.ExtType(5, b"x"),  # msgpack only
+        [msgpack.Timestamp(1, 0)],  # msgspec would read it as a datetime
     ]
 )
 
@@ -358,7 +361,7 @@ def foreign_payloads(serializer: str, good: dict[str, Any]) -> st.SearchStrategy
             packed: bytes = msgpack.packb(data, use_bin_type=True)
             return packed
         except (ValueError, TypeError, OverflowError, UnicodeEncodeError):
-            return None
+            return None  # not expressible in this format
 
     keys = st.sampled_from([*good, "unknown"]) if good else st.just("unknown")
     return (
