@@ -431,6 +431,8 @@ class Flat:
     at: dt.time | None = None
     level: Level = Level.LOW
     height: float = 0.0
+    kind: Literal["x", 2, None] = None
+    tags: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -692,3 +694,84 @@ def test_the_environment_switch_turns_the_fast_path_off(monkeypatch: pytest.Monk
         monkeypatch.delenv("CACHEORM_FAST")
         importlib.reload(_fast)
     assert _fast.ENABLED is True
+
+
+class Mixed(enum.Enum):
+    ONE = 1
+    HALF = 0.5
+
+
+class Huge(enum.IntEnum):
+    BIG = 2**70
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    label: Mixed = Mixed.ONE
+
+
+@dataclasses.dataclass
+class Tree:
+    weight: float
+    children: list[Tree] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Shapes:
+    id: PK
+    point: Point
+    tree: Tree | None = None
+    points: dict[str, tuple[Point, float]] = dataclasses.field(default_factory=dict)
+
+
+@pytest.mark.parametrize("value", [1.5, 1e16, float("nan"), 1e-300])
+@pytest.mark.parametrize("where", ["point", "tree", "points", "label"])
+def test_floats_deep_inside_nested_models_are_spelled_as_python_spells_them(
+    value: float, where: str
+) -> None:
+    """Nested, recursive and enum-valued floats: the same bytes from both paths."""
+    obj = Shapes(1, Point(0.5))
+    if where == "point":
+        obj.point.x = value
+    elif where == "tree":
+        obj.tree = Tree(1.0, [Tree(2.0, [Tree(value)])])
+    elif where == "points":
+        obj.points = {"a": (Point(1.0), value)}
+    else:
+        obj.point.label = Mixed.HALF if value == 1.5 else Mixed.ONE
+    fast, slow = repo_pair(Shapes, "json")
+    fast.save(obj)
+    payload = fast.backend.get("shapes:1")
+    slow.save(obj)
+    assert payload == slow.backend.get("shapes:1")
+    assert same(fast.get(1), slow.get(1))
+
+
+def test_annotations_msgspec_refuses_stay_on_the_compiled_decoder() -> None:
+    """An IntEnum past 64 bits: msgspec cannot decode it, the compiled decoder can."""
+
+    @dataclasses.dataclass
+    class WithHuge:
+        id: PK
+        size: Huge
+
+    for serializer in ("json", "msgpack"):
+        fast, slow = repo_pair(WithHuge, serializer)
+        assert not codec_of(fast).typed
+        if serializer == "json":
+            fast.save(WithHuge(1, Huge.BIG))
+            assert same(slow.get(1), fast.get(1))
+
+
+def test_without_msgspec_repositories_use_the_stdlib_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """msgspec missing: no fast codec, and import cacheorm still works."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "msgspec", None)  # import msgspec raises ImportError
+    repo = co.Repository(Flat, serializer="json")
+    assert not on_fast_path(repo)
+    repo.save(Flat(1, "a"))
+    assert repo.get(1) == Flat(1, "a")
