@@ -593,10 +593,20 @@ class Frozen:
     ratio: dict[str, float] | None = None
 
 
+@dataclasses.dataclass
+class Upper:
+    id: PK
+    name: str
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value.upper() if isinstance(value, str) else value)
+
+
 @pytest.mark.parametrize(
     ("model", "typed"),
     [
         (Flat, True),
+        (Upper, False),
         (Renamed, True),
         (Frozen, True),
         (WithAny, False),
@@ -608,7 +618,7 @@ class Frozen:
 def test_models_the_typed_decoder_cannot_take_fall_back(
     model: type, typed: bool, serializer: str
 ) -> None:
-    """Any, nested dataclasses and init=False fields read through the compiled decoder."""
+    """Any, nested dataclasses, init=False fields and a custom __setattr__ read untyped."""
     fast, _ = repo_pair(model, serializer)
     assert codec_of(fast).typed is typed
 
@@ -775,3 +785,11 @@ def test_without_msgspec_repositories_use_the_stdlib_path(
     assert not on_fast_path(repo)
     repo.save(Flat(1, "a"))
     assert repo.get(1) == Flat(1, "a")
+
+
+def test_a_custom_setattr_runs_on_read_as_through_init() -> None:
+    """__init__ assigns through __setattr__; the fast path's record is the same."""
+    for serializer in ("json", "msgpack"):
+        fast, slow = repo_pair(Upper, serializer)
+        fast.backend.set("upper:1", slow.serializer.dumps({"id": 1, "name": "ab"}))
+        assert fast.get(1).name == slow.get(1).name == "AB"

@@ -306,7 +306,6 @@ class _Plan:
         self.fields: list[tuple[Any, ...]] = []
         self.rename: dict[str, str] = {}
         self.lines: list[str] = []
-        self.items: list[str] = []
         self.ns: dict[str, Any] = {}
 
     def const(self, value: Any) -> str:
@@ -356,12 +355,22 @@ def _typed_decoder(spec: ModelSpec, msgspec: Any, *, json: bool) -> Callable[[by
             if "__msgspec_cache__" in k.__dict__:
                 delattr(k, "__msgspec_cache__")
     ns = plan.ns
-    ns.update({"_new": object.__new__, "_set": object.__setattr__, "_cls": cls, "_read": read})
-    body = ["def decode(payload):", "    s = _read(payload)", *plan.lines, "    o = _new(_cls)"]
+    ns.update(
+        {
+            "_new": object.__new__,
+            "_set": object.__setattr__,
+            "_cls": cls,
+            "_read": read,
+            "_asdict": msgspec.structs.asdict,
+        }
+    )
+    body = ["def decode(payload):", "    d = _asdict(_read(payload))", *plan.lines]
+    body.append("    o = _new(_cls)")
     if _has_dict(cls):
-        body.append("    _set(o, '__dict__', {" + ", ".join(plan.items) + "})")
+        body.append("    _set(o, '__dict__', d)")
     else:
-        body.extend(f"    _set(o, {item.replace(': ', ', ', 1)})" for item in plan.items)
+        body.append("    for k, v in d.items():")
+        body.append("        _set(o, k, v)")
     if hasattr(cls, "__post_init__"):
         body.append("    o.__post_init__()")
     body.append("    return o")
@@ -391,37 +400,37 @@ def _field(plan: _Plan, f: Any, msgspec: Any) -> bool:
         if stored is None:
             return False
         tp = stored | None if optional else stored
-    name = f"f_{len(plan.fields)}"
     has_default = f.default is not c.MISSING or f.default_factory is not None
     if has_default:
-        plan.fields.append((name, tp | msgspec.UnsetType, msgspec.UNSET))
+        plan.fields.append((f.attr, tp | msgspec.UnsetType, msgspec.UNSET))
     else:
-        plan.fields.append((name, tp))
-    plan.rename[name] = f.stored
-    value = f"s.{name}"
-    if convert is not None or has_default:
-        local = f"v{len(plan.fields)}"
-        plan.lines.append(f"    {local} = {value}")
-        if has_default:
-            plan.lines.append(f"    if {local} is {plan.const(msgspec.UNSET)}:")
-            if f.default_factory is not None:
-                plan.lines.append(f"        {local} = {plan.const(f.default_factory)}()")
-            else:
-                plan.lines.append(f"        {local} = {plan.const(f.default)}")
-            if convert is not None:
-                plan.lines.append("    else:")
-                indent = "        "
-            else:
-                indent = ""
+        plan.fields.append((f.attr, tp))
+    if f.stored != f.attr:
+        plan.rename[f.attr] = f.stored
+    if convert is None and not has_default:
+        return True
+    # The struct's fields are the attributes, so asdict() gives the object's
+    # __dict__; converted and defaulted entries are replaced in place.
+    slot = f"d[{f.attr!r}]"
+    local = f"v{len(plan.fields)}"
+    lines = plan.lines
+    lines.append(f"    {local} = {slot}")
+    indent = "    "
+    if has_default:
+        lines.append(f"    if {local} is {plan.const(msgspec.UNSET)}:")
+        if f.default_factory is not None:
+            lines.append(f"        {slot} = {plan.const(f.default_factory)}()")
         else:
-            indent = "    "
-        if convert is not None:
-            if optional:
-                plan.lines.append(f"{indent}if {local} is not None:")
-                indent += "    "
-            plan.lines.append(f"{indent}{local} = {convert.format(local)}")
-        value = local
-    plan.items.append(f"{f.attr!r}: {value}")
+            lines.append(f"        {slot} = {plan.const(f.default)}")
+        if convert is None:
+            return True
+        lines.append("    else:")
+        indent = "        "
+    if convert is not None:
+        if optional:
+            lines.append(f"{indent}if {local} is not None:")
+            indent += "    "
+        lines.append(f"{indent}{slot} = {convert.format(local)}")
     return True
 
 
@@ -512,5 +521,7 @@ def _model_ok(cls: type, spec: ModelSpec) -> bool:
         or init is None
         or getattr(getattr(init, "__code__", None), "co_filename", "") != "<string>"
         or getattr(cls, "__new__", None) is not object.__new__
+        # __init__ assigns through a custom __setattr__ (frozen ones are bypassed)
+        or (not params.frozen and getattr(cls, "__setattr__", None) is not object.__setattr__)
         or len(fields) != len(spec.fields)  # init=False fields, InitVars, ClassVars
     )
