@@ -793,3 +793,96 @@ def test_a_custom_setattr_runs_on_read_as_through_init() -> None:
         fast, slow = repo_pair(Upper, serializer)
         fast.backend.set("upper:1", slow.serializer.dumps({"id": 1, "name": "ab"}))
         assert fast.get(1).name == slow.get(1).name == "AB"
+
+
+# --- direct writes (orjson / ormsgpack) -------------------------------------------------
+
+
+@dataclasses.dataclass
+class Direct:
+    id: PK
+    name: str
+    score: float
+    when: dt.datetime
+    level: Level
+    tags: list[str]
+    pair: tuple[int, str] = (0, "")
+    day: dt.date | None = None
+
+
+@dataclasses.dataclass
+class DirectChild(Direct):
+    secret: str = "not stored"
+
+
+class Text(str):
+    pass
+
+
+class Pair(tuple):  # type: ignore[type-arg]
+    pass
+
+
+class Names(list):  # type: ignore[type-arg]
+    pass
+
+
+def direct(**changes: Any) -> Direct:
+    obj = Direct(1, "a", 1.5, dt.datetime(2026, 1, 1, tzinfo=UTC), Level.LOW, ["x"])
+    for name, value in changes.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_plain_models_are_written_directly(serializer: str) -> None:
+    """A model of scalars, enums, datetimes and lists is checked and written whole."""
+    fast, _ = repo_pair(Direct, serializer)
+    assert codec_of(fast).encode is not None
+    for model in (Renamed, Frozen, WithAny, WithNested):
+        assert codec_of(repo_pair(model, serializer)[0]).encode is None
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        direct(),
+        direct(name=Text("sub")),  # normalized to str by enc_N
+        direct(score=2),  # an int in a float field: written as 2.0
+        direct(score=1e20),  # an exponent
+        direct(score=float("nan")),
+        direct(id=Level.HIGH),  # an IntEnum in an int field: written as 2
+        direct(id=True),  # refused
+        direct(pair=Pair((1, "b"))),
+        direct(tags=Names(["n"])),
+        direct(tags=("t",)),  # refused: a tuple for a list
+        direct(when=dt.datetime(2026, 1, 1, tzinfo=dt.timezone(dt.timedelta(seconds=30)))),
+        direct(when=dt.datetime(2026, 1, 1)),
+        direct(when=dt.date(2026, 1, 1)),  # refused
+        direct(level=2),  # refused: the raw value
+        direct(id=2**64),  # past 64 bits: json writes it, msgpack refuses it
+        DirectChild(1, "a", 1.5, dt.datetime(2026, 1, 1), Level.LOW, []),
+    ],
+    ids=repr,
+)
+def test_direct_writes_match_the_stdlib_path(serializer: str, record: Any) -> None:
+    """Every value the direct writer would spell otherwise goes through enc_N: same bytes."""
+    fast, slow = repo_pair(Direct, serializer)
+    got = []
+    for repo in (fast, slow):
+        repo.backend.clear()
+        got.append(outcome(lambda repo=repo: (repo.save(record), repo.backend.get("direct:1"))[1]))
+    assert same_outcome(*got), got
+
+
+def test_extra_attributes_are_not_written_directly() -> None:
+    """orjson writes a dataclass's whole __dict__; an extra attribute goes through enc_N."""
+    fast, slow = repo_pair(Direct, "json")
+    record = direct()
+    record.note = "not a field"  # type: ignore[attr-defined]
+    fast.save(record)
+    payload = fast.backend.get("direct:1")
+    slow.save(record)
+    assert payload == slow.backend.get("direct:1")
+    assert b"note" not in (payload or b"")

@@ -61,8 +61,8 @@ class FastCodec:
     """The native ``dumps`` and ``decode`` of one model on one built-in serializer.
 
     Attributes:
-        typed: reads decode straight into the dataclass (else into primitives
-            checked by the compiled ``dec_N``).
+        typed: reads decode into a struct of the stored primitives (else into
+            primitives checked by the compiled ``dec_N``).
     """
 
     def __init__(
@@ -71,10 +71,15 @@ class FastCodec:
         decode: Callable[[bytes], Any],
         *,
         typed: bool,
+        encode: Callable[[Any], Any] | None = None,
     ) -> None:
         self.dumps = dumps
         self.decode = decode
         self.typed = typed
+        #: replaces the compiled ``enc_N`` for models written directly by
+        #: orjson / ormsgpack: checks the record and hands it on unchanged
+        #: (``dumps`` takes the record or, where it needed converting, a dict).
+        self.encode = encode
 
 
 def fast_codec(compiled: CompiledModel[Any], serializer: Serializer) -> FastCodec | None:
@@ -102,6 +107,10 @@ def fast_codec(compiled: CompiledModel[Any], serializer: Serializer) -> FastCode
         checks = _float_check(spec, compiled.models) if json else None
         dumps = _native_dumps(encode, slow_dumps, checks)
     decode, typed = _decoder(compiled, msgspec, json=json)
+    direct = _direct_encoder(compiled, dumps, json=json)
+    if direct is not None:
+        encode_obj, dumps = direct
+        return FastCodec(dumps, decode, typed=typed, encode=encode_obj)
     return FastCodec(dumps, decode, typed=typed)
 
 
@@ -525,3 +534,152 @@ def _model_ok(cls: type, spec: ModelSpec) -> bool:
         or (not params.frozen and getattr(cls, "__setattr__", None) is not object.__setattr__)
         or len(fields) != len(spec.fields)  # init=False fields, InitVars, ClassVars
     )
+
+
+# --- direct writes (orjson / ormsgpack) ------------------------------------------------
+
+
+def _direct_encoder(
+    compiled: CompiledModel[Any], dict_dumps: Callable[[Any], bytes], *, json: bool
+) -> tuple[Callable[[Any], Any], Callable[[Any], bytes]] | None:
+    """Check the record with the compiled checks and let orjson / ormsgpack write it whole.
+
+    orjson (json) and ormsgpack (msgpack) serialize a dataclass in C, with
+    datetimes as ISO 8601 text (``+00:00``, not msgspec's ``Z``): for the
+    annotations :func:`_direct_ok` takes, their bytes are the stdlib
+    serializers'. The record is checked by code the codec nodes write (the
+    same checks ``enc_N`` runs; their conversions are not run), with every
+    normalizing helper (a ``str`` subclass to ``str``, an int to float, ...)
+    replaced by a refusal: such a record, one whose datetime offset has
+    seconds, whose float needs an exponent, or whose ``__dict__`` holds more
+    than its fields, goes through ``enc_N`` and ``dict_dumps`` instead, and so
+    does any value the library refuses (a subclass, an int past 64 bits).
+    """
+    spec = compiled.spec
+    cls = spec.cls
+    if spec.auto_field is not None or not _model_ok(cls, spec):
+        return None  # an auto id is filled into the encoded dict (Repository._with_id)
+    if any(f.stored != f.attr or not _direct_ok(f.node, top=True) for f in spec.fields):
+        return None
+    try:
+        if json:
+            import orjson
+
+            write: Callable[..., bytes] = orjson.dumps
+            option = orjson.OPT_PASSTHROUGH_SUBCLASS
+        else:
+            import ormsgpack
+
+            write = ormsgpack.packb
+            option = ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+    except ImportError:
+        return None
+    ns: dict[str, Any] = dict(c.BASE_NAMESPACE)
+    for helper in ("_to_str", "_to_int", "_to_float", "_to_bytes", "_to_list", "_to_dict"):
+        ns[helper] = _refuse
+    ns["_instance"] = _refuse
+    ns["_date_only"] = _refuse
+    ns.update(
+        {
+            "_enc": compiled.encode,
+            "_write": write,
+            "_option": option,
+            "_default": _refuse,
+            "_dict_dumps": dict_dumps,
+            "_MIN": _dt.timedelta(minutes=1),
+        }
+    )
+    ns["_cls"] = cls
+    g = c.Gen(ns, explain=False, binary=not json)
+    with g.block():
+        g.line("if type(o) is not _cls:")  # a subclass would be written with its own fields
+        with g.block():
+            g.line("raise _F")
+        if _has_dict(cls):
+            g.line(f"if len(o.__dict__) != {len(spec.fields)}:")
+            with g.block():
+                g.line("raise _F")
+        for f in spec.fields:
+            local = g.var("a")
+            g.line(f"{local} = o.{f.attr}")
+            f.node.enc(g, local, None)  # the checks; the conversion expression is dropped
+            _direct_extra(g, f.node, local, json=json)
+    lines = ["def encode(o):", "    try:", *g.lines]
+    lines += [
+        "    except Exception:",
+        "        return _enc(o)",
+        "    return o",
+        "",
+        "def dumps(d):",
+        "    if type(d) is dict:",
+        "        return _dict_dumps(d)",
+        "    try:",
+        "        return _write(d, option=_option, default=_default)",
+        "    except Exception:",
+        "        return _dict_dumps(_enc(d))",
+    ]
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<cacheorm direct {cls.__qualname__}>", "exec"), ns)
+    return ns["encode"], ns["dumps"]
+
+
+def _direct_extra(g: c.Gen, node: c.Node, src: str, *, json: bool) -> None:
+    """Checks for values the direct writers spell otherwise (floats, offsets in seconds)."""
+    if isinstance(node, c.OptionalNode):
+        g.line(f"if {src} is not None:")
+        with g.block():
+            g.line("pass")
+            _direct_extra(g, node.inner, src, json=json)
+    elif isinstance(node, c.ScalarNode) and node.exact is float and json:
+        g.line(f"if not ({src} == 0.0 or 1e-4 <= abs({src}) < 1e16):")
+        with g.block():
+            g.line("raise _F")
+    elif isinstance(node, c.ConvertNode) and node.cls is _dt.datetime:
+        # orjson and ormsgpack write the offset in whole minutes.
+        g.line(f"if {src}.tzinfo is not None and {src}.utcoffset() % _MIN:")
+        with g.block():
+            g.line("raise _F")
+
+
+def _direct_ok(node: c.Node, *, top: bool) -> bool:
+    """Whether orjson / ormsgpack write this annotation's values as the stdlib path does.
+
+    Scalars, enums of int or str values, Literals, dates, times and UUIDs,
+    ``X | None``, lists and tuples and ``dict[str, ...]`` of them; floats and
+    datetimes only at the top level (their spelling is checked there). Not
+    sets (neither library writes them), bytes, timedelta, Decimal, ``Any``,
+    user codecs, nested dataclasses or abstract containers.
+    """
+    if isinstance(node, c.ScalarNode):
+        return node.exact in (str, int, bool) or (node.exact is float and top)
+    if isinstance(node, c.OptionalNode):
+        return _direct_ok(node.inner, top=top)
+    if isinstance(node, c.EnumNode):
+        return not node.flag and node.value_types in (frozenset({int}), frozenset({str}))
+    if isinstance(node, c.LiteralNode):
+        return True
+    if isinstance(node, c.ConvertNode):
+        if node.cls is _dt.datetime:
+            return top
+        return node.cls in (_dt.date, _dt.time, uuid.UUID)
+    if isinstance(node, c.SequenceNode):
+        return (
+            node.accepts is node.kind
+            and node.kind in (list, tuple)
+            and _direct_ok(node.item, top=False)
+        )
+    if isinstance(node, c.TupleNode):
+        return all(_direct_ok(i, top=False) for i in node.items)
+    if isinstance(node, c.DictNode):
+        return (
+            isinstance(node.key, c.ScalarNode)
+            and node.key.exact is str
+            and node.desc.startswith("dict[")
+            and _direct_ok(node.value, top=False)
+        )
+    return False
+
+
+def _refuse(*_: Any) -> Any:
+    """A value the direct writers would not write as ``enc_N`` does: go through ``enc_N``."""
+    raise c._Fast

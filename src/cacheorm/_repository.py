@@ -101,6 +101,8 @@ class Repository(Generic[T]):
         fast = fast_codec(compiled, self._serializer)  # None without msgspec
         if fast is not None:
             self._dumps = fast.dumps
+            if fast.encode is not None:  # checks, then orjson / ormsgpack write the record
+                self._encode = fast.encode
             self._load = fast_load(fast.decode, self._load)  # type: ignore[method-assign,assignment]
         self._backend = backend
         self._ttl = normalize_ttl(ttl)
