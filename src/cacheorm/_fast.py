@@ -124,6 +124,11 @@ def fast_load(
     stricter), so errors are the stdlib path's by construction.
     """
 
+    make_load = getattr(decode, "make_load", None)
+    if make_load is not None:
+        made: Callable[[str, bytes], Any] = make_load(slow_load)
+        return made
+
     def load(key: str, payload: bytes) -> Any:
         try:
             return decode(payload)
@@ -373,19 +378,32 @@ def _typed_decoder(spec: ModelSpec, msgspec: Any, *, json: bool) -> Callable[[by
             "_asdict": msgspec.structs.asdict,
         }
     )
-    body = ["def decode(payload):", "    d = _asdict(_read(payload))", *plan.lines]
-    body.append("    o = _new(_cls)")
-    if _has_dict(cls):
-        body.append("    _set(o, '__dict__', d)")
+    steps = ["d = _asdict(_read(payload))", *(line[4:] for line in plan.lines)]
+    steps.append("o = _new(_cls)")
+    params = getattr(cls, "__dataclass_params__", None)
+    if not _has_dict(cls):
+        steps += ["for k, v in d.items():", "    _set(o, k, v)"]
+    elif params is not None and params.frozen:
+        steps.append("_set(o, '__dict__', d)")
     else:
-        body.append("    for k, v in d.items():")
-        body.append("        _set(o, k, v)")
+        steps.append("o.__dict__ = d")  # no custom __setattr__ (_model_ok)
     if hasattr(cls, "__post_init__"):
-        body.append("    o.__post_init__()")
-    body.append("    return o")
-    source = "\n".join(body) + "\n"
+        steps.append("o.__post_init__()")
+    steps.append("return o")
+    # decode() for direct use; make_load(slow) for Repository._load, with the
+    # fallback inside the same frame (one Python call per record, not two).
+    lines = ["def decode(payload):", *("    " + x for x in steps)]
+    lines += ["", "def make_load(_slow):", "    def load(key, payload):", "        try:"]
+    lines += ["            " + x for x in steps]
+    lines += [
+        "        except Exception:",
+        "            return _slow(key, payload)",
+        "    return load",
+    ]
+    source = "\n".join(lines) + "\n"
     exec(compile(source, f"<cacheorm fast {cls.__qualname__}>", "exec"), ns)
     decode: Callable[[bytes], Any] = ns["decode"]
+    decode.make_load = ns["make_load"]  # type: ignore[attr-defined]
     return decode
 
 
@@ -587,6 +605,7 @@ def _direct_encoder(
             "_default": _refuse,
             "_dict_dumps": dict_dumps,
             "_MIN": _dt.timedelta(minutes=1),
+            "_UTC": _dt.timezone.utc,
         }
     )
     ns["_cls"] = cls
@@ -636,7 +655,9 @@ def _direct_extra(g: c.Gen, node: c.Node, src: str, *, json: bool) -> None:
             g.line("raise _F")
     elif isinstance(node, c.ConvertNode) and node.cls is _dt.datetime:
         # orjson and ormsgpack write the offset in whole minutes.
-        g.line(f"if {src}.tzinfo is not None and {src}.utcoffset() % _MIN:")
+        tz = g.var("z")
+        g.line(f"{tz} = {src}.tzinfo")
+        g.line(f"if {tz} is not None and {tz} is not _UTC and {src}.utcoffset() % _MIN:")
         with g.block():
             g.line("raise _F")
 
