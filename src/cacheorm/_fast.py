@@ -1,35 +1,28 @@
-"""The fast codec path: msgspec under the compiled codecs (the ``fast`` extra).
+"""The fast codec path: native readers and writers under the compiled codecs (``fast`` extra).
 
 When msgspec is installed, a :class:`~cacheorm.Repository` using the built-in
-``JSONSerializer`` or ``MsgpackSerializer`` reads and writes through msgspec's
-native encoders and decoders. The stored bytes and the validation are the
-stdlib path's, by construction:
+``JSONSerializer`` or ``MsgpackSerializer`` reads through msgspec and writes
+through orjson / ormsgpack (plain models) or msgspec (the rest). The stored
+bytes, the records and every error are the stdlib path's:
 
-* **Writes** run the model's compiled ``enc_N`` (the same checks, the same
-  conversions, the same ``ValidationError``), then msgspec writes the dict.
-  Where msgspec would write different bytes than the stdlib serializer (JSON
-  floats that need an exponent, NaN and the infinities, which msgspec writes
-  as ``null``) or could write something the stdlib serializer refuses (values
-  of ``Any`` fields and of user codecs, which nothing checked), the stdlib
-  serializer writes the record instead. Any msgspec error also falls back, so
-  the stdlib serializer raises its own ``SerializationError``.
-* **Reads** try a native decode; on *any* exception the record is read again
-  by the stdlib path (``loads`` + ``dec_N``, then ``xdec_N`` to explain), so
-  every error is the stdlib path's error. A native decode may therefore only
-  ever *succeed* where the stdlib path succeeds with an equal record:
+* **Direct writes** (:func:`_direct_encoder`): code the codec nodes write runs
+  the checks ``enc_N`` runs, then orjson / ormsgpack write the dataclass
+  whole. Anything they would spell otherwise goes through ``enc_N``.
+* **Dict writes** (:func:`_native_dumps`): ``enc_N`` (the same checks and
+  conversions), then msgspec writes the dict; JSON floats msgspec spells
+  otherwise, and models with unchecked values (``Any``, user codecs), go to
+  the stdlib serializer.
+* **Reads**: a native decode; on *any* exception the stdlib path reads the
+  record again from the start, so every error is its error, and a native
+  decode only ever succeeds where the stdlib path succeeds with an equal
+  record. *Typed* (:func:`_typed_decoder`): msgspec decodes a struct of the
+  stored primitives (refusing unknown keys), and generated code applies the
+  stdlib parsers and builds the object as ``__init__`` does. *Untyped* (JSON
+  only): msgspec parses to primitives and ``dec_N`` checks them.
 
-  - *typed* (straight into the dataclass, msgspec's ``Decoder(type=Model)``)
-    for models whose every annotation msgspec decodes by exactly our rules
-    (:func:`_typed_ok`); a second, tiny decode into a *witness* struct refuses
-    keys the model does not know (msgspec skips them unchecked, the stdlib
-    reader does not) and re-parses datetimes and times with ``fromisoformat``
-    (msgspec also accepts a lower-case ``t``/``z`` and rounds past six
-    fractional digits);
-  - *untyped* (JSON only): msgspec parses to primitives, which equal
-    ``json.loads``'s wherever msgspec succeeds, and ``dec_N`` checks them.
-
-The module imports msgspec lazily, so ``import cacheorm`` never needs it. Set
-the environment variable ``CACHEORM_FAST=0`` to turn the fast path off.
+docs/design.md ("The fast codec path") explains each choice. The libraries
+are imported lazily, so ``import cacheorm`` never needs them. Set the
+environment variable ``CACHEORM_FAST=0`` to turn the fast path off.
 """
 
 from __future__ import annotations
