@@ -886,3 +886,21 @@ def test_extra_attributes_are_not_written_directly() -> None:
     slow.save(record)
     assert payload == slow.backend.get("direct:1")
     assert b"note" not in (payload or b"")
+
+
+@pytest.mark.parametrize(("serializer", "library"), [("json", "orjson"), ("msgpack", "ormsgpack")])
+def test_without_the_direct_writer_msgspec_writes_the_dict(
+    serializer: str, library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson / ormsgpack missing: enc_N and msgspec write, with the same bytes."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, library, None)
+    fast, slow = repo_pair(Direct, serializer)
+    assert codec_of(fast).encode is None
+    record = direct()
+    fast.save(record)
+    payload = fast.backend.get("direct:1")
+    slow.save(record)
+    assert payload == slow.backend.get("direct:1")
+    assert same(fast.get(1), record)
