@@ -131,10 +131,12 @@ def bench(session: nox.Session) -> None:
 
     The backend benchmarks start their own redis-server, Redis Cluster and
     memcached processes; arguments go to both (``nox -s bench -- --quick``,
-    ``-- --only redis``).
+    ``-- --only redis``). ``bench_codecs`` compares the stdlib and fast
+    (msgspec, the ``fast`` extra that ``all`` includes) codec paths.
     """
     session.install(".[all]")
     session.run("python", "benchmarks/bench_core.py")
+    session.run("python", "benchmarks/bench_codecs.py", *session.posargs)
     session.run("python", "benchmarks/bench_backends.py", *session.posargs)
     session.run("python", "benchmarks/bench_scaleout.py", *session.posargs)
 

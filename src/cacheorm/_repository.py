@@ -24,6 +24,7 @@ from cacheorm._errors import (
     ValidationError,
     describe_keys,
 )
+from cacheorm._fast import fast_codec, fast_load
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
 from cacheorm._observe import Hook, instrument
@@ -111,6 +112,12 @@ class Repository(Generic[T]):
         self._compiled = compiled
         self._encode = compiled.encode
         self._decode = compiled.decode
+        fast = fast_codec(compiled, self._serializer)  # None without msgspec
+        if fast is not None:
+            self._dumps = fast.dumps
+            if fast.encode is not None:  # checks, then orjson / ormsgpack write the record
+                self._encode = fast.encode
+            self._load = fast_load(fast.decode, self._load)  # type: ignore[method-assign,assignment]
         self._backend = backend
         self._ttl = normalize_ttl(ttl)
         self._ttl_arg = ttl

@@ -112,6 +112,8 @@ class CompiledModel(Generic[T]):
     _xenc: Callable[[T, str], Any]
     _xdec: Callable[[Any, str], Any]
     source: str
+    #: every model reachable from this one (itself included), as read
+    models: Mapping[type, ModelSpec] = dataclasses.field(default_factory=dict)
 
     def explain_encode(self, obj: T) -> c.Failure | None:
         """Re-run encoding slowly; return where it fails, or None."""
@@ -600,4 +602,5 @@ def compile_model(
         _xenc=compiler.ns[root.names["xenc"]],
         _xdec=compiler.ns[root.names["xdec"]],
         source=source,
+        models={k: m for k, (_, m) in compiler.models.items() if m is not None},
     )
