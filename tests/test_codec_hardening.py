@@ -17,7 +17,7 @@ import math
 import time
 import tracemalloc
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -599,3 +599,18 @@ def test_serializer_refusals_name_the_path(
         repo.save(Blob(id=1, value=value))
     assert where in str(info.value)
     assert repo.get_or_none(1) is None
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "pickle"])
+def test_an_optional_any_field_compiles_and_round_trips(serializer: str) -> None:
+    """`Any | None` used to generate an empty `if` block (IndentationError at Repository())."""
+
+    @dataclasses.dataclass
+    class Loose:
+        id: Annotated[int, co.Field(primary_key=True)]
+        extra: Optional[Any] = None  # noqa: UP045 - the spelling that failed
+
+    repo = co.Repository(Loose, serializer=serializer)
+    repo.save(Loose(1, {"a": [1, 2.5, None]}))
+    repo.save(Loose(2))
+    assert repo.get_many([1, 2]) == [Loose(1, {"a": [1, 2.5, None]}), Loose(2)]

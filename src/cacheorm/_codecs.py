@@ -793,6 +793,9 @@ class OptionalNode(Node):
     ) -> str:
         g.line(f"if {src} is not None:")
         with g.block():
+            # A conversion that checks in place may emit no line (Any does not
+            # on write); keep the block valid Python. pass compiles to nothing.
+            g.line("pass")
             expr = convert(g, src, path)
         if expr == src:
             return src
