@@ -19,6 +19,7 @@ import pytest
 
 import cacheorm as co
 from cacheorm._flight import LEASE_SUFFIX
+from tests.conftest import FakeClock
 from tests.proxy import FaultProxy
 from tests.servers import MemcachedServer, RedisServer, ServerMissing, _binary, start_one_redis
 
@@ -690,3 +691,52 @@ def test_a_repository_closes_only_the_backend_it_owns(redis_backend: co.RedisBac
         borrower.create(Customer(2))
     borrower.close()
     assert co.Repository(Customer, backend=redis_backend).get(2) == Customer(2)  # still open
+
+
+# -- updates keep the record's TTL ----------------------------------------------------------
+
+
+def _bump(c: Counter) -> Counter:
+    return dataclasses.replace(c, n=c.n + 1)
+
+
+def test_updates_keep_the_remaining_ttl_unless_told_otherwise(
+    backend: co.Backend, clock: FakeClock
+) -> None:
+    """save(ttl=1) then update / update_many / update_with / patch on a repository without
+    a TTL: the record still expires. ttl=None makes it permanent; ttl=DEFAULT gives it the
+    repository's TTL (none here)."""
+    repo = co.Repository(Counter, backend=backend)
+    repo.save_many([Counter(i) for i in range(1, 7)], ttl=1)
+    repo.update(Counter(1, 1))
+    repo.update_many([Counter(2, 1)])
+    repo.update_with(3, _bump)
+    repo.patch(4, n=1)
+    repo.patch(5, n=1, ttl=None)
+    repo.update(Counter(6, 1), ttl=co.DEFAULT)
+    assert [c.n for c in repo.get_many(range(1, 7)) if c] == [1] * 6
+    if isinstance(backend, co.MemoryBackend):
+        clock.advance(1.5)
+    else:
+        deadline = time.monotonic() + 6  # memcached keeps whole seconds plus one
+        while repo.get_many([1, 2, 3, 4]) != [None] * 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert repo.get_many(range(1, 7)) == [None, None, None, None, Counter(5, 1), Counter(6, 1)]
+    with pytest.raises(co.InvalidTTL):  # a new record has no TTL to keep
+        repo.save(Counter(9), ttl=co.KEEP_TTL)  # type: ignore[arg-type]
+
+
+def test_an_update_with_an_explicit_ttl_sets_it(backend: co.Backend, clock: FakeClock) -> None:
+    """Passing ttl= to an update still sets that TTL, as before."""
+    repo = co.Repository(Counter, backend=backend, ttl=1)
+    repo.save(Counter(1), ttl=None)
+    repo.patch(1, n=1, ttl=co.DEFAULT)
+    repo.save(Counter(2), ttl=None)
+    repo.update(Counter(2, 1))
+    if isinstance(backend, co.MemoryBackend):
+        clock.advance(1.5)
+    else:
+        deadline = time.monotonic() + 6
+        while repo.get_or_none(1) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert repo.get_many([1, 2]) == [None, Counter(2, 1)]

@@ -362,7 +362,7 @@ class Repository(Generic[T]):
         self._backend.set(key, payload, seconds)
         return obj
 
-    def update(self, obj: T, *, ttl: UpdateTTLArg = DEFAULT) -> T:
+    def update(self, obj: T, *, ttl: UpdateTTLArg = KEEP_TTL) -> T:
         """Replace the stored record with ``obj``, atomically, only if it exists.
 
         Args:
@@ -415,7 +415,7 @@ class Repository(Generic[T]):
         pk: Any,
         fn: Callable[[T], T],
         *,
-        ttl: UpdateTTLArg = DEFAULT,
+        ttl: UpdateTTLArg = KEEP_TTL,
         attempts: int = UPDATE_ATTEMPTS,
     ) -> T:
         """Replace the record with ``fn(record)``, atomically, and return the new record.
@@ -497,7 +497,7 @@ class Repository(Generic[T]):
         changes: Mapping[str, Any] | None = None,
         /,
         *,
-        ttl: UpdateTTLArg = DEFAULT,
+        ttl: UpdateTTLArg = KEEP_TTL,
         **fields: Any,
     ) -> T:
         """Set some fields of the stored record, atomically; the new record.
@@ -920,7 +920,7 @@ class Repository(Generic[T]):
             self._backend.set_many(items, seconds)
         return objs
 
-    def update_many(self, objs: Iterable[T], *, ttl: UpdateTTLArg = DEFAULT) -> list[T]:
+    def update_many(self, objs: Iterable[T], *, ttl: UpdateTTLArg = KEEP_TTL) -> list[T]:
         """Replace every stored record in one backend call; absent ones are not written.
 
         Each record keeps its remaining TTL unless ``ttl=`` says otherwise (as
