@@ -32,6 +32,7 @@ from cacheorm._errors import (
 )
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
+from cacheorm._keys import _unwrap as unwrap_annotation
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
 from cacheorm._ttl import (
@@ -237,6 +238,7 @@ class Repository(Generic[T]):
             self._backend.close()
 
     def __enter__(self) -> Repository[T]:
+        """The repository itself; :meth:`close` runs when the block ends."""
         return self
 
     def __exit__(
@@ -245,6 +247,7 @@ class Repository(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Call :meth:`close`."""
         self.close()
 
     def key_for(self, pk: Any) -> str:
@@ -882,7 +885,7 @@ class Repository(Generic[T]):
         encoded = {i: self._encode_checked(objs[i], None) for i in pending}
         items = [self._dump(obj) if i not in encoded else ("", b"") for i, obj in enumerate(objs)]
         gap = 0
-        for _ in range(_ID_ATTEMPTS):
+        for _ in range(_ID_ATTEMPTS):  # pragma: no branch - ends when no auto id is refused
             if pending:
                 # Skip `gap` ids past the counter: 0 at first, then 1, 2, 4, ...
                 last = self._backend.incr(self._counter_key, len(pending) + gap)
@@ -1119,7 +1122,7 @@ def _not_a_backend(model: type, backend: object) -> ConfigurationError:
     call = f"Repository({model.__qualname__}, backend=...)"
     if isinstance(backend, type):
         return ConfigurationError(
-            f"{call} takes a backend instance, got the class {backend.__qualname__}; "
+            f"{call} expects a backend instance, got the class {backend.__qualname__}; "
             f"write backend={backend.__qualname__}(...)"
         )
     kind = type(backend)
@@ -1127,7 +1130,8 @@ def _not_a_backend(model: type, backend: object) -> ConfigurationError:
     name = f"{kind.__module__}.{kind.__qualname__}"
     if package in _WRAPPERS:
         return ConfigurationError(
-            f"{call} got a raw {name} client; wrap it: backend={_WRAPPERS[package]}"
+            f"{call} expects a cacheorm backend, got a raw {name} client; wrap it: "
+            f"backend={_WRAPPERS[package]}"
         )
     methods = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
     return ConfigurationError(
@@ -1166,13 +1170,7 @@ def _claim_default_namespace(model: type, prefix: str, namespace: str) -> None:
 
 def _renders_unlike_equal(annotation: Any) -> bool:
     """True if equal values of this key annotation can render to different keys."""
-    while True:
-        if get_origin(annotation) is typing.Annotated:
-            annotation = annotation.__origin__
-        elif getattr(annotation, "__supertype__", None) is not None:
-            annotation = annotation.__supertype__
-        else:
-            break
+    annotation = unwrap_annotation(annotation)
     return annotation is _dt.datetime or get_origin(annotation) is typing.Literal
 
 
