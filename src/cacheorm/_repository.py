@@ -986,8 +986,11 @@ class Repository(Generic[T]):
     def _dump(self, obj: T) -> tuple[str, bytes]:
         """Key and payload of ``obj``; raises before any I/O if it is invalid."""
         if not isinstance(obj, self._model):
+            name = self._model.__qualname__
             raise ValidationError(
-                f"{self._model.__qualname__} repository got {type(obj).__qualname__}: {obj!r}",
+                f"{name} repository got {type(obj).__qualname__} {safe_repr(obj)}, expected a "
+                f"{name} record; pass an instance of {name}, or use a Repository of "
+                f"{type(obj).__qualname__} for those",
                 model=self._model,
                 path="$",
                 expected=self._model.__qualname__,
