@@ -740,3 +740,32 @@ def test_an_update_with_an_explicit_ttl_sets_it(backend: co.Backend, clock: Fake
         while repo.get_or_none(1) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
     assert repo.get_many([1, 2]) == [None, Counter(2, 1)]
+
+
+def test_a_hung_loader_holds_up_callers_of_its_process_only_for_lock_timeout(
+    backend: co.Backend,
+) -> None:
+    """One caller's loader hangs: other callers in the same process wait lock_timeout, then
+    load themselves; when the hung loader returns, its older result does not overwrite."""
+    repo = co.Repository(Counter, backend=backend)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hung() -> Counter:
+        entered.set()
+        release.wait(10)
+        return Counter(7, 1, source="hung")
+
+    first: list[Counter] = []
+    thread = threading.Thread(target=lambda: first.append(repo.get_or_load(7, hung)))
+    thread.start()
+    assert entered.wait(5)
+    started = time.perf_counter()
+    got = in_thread(lambda: repo.get_or_load(7, lambda: Counter(7, 2, "second"), lock_timeout=0.5))
+    waited = time.perf_counter() - started
+    assert got == Counter(7, 2, "second")
+    assert 0.4 < waited < 2.0
+    release.set()
+    thread.join(10)
+    assert first == [Counter(7, 2, "second")]  # the fill lost to the record stored meanwhile
+    assert repo.get(7) == Counter(7, 2, "second")

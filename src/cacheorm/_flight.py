@@ -54,15 +54,26 @@ class SingleFlight(Generic[R]):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call[R]] = {}
 
-    def run(self, key: str, fn: Callable[[], R]) -> R:
-        """``fn()``, or the result (or exception) of a call for ``key`` already under way."""
+    def run(
+        self,
+        key: str,
+        fn: Callable[[], R],
+        timeout: float | None = None,
+        fallback: Callable[[], R] | None = None,
+    ) -> R:
+        """``fn()``, or the result (or exception) of a call for ``key`` already under way.
+
+        A caller that waits ``timeout`` seconds for a call under way without
+        seeing it finish returns ``fallback()`` instead (``fn()`` if None).
+        """
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
         if not leader:
-            call.done.wait()
+            if not call.done.wait(timeout):
+                return (fallback or fn)()
             if call.error is not None:
                 raise call.error
             return call.result  # type: ignore[return-value]

@@ -594,10 +594,23 @@ class Repository(Generic[T]):
         payload = self._backend.get(key)
         if payload is not None:
             return self._load(key, payload, pk)
+        # Callers of this process wait for the one loading, but no longer than
+        # lock_timeout: then they load themselves (a loader that hangs holds
+        # up only its own caller).
         result: T = self._flights.run(
-            key, lambda: self._load_through(key, pk, loader, seconds, timeout)
+            key,
+            lambda: self._load_through(key, pk, loader, seconds, timeout),
+            timeout,
+            lambda: self._load_late(key, pk, loader, seconds),
         )
         return result
+
+    def _load_late(self, key: str, pk: Any, loader: Callable[[], T], seconds: float | None) -> T:
+        """After waiting ``lock_timeout`` for another load: the cached record, or load here."""
+        payload = self._backend.get(key)
+        if payload is not None:
+            return self._load(key, payload, pk)
+        return self._fill(key, pk, loader, seconds)
 
     def _load_through(
         self, key: str, pk: Any, loader: Callable[[], T], seconds: float | None, timeout: float
