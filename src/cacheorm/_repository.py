@@ -1116,8 +1116,7 @@ def _not_a_model_class(model: object) -> ModelDefinitionError:
     if dataclasses.is_dataclass(model):
         return ModelDefinitionError(
             f"Repository() takes the model class, not an instance: got a {kind} instance "
-            f"{safe_repr(model)}; write Repository({kind}, ...)",
-            model=type(model),
+            f"{safe_repr(model)}; write Repository({kind}, ...)"
         )
     return ModelDefinitionError(
         f"Repository() takes a dataclass class as its model, got {kind} {safe_repr(model)}; "
