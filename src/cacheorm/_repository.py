@@ -1178,7 +1178,7 @@ def _claim_default_namespace(model: type, prefix: str, namespace: str) -> None:
             f"{model.__qualname__}: the default namespace {namespace!r} is already used by "
             f"class {other} in this process, so their records would share keys; pass "
             f"namespace= to tell them apart, for example Repository({model.__name__}, "
-            f"namespace={model.__name__.lower() + '_' + str(len(_DEFAULT_NAMESPACES))!r})",
+            f"namespace={model.__name__!r})",
             model=model,
         )
 
