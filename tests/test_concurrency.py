@@ -207,12 +207,18 @@ def test_update_with_errors(backend: co.Backend) -> None:
     assert counters.get(1) == Counter(1, 3)  # none of the failures wrote
 
 
-def test_update_with_sets_the_ttl(redis_backend: co.RedisBackend) -> None:
+def test_update_with_keeps_the_ttl_unless_given_one(redis_backend: co.RedisBackend) -> None:
+    """update_with keeps the record's remaining TTL by default; DEFAULT and None set one."""
     counters = co.Repository(Counter, backend=redis_backend, ttl=100)
     counters.create(Counter(1), ttl=None)
     assert redis_backend.client.pttl(counters.key_for(1)) == -1
     counters.update_with(1, _bump)
+    assert redis_backend.client.pttl(counters.key_for(1)) == -1  # kept: no expiry
+    counters.update_with(1, _bump, ttl=co.DEFAULT)
     assert 99_000 < redis_backend.client.pttl(counters.key_for(1)) <= 100_000
+    counters.update_with(1, _bump, ttl=50)
+    counters.patch(1, n=9)
+    assert 49_000 < redis_backend.client.pttl(counters.key_for(1)) <= 50_000  # kept
     counters.update_with(1, _bump, ttl=None)
     assert redis_backend.client.pttl(counters.key_for(1)) == -1
 

@@ -83,3 +83,12 @@ def test_every_error_derives_from_the_root() -> None:
     ]
     assert len(errors) == 18
     assert all(issubclass(e, cacheorm.CacheORMError) for e in errors)
+
+
+def test_every_public_repository_method_is_documented() -> None:
+    """Repository's public methods (close and the context manager included) have docstrings."""
+    names = [n for n in dir(cacheorm.Repository) if not n.startswith("_")]
+    names += ["__enter__", "__exit__"]
+    assert "close" in names
+    for name in names:
+        assert getattr(cacheorm.Repository, name).__doc__, name

@@ -441,6 +441,11 @@ def test_saving_the_wrong_type_of_object_is_a_validation_error(
     """A record of another class is refused before any I/O, naming both classes."""
     with pytest.raises(co.ValidationError, match="User repository got Collection"):
         users.save(Collection(1, 2))  # type: ignore[arg-type]
+    with pytest.raises(co.ValidationError, match="got NoneType None, expected a User record"):
+        users.update(None)  # type: ignore[arg-type]
+    with pytest.raises(co.ValidationError) as info:
+        users.create(["x" * 2000])  # type: ignore[arg-type]
+    assert len(str(info.value)) < 300  # a huge value is cut, not printed whole
 
 
 def test_a_bad_primary_key_type_is_a_validation_error(users: co.Repository[User]) -> None:

@@ -54,15 +54,26 @@ class SingleFlight(Generic[R]):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call[R]] = {}
 
-    def run(self, key: str, fn: Callable[[], R]) -> R:
-        """``fn()``, or the result (or exception) of a call for ``key`` already under way."""
+    def run(
+        self,
+        key: str,
+        fn: Callable[[], R],
+        timeout: float | None = None,
+        fallback: Callable[[], R] | None = None,
+    ) -> R:
+        """``fn()``, or the result (or exception) of a call for ``key`` already under way.
+
+        A caller that waits ``timeout`` seconds for a call under way without
+        seeing it finish returns ``fallback()`` instead (``fn()`` if None).
+        """
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
         if not leader:
-            call.done.wait()
+            if not call.done.wait(timeout):
+                return (fallback or fn)()
             if call.error is not None:
                 raise call.error
             return call.result  # type: ignore[return-value]
@@ -81,6 +92,10 @@ class SingleFlight(Generic[R]):
 class Lease:
     """A lock on one key held in the backend for at most ``timeout`` seconds.
 
+    The lease key is internal: errors of the store while taking it are
+    reported by :meth:`acquire`'s return value, never raised, so a read never
+    surfaces it.
+
     Taken with an atomic ``add`` of a random token, so exactly one caller of
     any process holds it; it expires on its own if the holder dies.
     Releasing deletes it only if it still holds this holder's token (a
@@ -95,9 +110,20 @@ class Lease:
         self.timeout = timeout
         self._token = new_token()
 
-    def acquire(self) -> bool:
-        """Take the lease if nobody holds it; True if taken."""
-        return self._backend.add(self.key, self._token, self.timeout)
+    def acquire(self) -> bool | None:
+        """Take the lease if nobody holds it.
+
+        Returns:
+            True if taken, False if another caller holds it, None if the store
+            failed (the reply to the ``add`` may have been lost, so this holder
+            may hold it or not). The lease is only an optimisation: the caller
+            loads anyway on None, and :meth:`release` frees the lease if the
+            ``add`` did apply, so it never blocks others until it expires.
+        """
+        try:
+            return self._backend.add(self.key, self._token, self.timeout)
+        except BackendError:
+            return None
 
     def release(self) -> None:
         """Give the lease back if it is still this holder's (best effort, never raises)."""

@@ -34,8 +34,11 @@ _ALWAYS = "%{}:" + "".join(chr(i) for i in range(0x21)) + "\x7f"
 KeyFunction = Callable[[Any], str]
 
 
-#: Lone surrogates are not valid UTF-8: escaped as the bytes "surrogatepass" gives
-#: them, so every key is valid UTF-8 and Redis clients with strict encoding take it.
+#: Lone surrogates are not valid UTF-8, and not every serializer can store them
+#: (msgpack and protobuf refuse them): a str key part holding one is refused
+#: with a ValidationError. The escape table still maps them (to the bytes
+#: "surrogatepass" gives them), so that a refused one is found with one cheap
+#: substring test on the escaped text, "%ED%", and no key ever holds one raw.
 _SURROGATES = {
     code: "".join(f"%{b:02X}" for b in chr(code).encode("utf-8", "surrogatepass"))
     for code in range(0xD800, 0xE000)
@@ -82,6 +85,13 @@ def _part_formatter(
     return lambda value: escape(fmt(value))
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(text: str) -> bool:
+    return _LONE_SURROGATE.search(text) is not None
+
+
 _DIGITS = "0123456789"
 _HEX = _DIGITS + "abcdef"
 
@@ -117,7 +127,19 @@ def _raw_formatter(
 
         def fmt_str(value: Any) -> str:
             if isinstance(value, str):
-                return escape(value)
+                text = escape(value)
+                if "%ED%" in text and _lone_surrogate(value):
+                    raise ValidationError(
+                        f"{label}: key part {safe_repr(value)} contains a lone surrogate "
+                        "(U+D800..U+DFFF), which is not valid Unicode text and cannot be "
+                        "stored by every serializer; decode your input with errors='strict' "
+                        "or 'replace', or use a bytes key",
+                        model=model,
+                        path=part.attr,
+                        expected="str without lone surrogates",
+                        actual="str",
+                    )
+                return text
             raise wrong(value, "str")
 
         return fmt_str, None
@@ -158,11 +180,14 @@ def _raw_formatter(
         return fmt_date, None
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         members = {m: escape(str(m.value)) for m in tp}
-        if len(set(members.values())) != len(members) or any(
-            type(m.value) not in (int, str) for m in tp
+        if (
+            len(set(members.values())) != len(members)
+            or any(type(m.value) not in (int, str) for m in tp)
+            or any(_lone_surrogate(str(m.value)) for m in tp)
         ):
             raise ModelDefinitionError(
-                f"{label}: an Enum key needs distinct int or str member values",
+                f"{label}: an Enum key needs distinct int or str member values "
+                "(without lone surrogates)",
                 model=model,
                 field=part.attr,
             )
@@ -177,9 +202,11 @@ def _raw_formatter(
     if get_origin(tp) is typing.Literal:
         values = get_args(tp)
         kinds = {type(v) for v in values}
-        if kinds - {int, str}:
+        if kinds - {int, str} or any(_lone_surrogate(str(v)) for v in values):
             raise ModelDefinitionError(
-                f"{label}: a Literal key needs int or str values", model=model, field=part.attr
+                f"{label}: a Literal key needs int or str values (without lone surrogates)",
+                model=model,
+                field=part.attr,
             )
         allowed = {(type(v), v): escape(str(v)) for v in values}
         if len(set(allowed.values())) != len(allowed):

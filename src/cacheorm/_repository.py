@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import math
+import operator
+import threading
 import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Generic, TypeVar, get_args, get_origin
 
 from cacheorm._backend import Backend
@@ -15,6 +19,7 @@ from cacheorm._codecs import Failure
 from cacheorm._errors import (
     AlreadyExists,
     BackendError,
+    BackendUnavailable,
     ConfigurationError,
     ConflictError,
     DeserializationError,
@@ -23,14 +28,24 @@ from cacheorm._errors import (
     SerializationError,
     ValidationError,
     describe_keys,
+    safe_repr,
 )
 from cacheorm._fast import fast_codec, fast_load
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
+from cacheorm._keys import _unwrap as unwrap_annotation
 from cacheorm._observe import Hook, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
-from cacheorm._ttl import DEFAULT, TTL, TTLArg, normalize_ttl
+from cacheorm._ttl import (
+    DEFAULT,
+    KEEP_TTL,
+    TTL,
+    BackendTTL,
+    TTLArg,
+    UpdateTTLArg,
+    normalize_ttl,
+)
 
 __all__ = ["Repository", "registry"]
 
@@ -44,6 +59,17 @@ _GET_OR_CREATE_ATTEMPTS = 5
 UPDATE_ATTEMPTS = 100
 #: Seconds a get_or_load lease is held at most (a crashed loader blocks no longer).
 LOCK_TIMEOUT = 10.0
+#: How many ids an auto-id create tries before giving up. Each taken id moves
+#: the counter on by twice the step before, so 48 tries skip up to 2**48 ids:
+#: a counter that was lost (evicted, flushed) is past every stored id in
+#: O(log n) round trips.
+_ID_ATTEMPTS = 48
+
+#: (prefix, default namespace) -> the name of the class that took it, in this
+#: process. Two classes whose names differ only in case would otherwise share
+#: keys silently (``URL`` and ``Url`` both default to ``url``).
+_DEFAULT_NAMESPACES: dict[tuple[str, str], str] = {}
+_DEFAULT_NAMESPACES_LOCK = threading.Lock()
 
 
 class Repository(Generic[T]):
@@ -59,7 +85,9 @@ class Repository(Generic[T]):
             ``"collection.%s.%d"``) or a callable ``pk -> str``; by default
             ``"<namespace>:<pk>"`` with composite parts joined by ``:``.
         namespace: the default scheme's namespace; the lower-cased class name
-            if omitted.
+            if omitted. Repositories of one class share it (in every process);
+            two classes whose names differ only in case cannot both use the
+            default in one process (``ModelDefinitionError``).
         prefix: prepended to every key (for instance ``"myapp:"``).
         ttl: the default TTL of writes: seconds, ``timedelta``, or None / 0 for
             no expiry.
@@ -73,10 +101,15 @@ class Repository(Generic[T]):
             back as the base class. By default such an instance is refused with
             a ``ValidationError``, since it would lose fields.
 
+    A repository built without ``backend=`` owns its ``MemoryBackend``:
+    :meth:`close` (or leaving a ``with`` block) closes it. A backend passed in
+    belongs to the caller and is never closed by the repository.
+
     Raises:
-        ModelDefinitionError: the model cannot be stored (no primary key,
-            unsupported annotation, two ``Field``s on one attribute, ...).
-        ConfigurationError: bad serializer, key template or TTL.
+        ModelDefinitionError: the model cannot be stored (not a dataclass
+            class, no primary key, unsupported annotation, two ``Field``s on
+            one attribute, a default namespace another class already uses, ...).
+        ConfigurationError: bad backend, serializer, key template or TTL.
     """
 
     def __init__(
@@ -93,16 +126,19 @@ class Repository(Generic[T]):
         allow_subclasses: bool = False,
         hooks: Sequence[Hook] = (),
     ) -> None:
+        if not isinstance(model, type):
+            raise _not_a_model_class(model)
         if not isinstance(allow_subclasses, bool):
             raise ConfigurationError(f"allow_subclasses must be a bool, not {allow_subclasses!r}")
+        self._owns_backend = backend is None
         if backend is None:
             from cacheorm._memory import MemoryBackend
 
-            backend = MemoryBackend()
-        elif not isinstance(backend, Backend):
-            raise ConfigurationError(
-                f"{backend!r} does not implement the cacheorm Backend protocol"
-            )
+            store: Backend = MemoryBackend()
+        elif isinstance(backend, type) or not isinstance(backend, Backend):
+            raise _not_a_backend(model, backend)
+        else:
+            store = backend
         self._serializer = _resolve_serializer(serializer, registry)
         self._dumps = self._serializer.dumps
         compiled: CompiledModel[T] = compile_model(
@@ -117,10 +153,11 @@ class Repository(Generic[T]):
             self._dumps = fast.dumps
             if fast.encode is not None:  # checks, then orjson / ormsgpack write the record
                 self._encode = fast.encode
-            self._load = fast_load(fast.decode, self._load)  # type: ignore[method-assign,assignment]
-        self._backend = backend
+            self._decode_payload = fast_load(fast.decode, self._decode_payload)  # type: ignore[method-assign,assignment]
+        self._backend = store
         self._ttl = normalize_ttl(ttl)
         self._ttl_arg = ttl
+        default_namespace = namespace is None
         if namespace is None:
             namespace = model.__name__.lower()
         elif not isinstance(namespace, str) or not namespace:
@@ -141,6 +178,15 @@ class Repository(Generic[T]):
         )
         self._key_for = self._keys.render
         self._key_of = self._keys.render_of
+        # Reads check that the record decoded is the one asked for: its key
+        # fields must equal the primary key (one attribute, or a tuple).
+        attrs = [part.attr for part in parts]
+        self._pk_get = operator.attrgetter(*attrs)
+        # Equal values render to one key, except datetimes (equal instants at
+        # other UTC offsets) and Literal mixes like True == 1: compare keys too.
+        self._render_check = any(_renders_unlike_equal(part.annotation) for part in parts)
+        if default_namespace and key is None:
+            _claim_default_namespace(model, prefix, namespace)
         self._key_attrs = frozenset(part.attr for part in parts)
         self._flights: SingleFlight[Any] = SingleFlight()
         auto = compiled.spec.auto_field
@@ -209,6 +255,28 @@ class Repository(Generic[T]):
             f"ttl={self._ttl!r})"
         )
 
+    def close(self) -> None:
+        """Close the backend if this repository created it (no ``backend=``); else nothing.
+
+        A backend passed in belongs to the caller, who may share it between
+        repositories, so it stays open.
+        """
+        if self._owns_backend:
+            self._backend.close()
+
+    def __enter__(self) -> Repository[T]:
+        """The repository itself; :meth:`close` runs when the block ends."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Call :meth:`close`."""
+        self.close()
+
     def key_for(self, pk: Any) -> str:
         """The backend key of primary key ``pk`` (a tuple for composite keys).
 
@@ -232,7 +300,9 @@ class Repository(Generic[T]):
 
         Raises:
             NotFound: no record under that key.
-            DeserializationError: the stored bytes do not decode into the model.
+            DeserializationError: the stored bytes do not decode into the model,
+                or decode into a record with another primary key (a value
+                copied or written under the wrong key). Every read checks this.
         """
         key = self._key_for(pk)
         payload = self._backend.get(key)
@@ -242,23 +312,25 @@ class Repository(Generic[T]):
                 model=self._model,
                 key=key,
             )
-        return self._load(key, payload)
+        return self._load(key, payload, pk)
 
     def get_or_none(self, pk: Any) -> T | None:
         """The record with primary key ``pk``, or None."""
         key = self._key_for(pk)
         payload = self._backend.get(key)
-        return None if payload is None else self._load(key, payload)
+        return None if payload is None else self._load(key, payload, pk)
 
     def get_many(self, pks: Iterable[Any]) -> list[T | None]:
         """The records for ``pks`` in the same order, None where missing; one backend call."""
+        if not isinstance(pks, list):
+            pks = list(pks)
         keys = [self._key_for(pk) for pk in pks]
         if not keys:
             return []
         load = self._load
         return [
-            None if payload is None else load(key, payload)
-            for key, payload in zip(keys, self._backend.get_many(keys), strict=True)
+            None if payload is None else load(key, payload, pk)
+            for pk, key, payload in zip(pks, keys, self._backend.get_many(keys), strict=True)
         ]
 
     def exists(self, pk: Any) -> bool:
@@ -271,7 +343,11 @@ class Repository(Generic[T]):
         """Insert ``obj`` if its key is free, atomically, and return it.
 
         With ``Field(auto=True)`` and a ``None`` key, the key is taken from an
-        atomic counter and the returned record carries it.
+        atomic counter (``<prefix><namespace>:__seq__``) and the returned record
+        carries it. If that id is taken (the counter was evicted or flushed, or
+        ids were given by hand), the counter is moved past it by a growing
+        step (1, 2, 4, ...) and the next id tried, so a lost counter costs
+        O(log n) round trips, never an ``AlreadyExists``.
 
         Raises:
             AlreadyExists: a record is stored under the key; nothing was written.
@@ -279,11 +355,8 @@ class Repository(Generic[T]):
         """
         seconds = self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
         if self._auto is not None and self._needs_id(obj):
-            data = self._encode_checked(obj, None)
-            new_id = self._backend.incr(self._counter_key, 1)
-            obj, key, payload = self._with_id(obj, data, new_id)
-        else:
-            key, payload = self._dump(obj)
+            return self._create_auto(obj, self._encode_checked(obj, None), seconds)
+        key, payload = self._dump(obj)
         if not self._backend.add(key, payload, seconds):
             raise AlreadyExists(
                 f"{self._model.__qualname__} already exists under key {key!r}",
@@ -292,6 +365,26 @@ class Repository(Generic[T]):
             )
         return obj
 
+    def _create_auto(self, obj: T, data: dict[str, Any], seconds: float | None) -> T:
+        """Insert ``obj`` under a new id from the counter, skipping ids that are taken."""
+        backend = self._backend
+        counter = self._counter_key
+        step = 1
+        new_id = backend.incr(counter, step)
+        for _ in range(_ID_ATTEMPTS):
+            new, key, payload = self._with_id(obj, data, new_id)
+            if backend.add(key, payload, seconds):
+                return new
+            # Taken: the counter is behind the stored ids. Gallop past them.
+            step *= 2
+            new_id = backend.incr(counter, step)
+        raise AlreadyExists(  # pragma: no cover - needs 2**48 ids taken above the counter
+            f"{self._model.__qualname__}: {_ID_ATTEMPTS} auto ids up to {new_id} from counter "
+            f"{counter!r} were all taken; nothing was written",
+            model=self._model,
+            key=counter,
+        )
+
     def save(self, obj: T, *, ttl: TTLArg = DEFAULT) -> T:
         """Store ``obj`` whether or not it exists (upsert) and return it."""
         seconds = self._resolve_ttl(ttl)
@@ -299,13 +392,19 @@ class Repository(Generic[T]):
         self._backend.set(key, payload, seconds)
         return obj
 
-    def update(self, obj: T, *, ttl: TTLArg = DEFAULT) -> T:
+    def update(self, obj: T, *, ttl: UpdateTTLArg = KEEP_TTL) -> T:
         """Replace the stored record with ``obj``, atomically, only if it exists.
+
+        Args:
+            obj: the new record.
+            ttl: by default (:data:`~cacheorm.KEEP_TTL`) the record keeps the
+                remaining TTL it had; :data:`~cacheorm.DEFAULT` gives it the
+                repository's TTL; seconds, a ``timedelta`` or None set it.
 
         Raises:
             NotFound: nothing is stored under the key; nothing was written.
         """
-        seconds = self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
+        seconds = self._resolve_update_ttl(ttl)
         key, payload = self._dump(obj)
         if not self._backend.replace(key, payload, seconds):
             raise NotFound(
@@ -330,7 +429,7 @@ class Repository(Generic[T]):
                 return obj, True
             existing = self._backend.get(key)
             if existing is not None:
-                return self._load(key, existing), False
+                return self._load(key, existing, self._pk_get(obj)), False
             # Deleted or expired between add and get: try to insert again.
         raise AlreadyExists(  # pragma: no cover - needs a delete racing every attempt
             f"{self._model.__qualname__} under key {key!r} kept changing; gave up after "
@@ -346,7 +445,7 @@ class Repository(Generic[T]):
         pk: Any,
         fn: Callable[[T], T],
         *,
-        ttl: TTLArg = DEFAULT,
+        ttl: UpdateTTLArg = KEEP_TTL,
         attempts: int = UPDATE_ATTEMPTS,
     ) -> T:
         """Replace the record with ``fn(record)``, atomically, and return the new record.
@@ -365,7 +464,8 @@ class Repository(Generic[T]):
             fn: the new record from the current one (a new object, or the same
                 one changed; ``dataclasses.replace`` suits frozen models). It
                 must keep the primary key.
-            ttl: the TTL of the written record, as for :meth:`update`.
+            ttl: the TTL of the written record, as for :meth:`update`: by
+                default the record keeps its remaining TTL.
             attempts: how many reads and compare-and-sets to try before giving up.
 
         Raises:
@@ -378,7 +478,7 @@ class Repository(Generic[T]):
                 sent, so it may have been applied; it is never resent.
         """
         key = self._key_for(pk)
-        seconds = self._resolve_ttl(ttl)
+        seconds = self._resolve_update_ttl(ttl)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError(f"attempts must be a positive int, not {attempts!r}")
         backend = self._backend
@@ -392,7 +492,16 @@ class Repository(Generic[T]):
                     key=key,
                 )
             payload, token = found
-            new = fn(self._load(key, payload))
+            new = fn(self._load(key, payload, pk))
+            if not isinstance(new, self._model):
+                raise self._not_a_record(
+                    f"update_with({safe_repr(pk)}, fn): fn",
+                    new,
+                    key,
+                    "return the changed record (dataclasses.replace(record, ...) makes one; "
+                    "a function that changes the record in place must still return it)",
+                    "nothing was written",
+                )
             new_key, new_payload = self._dump(new)
             if new_key != key:
                 raise ValidationError(
@@ -418,7 +527,7 @@ class Repository(Generic[T]):
         changes: Mapping[str, Any] | None = None,
         /,
         *,
-        ttl: TTLArg = DEFAULT,
+        ttl: UpdateTTLArg = KEEP_TTL,
         **fields: Any,
     ) -> T:
         """Set some fields of the stored record, atomically; the new record.
@@ -426,7 +535,8 @@ class Repository(Generic[T]):
         ``repo.patch(1, name="Sam")`` or ``repo.patch(1, {"name": "Sam"})``
         (the mapping form also reaches a field called ``ttl``). It is
         :meth:`update_with` with ``dataclasses.replace``, so it is safe
-        against concurrent writers the same way.
+        against concurrent writers the same way. The record keeps its
+        remaining TTL unless ``ttl=`` says otherwise (as for :meth:`update`).
 
         Raises:
             ValidationError: a name is not an init field of the model, is part
@@ -479,8 +589,14 @@ class Repository(Generic[T]):
         that call and share its result or its exception; across processes a
         lease in the backend (an atomic ``add`` of ``<key>\\0lease`` that
         expires after ``lock_timeout`` seconds) lets one process load while the
-        others poll for the value. A holder that crashes blocks the others
-        for at most ``lock_timeout``; then one of them loads.
+        others poll for the value. No caller waits longer than
+        ``lock_timeout``: then it loads itself. If the store fails while the
+        lease is taken (its reply lost, say), the caller loads without it.
+
+        The loaded record is cached only if the key is still empty (an
+        insert-if-absent): a record that another caller wrote while the loader
+        ran wins, and is what this call returns. A cache fill never
+        overwrites a real write.
 
         Args:
             pk: the primary key.
@@ -489,51 +605,111 @@ class Repository(Generic[T]):
                 waiting in this process) and nothing is cached; waiting
                 processes then try to load themselves.
             ttl: the cached record's TTL, as for :meth:`save`.
-            lock_timeout: how long one load may hold the lease, in seconds;
-                make it longer than the loader's slowest run.
+            lock_timeout: how long one load may hold the lease, and how long
+                a caller waits for another's load, in seconds; make it longer
+                than the loader's slowest run.
 
         Raises:
             ValidationError: the loader returned something that is not a
                 record of the model, or a record with another primary key.
+            BackendError: the store failed; it names the record's key, never
+                the internal lease key.
         """
         key = self._key_for(pk)
         seconds = self._resolve_ttl(ttl)
         timeout = _positive("lock_timeout", lock_timeout)
         payload = self._backend.get(key)
         if payload is not None:
-            return self._load(key, payload)
+            return self._load(key, payload, pk)
+        # Callers of this process wait for the one loading, but no longer than
+        # lock_timeout: then they load themselves (a loader that hangs holds
+        # up only its own caller).
         result: T = self._flights.run(
-            key, lambda: self._load_through(key, loader, seconds, timeout)
+            key,
+            lambda: self._load_through(key, pk, loader, seconds, timeout),
+            timeout,
+            lambda: self._load_late(key, pk, loader, seconds),
         )
         return result
 
+    def _load_late(self, key: str, pk: Any, loader: Callable[[], T], seconds: float | None) -> T:
+        """After waiting ``lock_timeout`` for another load: the cached record, or load here."""
+        payload = self._backend.get(key)
+        if payload is not None:
+            return self._load(key, payload, pk)
+        return self._fill(key, pk, loader, seconds)
+
     def _load_through(
-        self, key: str, loader: Callable[[], T], seconds: float | None, timeout: float
+        self, key: str, pk: Any, loader: Callable[[], T], seconds: float | None, timeout: float
     ) -> T:
         backend = self._backend
         lease = Lease(backend, key + LEASE_SUFFIX, timeout)
         delays = backoff_delays(0.002, 0.05)
+        # However the lease behaves (a holder that never finishes, a lease
+        # key planted without expiry), nobody waits longer than this.
+        deadline = time.monotonic() + timeout
         while True:
-            if lease.acquire():
+            taken = lease.acquire()
+            if taken is not False:  # True, or unknown: load (at most one extra load)
                 try:
-                    payload = backend.get(key)  # cached while we raced for the lease?
-                    if payload is not None:
-                        return self._load(key, payload)
-                    obj = loader()
-                    loaded_key, data = self._dump(obj)
-                    self._check_loaded(key, loaded_key)
-                    backend.set(key, data, seconds)
-                    return obj
+                    if taken:
+                        payload = backend.get(key)  # cached while we raced for the lease?
+                        if payload is not None:
+                            return self._load(key, payload, pk)
+                    return self._fill(key, pk, loader, seconds)
                 finally:
                     lease.release()
-            # Another process is loading: poll for its value, or for its lease to go.
+            # Another caller is loading: poll for its value, or for its lease to go.
             while True:
-                time.sleep(next(delays))
-                payload, holder = backend.get_many([key, lease.key])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self._fill(key, pk, loader, seconds)
+                time.sleep(min(next(delays), left))
+                payload, holder = self._poll([key, lease.key], key)
                 if payload is not None:
-                    return self._load(key, payload)
+                    return self._load(key, payload, pk)
                 if holder is None:
                     break  # it failed (nothing cached) or its lease expired: load here
+
+    def _fill(self, key: str, pk: Any, loader: Callable[[], T], seconds: float | None) -> T:
+        """``loader()``, cached if ``key`` is still empty; else what is stored now."""
+        obj = loader()
+        if not isinstance(obj, self._model):
+            raise self._not_a_record(
+                f"get_or_load({safe_repr(pk)}, loader): the loader",
+                obj,
+                key,
+                f"return the record with primary key {safe_repr(pk)}",
+                "nothing was cached",
+            )
+        loaded_key, data = self._dump(obj)
+        self._check_loaded(key, loaded_key)
+        backend = self._backend
+        if backend.add(key, data, seconds):
+            return obj
+        # Someone wrote the key while the loader ran: a real write wins.
+        payload = backend.get(key)
+        # Deleted again since: do not fill over that delete (it may be an
+        # invalidation); the freshly loaded record is returned uncached.
+        return obj if payload is None else self._load(key, payload, pk)
+
+    def _poll(self, keys: list[str], key: str) -> list[bytes | None]:
+        """``get_many(keys)`` of records and their leases; errors name only ``key``."""
+        try:
+            return self._backend.get_many(keys)
+        except BackendError as exc:
+            raise self._store_failed_waiting(key, exc) from exc
+
+    def _store_failed_waiting(self, key: str, exc: BackendError) -> BackendError:
+        error = BackendUnavailable if isinstance(exc, BackendUnavailable) else BackendError
+        return error(
+            f"{self._model.__qualname__} (key {key!r}): the store failed while waiting for "
+            f"another caller's load of this record ({type(exc).__name__}); nothing was "
+            "written, try again",
+            model=self._model,
+            key=key,
+            server=exc.server,
+        )
 
     def get_or_load_many(
         self,
@@ -548,14 +724,16 @@ class Repository(Generic[T]):
         One ``get_many`` finds the cached records; the missing keys are leased
         in one ``add_many``; ``loader`` is called once with the primary keys
         this call leased (in input order, without duplicates) and returns the
-        records it found, in any order; those are cached in one ``set_many``.
-        Keys another caller is loading are polled for until its value arrives
-        or its lease goes. A key the loader did not return is None in the
-        result and is not cached.
+        records it found, in any order (a list, say); those are cached in one
+        ``add_many``, so keys written meanwhile keep their value and return
+        it. Keys another caller is loading are polled for until its value
+        arrives or its lease goes, for at most ``lock_timeout``, then loaded
+        here. A key the loader did not return is None in the result and is
+        not cached.
 
         Raises:
-            ValidationError: the loader returned a non-record, or a record
-                whose key was not asked for.
+            ValidationError: the loader returned something other than an
+                iterable of records, or a record whose key was not asked for.
         """
         pks = list(pks)
         keys = [self._key_for(pk) for pk in pks]
@@ -568,15 +746,21 @@ class Repository(Generic[T]):
         missing: dict[str, Any] = {}
         for pk, key, payload in zip(pks, keys, backend.get_many(keys), strict=True):
             if payload is not None:
-                found[key] = self._load(key, payload)
+                found[key] = self._load(key, payload, pk)
             else:
                 missing.setdefault(key, pk)
         delays = backoff_delays(0.002, 0.05)
+        deadline = time.monotonic() + timeout
         token = new_token()
         while missing:
             waiting = list(missing)
-            taken = backend.add_many([(key + LEASE_SUFFIX, token) for key in waiting], timeout)
-            mine = [key for key, ok in zip(waiting, taken, strict=True) if ok]
+            try:
+                taken = backend.add_many([(key + LEASE_SUFFIX, token) for key in waiting], timeout)
+                mine = [key for key, ok in zip(waiting, taken, strict=True) if ok]
+            except BackendError:
+                # Which leases were taken is unknown: load them all here (at
+                # most one extra load each) and release the ones that are ours.
+                mine = waiting
             if mine:
                 try:
                     self._load_many(mine, missing, found, loader, seconds)
@@ -590,14 +774,18 @@ class Repository(Generic[T]):
             # or their leases go (then the add_many above takes them over).
             waiting = list(missing)
             while True:
-                time.sleep(next(delays))
-                polled = backend.get_many(waiting + [key + LEASE_SUFFIX for key in waiting])
+                left = deadline - time.monotonic()
+                if left <= 0:  # waited long enough: load the rest here
+                    self._load_many(waiting, missing, found, loader, seconds)
+                    missing.clear()
+                    break
+                time.sleep(min(next(delays), left))
+                polled = self._poll(waiting + [key + LEASE_SUFFIX for key in waiting], waiting[0])
                 held = False
                 for i, key in enumerate(waiting):
                     payload = polled[i]
                     if payload is not None:
-                        found[key] = self._load(key, payload)
-                        del missing[key]
+                        found[key] = self._load(key, payload, missing.pop(key))
                     elif polled[len(waiting) + i] is not None:
                         held = True
                 waiting = list(missing)
@@ -618,7 +806,7 @@ class Repository(Generic[T]):
         need: list[str] = []
         for key, payload in zip(mine, backend.get_many(mine), strict=True):
             if payload is not None:  # cached while we raced for the lease
-                found[key] = self._load(key, payload)
+                found[key] = self._load(key, payload, missing[key])
             else:
                 need.append(key)
         if not need:
@@ -626,22 +814,62 @@ class Repository(Generic[T]):
         wanted = set(need)
         items: list[tuple[str, bytes]] = []
         loaded: dict[str, T] = {}
-        for obj in loader([missing[key] for key in need]):
+        for obj in self._loaded_records(loader([missing[key] for key in need]), need, missing):
             key, data = self._dump(obj)
             if key not in wanted:
                 raise ValidationError(
-                    f"{self._model.__qualname__}: the loader returned a record under key "
-                    f"{key!r}, which was not asked for; nothing was cached",
+                    f"{self._model.__qualname__}: the get_or_load_many loader returned a record "
+                    f"under key {key!r}, which was not asked for; nothing was cached",
                     model=self._model,
                     key=key,
                 )
             if key not in loaded:
                 items.append((key, data))
             loaded[key] = obj
-        if items:
-            backend.set_many(items, seconds)
         for key in need:
             found[key] = loaded.get(key)
+        if not items:
+            return
+        # Insert-if-absent: a key written while the loader ran keeps that write.
+        lost = [
+            key
+            for (key, _), ok in zip(items, backend.add_many(items, seconds), strict=True)
+            if not ok
+        ]
+        if lost:
+            for key, payload in zip(lost, backend.get_many(lost), strict=True):
+                if payload is not None:  # else deleted again since: keep the loaded one
+                    found[key] = self._load(key, payload, missing[key])
+
+    def _loaded_records(self, result: Any, need: list[str], missing: dict[str, Any]) -> list[T]:
+        """The loader's result as a list of records, or a ValidationError saying what is wrong."""
+        name = self._model.__qualname__
+        asked = [missing[key] for key in need]
+        call = f"get_or_load_many(..., loader): the loader, called with {safe_repr(asked)},"
+        fix = f"return an iterable of {name} records, for example [{name}(...), ...]"
+        if isinstance(result, (self._model, str, bytes, Mapping)) or not isinstance(
+            result, Iterable
+        ):
+            raise ValidationError(
+                f"{name}: {call} returned {type(result).__name__} {safe_repr(result)}; {fix} "
+                "(the keys it did not find left out); nothing was cached",
+                model=self._model,
+                key=need[0],
+                expected=f"iterable of {name}",
+                actual=type(result).__name__,
+            )
+        records = list(result)
+        for obj in records:
+            if not isinstance(obj, self._model):
+                raise ValidationError(
+                    f"{name}: {call} returned a {type(obj).__name__} {safe_repr(obj)} among its "
+                    f"results; {fix}; nothing was cached",
+                    model=self._model,
+                    key=need[0],
+                    expected=name,
+                    actual=type(obj).__name__,
+                )
+        return records
 
     def _check_loaded(self, key: str, loaded_key: str) -> None:
         if loaded_key != key:
@@ -651,6 +879,21 @@ class Repository(Generic[T]):
                 model=self._model,
                 key=key,
             )
+
+    def _not_a_record(
+        self, what: str, value: object, key: str, fix: str, outcome: str
+    ) -> ValidationError:
+        """A ValidationError for a user function that returned a non-record."""
+        name = self._model.__qualname__
+        return ValidationError(
+            f"{name}: {what} returned {type(value).__name__} {safe_repr(value)}, expected a "
+            f"{name} record; {fix}; {outcome}",
+            model=self._model,
+            key=key,
+            path="$",
+            expected=name,
+            actual=type(value).__name__,
+        )
 
     def delete(self, pk: Any) -> bool:
         """Remove the record with primary key ``pk``; True if it existed."""
@@ -667,6 +910,8 @@ class Repository(Generic[T]):
         """Insert every record whose key is free, in one backend call.
 
         Never overwrites. Records are validated before anything is written.
+        Auto ids come from one counter increment; ids found taken (a lost
+        counter) are replaced by new ones past them, as in :meth:`create`.
 
         Raises:
             AlreadyExists: some keys were taken; ``.keys`` lists them. The other
@@ -679,14 +924,33 @@ class Repository(Generic[T]):
         pending = [i for i, obj in enumerate(objs) if self._needs_id(obj)]
         encoded = {i: self._encode_checked(objs[i], None) for i in pending}
         items = [self._dump(obj) if i not in encoded else ("", b"") for i, obj in enumerate(objs)]
-        if pending:
-            last = self._backend.incr(self._counter_key, len(pending))
-            for offset, i in enumerate(pending):
-                new_id = last - len(pending) + 1 + offset
-                obj, key, payload = self._with_id(objs[i], encoded[i], new_id)
-                objs[i] = obj
-                items[i] = (key, payload)
-        results = self._backend.add_many(items, seconds)
+        gap = 0
+        for _ in range(_ID_ATTEMPTS):  # pragma: no branch - ends when no auto id is refused
+            if pending:
+                # Skip `gap` ids past the counter: 0 at first, then 1, 2, 4, ...
+                last = self._backend.incr(self._counter_key, len(pending) + gap)
+                for offset, i in enumerate(pending):
+                    new_id = last - len(pending) + 1 + offset
+                    obj, key, payload = self._with_id(objs[i], encoded[i], new_id)
+                    objs[i] = obj
+                    items[i] = (key, payload)
+            if gap == 0:
+                # Explicit ids first: one that an auto id of this batch would
+                # take wins, and the auto one moves on.
+                order = [i for i in range(len(items)) if i not in encoded] + pending
+                added = self._backend.add_many([items[i] for i in order], seconds)
+                results = [False] * len(items)
+                for i, ok in zip(order, added, strict=True):
+                    results[i] = ok
+            else:
+                retried = self._backend.add_many([items[i] for i in pending], seconds)
+                for i, ok in zip(pending, retried, strict=True):
+                    results[i] = ok
+            # Auto ids that were taken: the counter was behind; gallop past them.
+            pending = [i for i in pending if not results[i]]
+            if not pending:
+                break
+            gap = gap * 2 or 1
         self._raise_refused(items, results, AlreadyExists, "already existed", "created")
         return objs
 
@@ -699,14 +963,17 @@ class Repository(Generic[T]):
             self._backend.set_many(items, seconds)
         return objs
 
-    def update_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
+    def update_many(self, objs: Iterable[T], *, ttl: UpdateTTLArg = KEEP_TTL) -> list[T]:
         """Replace every stored record in one backend call; absent ones are not written.
+
+        Each record keeps its remaining TTL unless ``ttl=`` says otherwise (as
+        for :meth:`update`).
 
         Raises:
             NotFound: some records were absent; ``.keys`` lists them. The others
                 *were* updated.
         """
-        seconds = self._resolve_ttl(ttl)
+        seconds = self._resolve_update_ttl(ttl)
         objs = list(objs)
         items = [self._dump(obj) for obj in objs]
         if not items:
@@ -740,6 +1007,12 @@ class Repository(Generic[T]):
     def _resolve_ttl(self, ttl: TTLArg) -> float | None:
         return self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
 
+    def _resolve_update_ttl(self, ttl: UpdateTTLArg) -> BackendTTL:
+        """An update's TTL for the backend: KEEP_TTL passes through."""
+        if ttl is KEEP_TTL:
+            return KEEP_TTL
+        return self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
+
     def _needs_id(self, obj: T) -> bool:
         return self._auto is not None and getattr(obj, self._auto.attr, 0) is None
 
@@ -753,8 +1026,11 @@ class Repository(Generic[T]):
     def _dump(self, obj: T) -> tuple[str, bytes]:
         """Key and payload of ``obj``; raises before any I/O if it is invalid."""
         if not isinstance(obj, self._model):
+            name = self._model.__qualname__
             raise ValidationError(
-                f"{self._model.__qualname__} repository got {type(obj).__qualname__}: {obj!r}",
+                f"{name} repository got {type(obj).__qualname__} {safe_repr(obj)}, expected a "
+                f"{name} record; pass an instance of {name}, or use a Repository of "
+                f"{type(obj).__qualname__} for those",
                 model=self._model,
                 path="$",
                 expected=self._model.__qualname__,
@@ -811,11 +1087,35 @@ class Repository(Generic[T]):
             serializer=self._serializer.name,
         )
 
-    def _load(self, key: str, payload: bytes) -> T:
+    def _load(self, key: str, payload: bytes, pk: Any) -> T:
+        """The record stored as ``payload`` under ``key``, which must carry primary key ``pk``."""
+        obj = self._decode_payload(key, payload)
+        # A value copied under another key decodes fine: compare its key
+        # fields with the ones asked for (cheap), the keys only when needed.
+        if self._pk_get(obj) != pk or (self._render_check and self._key_of(obj) != key):
+            raise self._misplaced(key, obj)
+        return obj
+
+    def _decode_payload(self, key: str, payload: bytes) -> T:
+        """The record ``payload`` decodes to (the fast codec path replaces this)."""
         try:
             return self._decode(self._serializer.loads(payload))
         except Exception as exc:
             raise self._undecodable(key, payload, exc) from exc
+
+    def _misplaced(self, key: str, obj: T) -> DeserializationError:
+        try:
+            belongs = f"key {self._key_of(obj)!r}"
+        except Exception:  # pragma: no cover - a decoded record always renders
+            belongs = "another key"
+        return DeserializationError(
+            f"{self._model.__qualname__} (key {key!r}, serializer {self._serializer.name!r}): "
+            f"the stored record has primary key {safe_repr(self._pk_get(obj))}, which belongs "
+            f"under {belongs}: it was copied or written under the wrong key; refused",
+            model=self._model,
+            key=key,
+            serializer=self._serializer.name,
+        )
 
     def _undecodable(self, key: str, payload: bytes, exc: Exception) -> DeserializationError:
         name = self._model.__qualname__
@@ -905,6 +1205,85 @@ class Repository(Generic[T]):
         from cacheorm._refs import load_related
 
         return load_related(self, records, field, target, missing)
+
+
+def _not_a_model_class(model: object) -> ModelDefinitionError:
+    """The error for ``Repository(x)`` where ``x`` is not a class."""
+    kind = type(model).__qualname__
+    if dataclasses.is_dataclass(model):
+        return ModelDefinitionError(
+            f"Repository() takes the model class, not an instance: got a {kind} instance "
+            f"{safe_repr(model)}; write Repository({kind}, ...)"
+        )
+    return ModelDefinitionError(
+        f"Repository() takes a dataclass class as its model, got {kind} {safe_repr(model)}; "
+        "write Repository(MyModel, ...) with MyModel a @dataclasses.dataclass"
+    )
+
+
+#: What a backend wrapper to suggest for a raw client of these packages.
+_WRAPPERS = {
+    "redis": "cacheorm.RedisBackend(client), or cacheorm.RedisBackend.from_url(url)",
+    "pymemcache": "cacheorm.MemcachedBackend(client), or "
+    "cacheorm.MemcachedBackend.from_servers(['host:port'])",
+}
+
+
+def _not_a_backend(model: type, backend: object) -> ConfigurationError:
+    """The error for a ``backend=`` that is not a Backend, with the fix."""
+    call = f"Repository({model.__qualname__}, backend=...)"
+    if isinstance(backend, type):
+        return ConfigurationError(
+            f"{call} expects a backend instance, got the class {backend.__qualname__}; "
+            f"write backend={backend.__qualname__}(...)"
+        )
+    kind = type(backend)
+    package = kind.__module__.partition(".")[0]
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if package in _WRAPPERS:
+        return ConfigurationError(
+            f"{call} expects a cacheorm backend, got a raw {name} client; wrap it: "
+            f"backend={_WRAPPERS[package]}"
+        )
+    methods = [m for m in _BACKEND_METHODS if not callable(getattr(backend, m, None))]
+    return ConfigurationError(
+        f"{call} got {name}, which does not implement the cacheorm Backend protocol "
+        f"(missing: {', '.join(methods)}); use cacheorm.MemoryBackend(), "
+        "FileSystemBackend(directory), RedisBackend.from_url(url) or "
+        "MemcachedBackend.from_servers(addresses)"
+    )
+
+
+_BACKEND_METHODS = (
+    "get", "get_many", "set", "set_many", "add", "add_many", "replace", "replace_many",
+    "delete", "delete_many", "exists", "incr", "gets", "cas", "close",
+)  # fmt: skip
+
+
+def _claim_default_namespace(model: type, prefix: str, namespace: str) -> None:
+    """Refuse a default namespace that a class of another name already uses here.
+
+    The default stays the lower-cased class name, so records stored by earlier
+    versions and by other processes keep their keys; only names that differ
+    but fold to one namespace (``URL`` and ``Url``) are refused. Classes of the
+    same name (one class redefined, or two repositories of it) share it.
+    """
+    with _DEFAULT_NAMESPACES_LOCK:
+        other = _DEFAULT_NAMESPACES.setdefault((prefix, namespace), model.__name__)
+    if other != model.__name__:
+        raise ModelDefinitionError(
+            f"{model.__qualname__}: the default namespace {namespace!r} is already used by "
+            f"class {other} in this process, so their records would share keys; pass "
+            f"namespace= to tell them apart, for example Repository({model.__name__}, "
+            f"namespace={model.__name__!r})",
+            model=model,
+        )
+
+
+def _renders_unlike_equal(annotation: Any) -> bool:
+    """True if equal values of this key annotation can render to different keys."""
+    annotation = unwrap_annotation(annotation)
+    return annotation is _dt.datetime or get_origin(annotation) is typing.Literal
 
 
 def _positive(name: str, value: object) -> float:

@@ -34,6 +34,16 @@ def check_repository_types() -> None:
     assert_type(users.create(User(id=1, name="Sam")), User)
     assert_type(users.save(User(id=1, name="Sam"), ttl=co.DEFAULT), User)
     assert_type(users.update(User(id=1, name="Sam"), ttl=None), User)
+    assert_type(users.update(User(id=1, name="Sam"), ttl=co.KEEP_TTL), User)
+    assert_type(users.update_many([User(id=1, name="Sam")], ttl=co.KEEP_TTL), list[User])
+    assert_type(users.update_with(1, lambda u: u, ttl=co.KEEP_TTL), User)
+    assert_type(users.patch(1, name="Max", ttl=co.KEEP_TTL), User)
+    assert_type(users.patch(1, name="Max", ttl=co.DEFAULT), User)
+    users.save(User(id=1, name="Sam"), ttl=co.KEEP_TTL)  # type: ignore[arg-type]
+    users.create(User(id=1, name="Sam"), ttl=co.KEEP_TTL)  # type: ignore[arg-type]
+    with co.Repository(User) as owned:
+        assert_type(owned, co.Repository[User])
+    owned.close()
     assert_type(users.get_or_create(User(id=1, name="Sam")), tuple[User, bool])
     assert_type(users.create_many([User(id=2, name="Ann")]), list[User])
     assert_type(users.save_many([User(id=2, name="Ann")]), list[User])
