@@ -884,57 +884,91 @@ def test_a_key_function_keys_by_the_codec_text_today(
     assert ticks.get(PLACED).price == Decimal("2.00")
 
 
-def test_today_a_short_uuid_key_is_the_canonical_uuid_text() -> None:
-    """What keys use today: _keys.py formats a UUID key part by annotation, not by its codec."""
-    invites = co.Repository(Invite)
-    assert invites.key_for(REF) == "invite:6ca4f0f8-2508-4bac-b8f1-5d1e3da2247a"
+def test_a_short_uuid_key_uses_the_short_form(key_backend: co.Backend) -> None:
+    """The key part is the codec's 22-character text, and the record reads back by it."""
+    invites = co.Repository(Invite, backend=key_backend)
+    assert invites.key_for(REF) == "invite:MLpZDiEXM4VsUryR9oE8uc"
+    invites.create(Invite(id=REF, email="a@example.com"))
+    assert key_backend.get("invite:MLpZDiEXM4VsUryR9oE8uc") is not None
+    assert invites.get(REF).email == "a@example.com"
+    assert invites.get_many([REF]) == [invites.get(REF)]
 
 
-def test_today_a_decimal_primary_key_is_refused_at_definition() -> None:
-    """_keys.py knows no Decimal key part, codec or not: the model is refused when bound."""
+def test_one_instant_in_two_zones_is_one_key(key_backend: co.Backend) -> None:
+    """A UTCDateTimeCodec key names the instant, whatever zone the value is in.
 
-    @dataclasses.dataclass
-    class Price:
-        amount: Annotated[Decimal, co.Field(primary_key=True, codec=co.DecimalCodec(2))]
-
-    with pytest.raises(co.ModelDefinitionError, match="a primary key must be int, str"):
-        co.Repository(Price)
-
-
-KEY_CODEC_REASON = (
-    "keys format a part by its annotation, not by the field's codec; needs the _keys.py change "
-    "described in docs/design.md 'Field types of the original cacheorm'"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=KEY_CODEC_REASON)
-def test_a_short_uuid_key_uses_the_short_form() -> None:
-    """Wanted: the key part is the codec's 22-character text."""
-    assert co.Repository(Invite).key_for(REF) == "invite:MLpZDiEXM4VsUryR9oE8uc"
-
-
-@pytest.mark.xfail(strict=True, reason=KEY_CODEC_REASON)
-def test_one_instant_in_two_zones_is_one_key() -> None:
-    """Wanted: a UTCDateTimeCodec key names the instant, whatever zone the value is in.
-
-    Today the key is the value's own isoformat(), so a record created from a
-    +05:30 value is stored under a key that its read-back (UTC) value does not
-    produce: saving the read-back record writes a second copy.
+    Keyed by the value's own isoformat(), a record created from a +05:30 value
+    was stored under a key its read-back (UTC) value did not produce, so saving
+    the read-back record wrote a second copy.
     """
-    ticks = co.Repository(Tick)
+    ticks = co.Repository(Tick, backend=key_backend)
     ticks.create(Tick(at=PLACED, price=Decimal("1")))
     assert ticks.key_for(PLACED) == ticks.key_for(PLACED.astimezone(UTC))
+    got = ticks.get(PLACED)
+    ticks.save(dataclasses.replace(got, price=Decimal("2")))
+    assert ticks.get(PLACED.astimezone(UTC)).price == Decimal("2.00")
+    assert ticks.delete(PLACED) is True
+    assert ticks.get_or_none(PLACED.astimezone(UTC)) is None
 
 
-@pytest.mark.xfail(strict=True, reason=KEY_CODEC_REASON)
 def test_a_decimal_codec_key_is_accepted() -> None:
-    """Wanted: a Decimal key with DecimalCodec is keyed by the stored text."""
+    """A Decimal key with DecimalCodec is keyed by the stored text; 9.5 and 9.50 are one key."""
 
     @dataclasses.dataclass
     class Price:
         amount: Annotated[Decimal, co.Field(primary_key=True, codec=co.DecimalCodec(2))]
 
-    assert co.Repository(Price).key_for(Decimal("9.5")) == "price:9.50"
+    prices = co.Repository(Price)
+    assert prices.key_for(Decimal("9.5")) == prices.key_for(Decimal("9.50")) == "price:9.50"
+    prices.create(Price(Decimal("9.5")))
+    assert prices.get(Decimal("9.50")) == Price(Decimal("9.50"))
+
+
+def test_a_key_value_the_codec_refuses_is_a_validation_error_naming_the_field() -> None:
+    """A naive datetime, or a Decimal that needs rounding, is refused when the key is built."""
+    ticks = co.Repository(Tick)
+    with pytest.raises(co.ValidationError, match=r"Tick\.at: key part .* UTCDateTimeCodec") as info:
+        ticks.key_for(dt.datetime(2024, 1, 1))
+    assert info.value.path == "at"
+
+    @dataclasses.dataclass
+    class Price:
+        amount: Annotated[Decimal, co.Field(primary_key=True, codec=co.DecimalCodec(2))]
+
+    with pytest.raises(co.ValidationError, match="decimal places"):
+        co.Repository(Price).get(Decimal("9.999"))
+
+
+def test_a_codec_key_whose_encode_gives_another_type_is_refused() -> None:
+    """A key codec must store text or an int; anything else is a ValidationError."""
+
+    class AsList:
+        def encode(self, value: int) -> list[int]:
+            return [value]
+
+        def decode(self, data: list[int]) -> int:
+            return data[0]
+
+    @dataclasses.dataclass
+    class Odd:
+        id: Annotated[int, co.Field(primary_key=True, codec=AsList())]
+
+    with pytest.raises(co.ValidationError, match="stores as str or int"):
+        co.Repository(Odd).key_for(1)
+
+
+def test_an_int_codec_key_is_the_stored_number() -> None:
+    """Timestamp stores an int: the key part is that number."""
+
+    @dataclasses.dataclass
+    class Event:
+        at: Annotated[dt.datetime, co.Field(primary_key=True, codec=co.Timestamp("s"))]
+
+    events = co.Repository(Event)
+    moment = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    assert events.key_for(moment) == f"event:{int(moment.timestamp())}"
+    events.create(Event(moment))
+    assert events.get(moment) == Event(moment)
 
 
 def test_codec_reprs_and_protocol() -> None:

@@ -54,11 +54,14 @@ def escape_factory(reserved: str) -> Callable[[str], str]:
 
 
 class KeyPart(typing.NamedTuple):
-    """One key field: its attribute name, annotation and whether it is the hash tag."""
+    """One key field: its attribute name, annotation, whether it is the hash tag, its codec."""
 
     attr: str
     annotation: Any
     hash_tag: bool = False
+    #: ``Field(codec=...)``: the key shows what the codec stores (``ShortUUIDCodec``'s
+    #: 22 characters, ``UTCDateTimeCodec``'s UTC text), so equal stored values share a key.
+    codec: Any = None
 
 
 def _unwrap(tp: Any) -> Any:
@@ -96,6 +99,39 @@ _DIGITS = "0123456789"
 _HEX = _DIGITS + "abcdef"
 
 
+def _codec_formatter(
+    codec: Any,
+    label: str,
+    wrong: Callable[[Any, str], ValidationError],
+    escape: Callable[[str], str],
+    attr: str,
+    model: type,
+) -> Callable[[Any], str]:
+    """Format a key part by what ``codec`` stores: its text escaped, or its int."""
+    name = type(codec).__name__
+
+    def fmt_codec(value: Any) -> str:
+        try:
+            stored = codec.encode(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                f"{label}: key part {safe_repr(value)} is not a value {name} accepts: {exc}",
+                model=model,
+                path=attr,
+                expected=f"a value {name} accepts",
+                actual=type(value).__name__,
+            ) from exc
+        if type(stored) is str:
+            if _lone_surrogate(stored):
+                raise wrong(value, f"a value whose {name} text has no lone surrogate")
+            return escape(stored)
+        if type(stored) is int:
+            return escape(str(stored))
+        raise wrong(value, f"a value {name} stores as str or int (it gave {type(stored).__name__})")
+
+    return fmt_codec
+
+
 def _raw_formatter(
     model: type, part: KeyPart, escape: Callable[[str], str]
 ) -> tuple[Callable[[Any], str], str | None]:
@@ -111,6 +147,9 @@ def _raw_formatter(
             expected=expected,
             actual=type(value).__name__,
         )
+
+    if part.codec is not None:
+        return _codec_formatter(part.codec, label, wrong, escape, part.attr, model), None
 
     if tp is int:
 

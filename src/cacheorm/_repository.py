@@ -217,7 +217,7 @@ class Repository(Generic[T]):
                         model=self._model,
                     ) from None
         return [
-            KeyPart(f.attr, _strip_optional(f) if f.auto else f.annotation, f.hash_tag)
+            KeyPart(f.attr, _strip_optional(f) if f.auto else f.annotation, f.hash_tag, f.codec)
             for f in fields
         ]
 

@@ -78,6 +78,8 @@ class FieldSpec:
     default: Any
     default_factory: Callable[[], Any] | None
     hash_tag: bool = False
+    #: ``Field(codec=...)``: also formats the field when it is a key part.
+    codec: c.Codec[Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -457,6 +459,7 @@ class _Compiler:
             default=dc_field.default if dc_field.default is not dataclasses.MISSING else c.MISSING,
             default_factory=None if factory is dataclasses.MISSING else factory,
             hash_tag=field.hash_tag,
+            codec=field.codec,
         )
 
     # -- code -----------------------------------------------------------------
