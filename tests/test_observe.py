@@ -359,3 +359,68 @@ def test_redis_logs_an_unreachable_server_without_keys(caplog: pytest.LogCapture
     assert all(f"127.0.0.1:{port}" in r.getMessage() for r in warnings)
     assert all("secret-key" not in r.getMessage() for r in warnings)
     backend.close()
+
+
+def test_update_with_logs_conflicts_at_debug_and_giving_up_at_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each lost compare-and-set is DEBUG (with the key); running out is a WARNING (without)."""
+    repo = co.Repository(Item, namespace="logcas")
+    repo.save(Item(1, "a"))
+    rounds = iter(range(100))
+
+    def bump(item: Item) -> Item:
+        repo.save(Item(1, f"other {next(rounds)}"))  # a concurrent writer wins every round
+        return dataclasses.replace(item, name="mine")
+
+    with caplog.at_level(logging.DEBUG, logger="cacheorm"), pytest.raises(co.ConflictError):
+        repo.update_with(1, bump, attempts=3)
+    records = [r for r in caplog.records if r.name == "cacheorm.repository"]
+    debug = [r for r in records if r.levelno == logging.DEBUG]
+    warning = [r for r in records if r.levelno == logging.WARNING]
+    assert len(debug) == 3
+    assert all("logcas:1" in r.getMessage() for r in debug)
+    assert len(warning) == 1
+    assert "3 compare-and-set attempts" in warning[0].getMessage()
+    assert "logcas" not in warning[0].getMessage()
+
+
+def test_a_lease_that_expires_under_its_loader_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A loader slower than lock_timeout loses its lease; the holder says so at WARNING."""
+    import time
+
+    repo = co.Repository(Item, namespace="loglease")
+
+    def slow() -> Item:
+        time.sleep(0.25)
+        return Item(1, "loaded")
+
+    with caplog.at_level(logging.WARNING, logger="cacheorm"):
+        assert repo.get_or_load(1, slow, lock_timeout=0.1) == Item(1, "loaded")
+    messages = [r.getMessage() for r in caplog.records if r.name == "cacheorm.repository"]
+    assert any("lease expired while its loader ran" in m for m in messages), messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cacheorm"):
+        assert repo.get_or_load(2, lambda: Item(2, "fast")) == Item(2, "fast")
+    assert not caplog.records
+
+
+def test_waiting_past_lock_timeout_for_another_load_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lease held by a stuck loader elsewhere: the waiter loads itself and warns."""
+    backend = co.MemoryBackend()
+    repo = co.Repository(Item, backend=backend, namespace="logwait")
+    backend.add(repo.key_for(1) + "\0lease", b"someone else", None)  # never expires
+    with caplog.at_level(logging.DEBUG, logger="cacheorm"):
+        assert repo.get_or_load(1, lambda: Item(1, "x"), lock_timeout=0.2) == Item(1, "x")
+    records = [r for r in caplog.records if r.name == "cacheorm.repository"]
+    assert any(
+        r.levelno == logging.DEBUG and "waits for another" in r.getMessage() for r in records
+    )
+    assert any(
+        r.levelno == logging.WARNING and "waited lock_timeout=0.2s" in r.getMessage()
+        for r in records
+    )

@@ -18,6 +18,9 @@ from typing import Generic, TypeVar
 
 from cacheorm._backend import Backend
 from cacheorm._errors import BackendError
+from cacheorm._observe import get_logger
+
+_log = get_logger("repository")
 
 __all__ = ["LEASE_SUFFIX", "Lease", "SingleFlight", "backoff_delays", "new_token"]
 
@@ -102,13 +105,14 @@ class Lease:
     holder that outlived its lease must not free someone else's).
     """
 
-    __slots__ = ("_backend", "_token", "key", "timeout")
+    __slots__ = ("_backend", "_held", "_token", "key", "timeout")
 
     def __init__(self, backend: Backend, key: str, timeout: float) -> None:
         self._backend = backend
         self.key = key
         self.timeout = timeout
         self._token = new_token()
+        self._held = False
 
     def acquire(self) -> bool | None:
         """Take the lease if nobody holds it.
@@ -121,17 +125,26 @@ class Lease:
             ``add`` did apply, so it never blocks others until it expires.
         """
         try:
-            return self._backend.add(self.key, self._token, self.timeout)
+            self._held = self._backend.add(self.key, self._token, self.timeout)
         except BackendError:
             return None
+        return self._held
 
     def release(self) -> None:
         """Give the lease back if it is still this holder's (best effort, never raises)."""
         try:
             if self._backend.get(self.key) == self._token:
                 self._backend.delete(self.key)
+            elif self._held:
+                _log.warning(
+                    "a get_or_load lease expired while its loader ran (lock_timeout=%gs): "
+                    "other callers may have loaded too; make lock_timeout longer than the "
+                    "slowest load",
+                    self.timeout,
+                )
         except BackendError:
             pass  # it expires on its own after `timeout`
+        self._held = False
 
 
 def new_token() -> bytes:

@@ -34,7 +34,7 @@ from cacheorm._fast import fast_codec, fast_load
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
 from cacheorm._keys import _unwrap as unwrap_annotation
-from cacheorm._observe import Hook, instrument
+from cacheorm._observe import Hook, get_logger, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
 from cacheorm._ttl import (
@@ -46,6 +46,8 @@ from cacheorm._ttl import (
     UpdateTTLArg,
     normalize_ttl,
 )
+
+_log = get_logger("repository")
 
 __all__ = ["Repository", "registry"]
 
@@ -512,7 +514,14 @@ class Repository(Generic[T]):
                 )
             if backend.cas(key, new_payload, token, seconds):
                 return new
+            _log.debug("update_with of key %r lost a compare-and-set; retrying", key)
             time.sleep(next(delays))
+        _log.warning(
+            "update_with of a %s record: %d compare-and-set attempts lost to concurrent "
+            "writers; gave up (ConflictError)",
+            self._model.__qualname__,
+            attempts,
+        )
         raise ConflictError(
             f"{self._model.__qualname__} (key {key!r}): {attempts} compare-and-set attempts "
             "lost to concurrent writers; nothing was written",
@@ -660,9 +669,16 @@ class Repository(Generic[T]):
                 finally:
                     lease.release()
             # Another caller is loading: poll for its value, or for its lease to go.
+            _log.debug("get_or_load of key %r waits for another caller's load", key)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    _log.warning(
+                        "get_or_load of a %s record waited lock_timeout=%gs for another "
+                        "caller's load; loading here",
+                        self._model.__qualname__,
+                        timeout,
+                    )
                     return self._fill(key, pk, loader, seconds)
                 time.sleep(min(next(delays), left))
                 payload, holder = self._poll([key, lease.key], key)
