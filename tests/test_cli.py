@@ -318,6 +318,28 @@ def test_inspect_prints_the_deserialization_error_of_a_bad_payload(
     assert "not valid json" in lines[1]
 
 
+def test_inspect_refuses_a_record_copied_under_another_key(
+    redis_backend: co.RedisBackend, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record copied from key 1 to key 2 prints the same DeserializationError as get(2)."""
+    accounts = co.Repository(Account, backend=redis_backend)
+    accounts.save(Account(1, "Ann"))
+    copied = redis_backend.get("account:1")
+    assert copied is not None
+    redis_backend.set("account:2", copied)
+    with pytest.raises(co.DeserializationError) as expected:
+        accounts.get(2)
+    for args in (["2"], ["--raw", "account:2"]):
+        code, out, err = run(
+            capsys, "inspect", "--model", "tests.test_cli:Account", "--redis", redis_server.url,
+            *args,
+        )  # fmt: skip
+        assert code == 1
+        assert out.splitlines() == ["account:2  (does not decode)"]
+        assert err.splitlines() == [f"error: DeserializationError: {expected.value}"]
+        assert "wrong key" in err
+
+
 def test_inspect_composite_keys_on_memcached(
     memcached_backend: co.MemcachedBackend,
     memcached_server: MemcachedServer,
