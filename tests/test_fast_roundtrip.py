@@ -78,8 +78,8 @@ def repo_pair(model: type, serializer: str | co.Serializer) -> tuple[co.Reposito
 
 
 def on_fast_path(repo: co.Repository[Any]) -> bool:
-    """True if ``repo`` reads through the fast path (its ``_load`` is the wrapper)."""
-    return "_load" in vars(repo)
+    """True if ``repo`` reads through the fast path (its ``_decode_payload`` is the wrapper)."""
+    return "_decode_payload" in vars(repo)
 
 
 def outcome(fn: Callable[[], Any]) -> tuple[str, Any]:

@@ -110,7 +110,7 @@ def fast_codec(compiled: CompiledModel[Any], serializer: Serializer) -> FastCode
 def fast_load(
     decode: Callable[[bytes], Any], slow_load: Callable[[str, bytes], Any]
 ) -> Callable[[str, bytes], Any]:
-    """``Repository._load`` through ``decode``, falling back to ``slow_load`` on any error.
+    """``Repository._decode_payload`` through ``decode``; ``slow_load`` on any error.
 
     The stdlib path then reads the record again and raises its own
     ``DeserializationError`` (or returns the record, where msgspec was only
@@ -383,7 +383,7 @@ def _typed_decoder(spec: ModelSpec, msgspec: Any, *, json: bool) -> Callable[[by
     if hasattr(cls, "__post_init__"):
         steps.append("o.__post_init__()")
     steps.append("return o")
-    # decode() for direct use; make_load(slow) for Repository._load, with the
+    # decode() for direct use; make_load(slow) for Repository._decode_payload, with the
     # fallback inside the same frame (one Python call per record, not two).
     lines = ["def decode(payload):", *("    " + x for x in steps)]
     lines += ["", "def make_load(_slow):", "    def load(key, payload):", "        try:"]
