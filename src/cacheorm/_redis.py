@@ -76,13 +76,22 @@ return 1
 """
 _CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
-#: touch with no expiry: PERSIST, and 1 if the key exists (PERSIST alone answers 0
-#: both for a missing key and for one without a TTL).
-_PERSIST_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('PERSIST', KEYS[1])
+#: touch: a new TTL (ARGV[1] ms, or '' for none: PERSIST) for a string key; 1 if it
+#: exists. A key of another Redis type is refused, as by every conditional write.
+_TOUCH_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return 0 end
+if kind ~= 'string' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+if ARGV[1] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
 return 1
 """
+_TOUCH_SHA = hashlib.sha1(_TOUCH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 #: A counter that never goes below 0 and gets its TTL (ARGV[2] ms, '' for none)
 #: when this call creates it; the new value. INCRBY on another type raises WRONGTYPE.
@@ -1711,16 +1720,37 @@ class RedisBackend(Closing):
 
     # -- optional capabilities: TTLBackend, CounterBackend, ScanBackend -------------
 
-    def _each_key(self, op: str, commands: list[tuple[Any, ...]], keys: list[str]) -> list[Any]:
-        """Run one idempotent command per key: one pipeline per server (node); the replies."""
+    def _each_key(
+        self,
+        op: str,
+        commands: list[tuple[Any, ...]],
+        keys: list[str],
+        fallbacks: list[tuple[Any, ...]],
+    ) -> list[Any]:
+        """Run one idempotent script call per key: a pipeline per server (node); the replies.
+
+        Calls answered NOSCRIPT are sent again as ``fallbacks`` (EVAL).
+        """
         if self._is_cluster:
-            return self._cluster_read(op, commands, self._slots(op, keys), keys)
-        server = self._main
-        assert server is not None
-        try:
-            replies = self._exchange(server, commands, idempotent=True)
-        except _Broken as broken:
-            raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
+            replies, failures = self._cluster_batch(
+                op, commands, self._slots(op, keys), idempotent=True
+            )
+            if failures:
+                name, exc = failures[0]
+                raise self._fail(op, keys, exc, name) from exc
+        else:
+            server = self._main
+            assert server is not None
+            try:
+                replies = self._exchange(server, commands, idempotent=True)
+            except _Broken as broken:
+                raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
+        redo = [i for i, reply in enumerate(replies) if isinstance(reply, self._no_script)]
+        if redo and commands is not fallbacks:
+            again = [fallbacks[i] for i in redo]
+            sent_again = self._each_key(op, again, [keys[i] for i in redo], again)
+            for i, reply in zip(redo, sent_again, strict=True):
+                replies[i] = reply
         self._first_error(op, replies, keys)
         return replies
 
@@ -1729,22 +1759,22 @@ class RedisBackend(Closing):
         return self.touch_many([key], ttl)[0]
 
     def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
-        """``touch`` each key: PEXPIRE (or a PERSIST script), one pipeline per server or node.
+        """``touch`` each key: a script per key (PEXPIRE, or PERSIST for None), one
+        pipeline per server or node.
 
         Idempotent, so resent like the other idempotent batches; a failure
         raises :class:`~cacheorm.BackendUnavailable` (some keys may have been
-        touched: touch them again).
+        touched: touch them again). A key of another Redis type is a
+        :class:`~cacheorm.BackendError`.
         """
         keys = _key_list(keys)
         px = _px(ttl)
         if not keys:
             return []
-        commands: list[tuple[Any, ...]]
-        if px is None:
-            commands = [("EVAL", _PERSIST_SCRIPT, 1, key) for key in keys]
-        else:
-            commands = [("PEXPIRE", key, px) for key in keys]
-        return [reply == 1 for reply in self._each_key("PEXPIRE", commands, keys)]
+        arg = "" if px is None else px
+        commands = [("EVALSHA", _TOUCH_SHA, 1, key, arg) for key in keys]
+        fallbacks = [("EVAL", _TOUCH_SCRIPT, 1, key, arg) for key in keys]
+        return [reply == 1 for reply in self._each_key("touch", commands, keys, fallbacks)]
 
     def ttl_of(self, key: str, /) -> float | None:
         """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent."""
