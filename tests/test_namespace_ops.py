@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import shutil
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -241,3 +245,32 @@ def test_redis_clear_of_thousands_in_batches(big_namespace: co.Repository[Tag]) 
     assert sum(1 for _ in big_namespace.scan(batch=250)) == 2000
     assert big_namespace.clear(batch=300) == 2000
     assert big_namespace.count() == 0
+
+
+def test_filesystem_scan_leaves_out_what_it_did_not_write(tmp_path: Path) -> None:
+    """Files planted in the store (a FIFO, a directory or a malformed file named like an
+    entry, an entry copied under another name, a shard that is a link) are not listed;
+    long keys are read whole; a vanished store is a BackendError."""
+    store = co.FileSystemBackend(tmp_path / "store")
+    long_key = "ns:" + "k" * 20_000
+    store.set_many([("ns:a", b"1"), ("ns:b", b"2"), (long_key, b"3")])
+    shard = tmp_path / "store" / hashlib.sha256(b"ns:a").hexdigest()[:2]
+    entry = shard / hashlib.sha256(b"ns:a").hexdigest()
+    os.mkfifo(shard / ("a" * 64))
+    (shard / ("b" * 64)).mkdir()
+    (shard / ("c" * 64)).write_bytes(b"not an entry")
+    shutil.copy(entry, shard / ("d" * 64))
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "store" / "zz")
+    found = sorted(key for keys in store.scan("ns:", 2) for key in keys)
+    assert found == sorted(["ns:a", "ns:b", long_key])
+    shutil.rmtree(tmp_path / "store")
+    with pytest.raises(co.BackendError, match="could not list"):
+        list(store.scan("ns:"))
+
+
+def test_redis_scan_leaves_out_keys_that_are_not_utf8(redis_backend: co.RedisBackend) -> None:
+    """A key another program wrote in bytes that are not UTF-8 is not cacheorm's: left out."""
+    redis_backend.client.set(b"ns:\xff\xfe", b"x")
+    redis_backend.set("ns:ok", b"y")
+    assert [key for keys in redis_backend.scan("ns:") for key in keys] == ["ns:ok"]

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Annotated
 
 import pytest
@@ -97,11 +98,8 @@ def test_a_touched_record_expires_on_the_new_ttl(clock: FakeClock) -> None:
     assert users.touch(1) is False
 
 
-def test_touch_keeps_the_cas_token_on_memory_and_filesystem(tmp_path: object) -> None:
+def test_touch_keeps_the_cas_token_on_memory_and_filesystem(tmp_path: Path) -> None:
     """A touch changes the TTL, not the value: a gets token taken before stays valid."""
-    import pathlib
-
-    assert isinstance(tmp_path, pathlib.Path)
     for store in (co.MemoryBackend(), co.FileSystemBackend(tmp_path / "s")):
         store.set("k", b"v")
         got = store.gets("k")
@@ -385,3 +383,12 @@ def test_redis_touch_script_is_reloaded_after_script_flush(
         store.client.script_flush()
         assert store.touch_many([f"t{i}" for i in range(7)], None) == [True] * 6 + [False]
         assert store.ttl_of("t0") == math.inf
+
+
+def test_counters_refuse_integers_too_long_to_read(tmp_path: Path) -> None:
+    """A stored integer of more digits than int() accepts is a BackendError, not a crash."""
+    for store in (co.MemoryBackend(), co.FileSystemBackend(tmp_path / "s")):
+        store.set("huge", b"9" * 5000)
+        with pytest.raises(co.BackendError, match="too long an integer"):
+            store.counter_add("huge", 1)
+        assert store.get("huge") == b"9" * 5000
