@@ -261,7 +261,10 @@ def test_filesystem_scan_leaves_out_what_it_did_not_write(tmp_path: Path) -> Non
     (shard / ("c" * 64)).write_bytes(b"not an entry")
     shutil.copy(entry, shard / ("d" * 64))
     (tmp_path / "elsewhere").mkdir()
-    os.symlink(tmp_path / "elsewhere", tmp_path / "store" / "zz")
+    os.symlink(entry, shard / ("e" * 64))
+    used = {p.name for p in (tmp_path / "store").iterdir()}
+    free = next(f"{i:02x}" for i in range(256) if f"{i:02x}" not in used)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "store" / free)
     found = sorted(key for keys in store.scan("ns:", 2) for key in keys)
     assert found == sorted(["ns:a", "ns:b", long_key])
     shutil.rmtree(tmp_path / "store")
