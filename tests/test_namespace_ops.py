@@ -36,6 +36,12 @@ class Article:
 
 
 @dataclasses.dataclass
+class Pos:
+    a: Annotated[str, co.Field(primary_key=True)]
+    b: Annotated[int, co.Field(primary_key=True)]
+
+
+@dataclasses.dataclass
 class Cart:
     user: Annotated[int, co.Field(primary_key=True, hash_tag=True)]
     item: Annotated[str, co.Field(primary_key=True)]
@@ -100,6 +106,12 @@ def test_templates_and_hash_tags_are_matched_by_shape(backend: co.Backend) -> No
     assert {a.article for a in articles.scan(batch=5)} == set(range(12))
     assert articles.clear() == 12
     assert single.get(5) == User(5, "solo")
+    positional = co.Repository(Pos, backend=backend, key="pos.%s.%d")
+    positional.save_many([Pos("a.b", 1), Pos("c", 2)])
+    backend.set("pos.x.y", b"{}")
+    assert positional.count() == 2
+    assert positional.clear() == 2
+    assert backend.get("pos.x.y") == b"{}"
     assert backend.get("t:collection.a.notint") == b"{}"
     carts = co.Repository(Cart, backend=backend)
     carts.save_many([Cart(u, f"item {i}") for u in range(5) for i in range(3)])

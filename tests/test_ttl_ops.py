@@ -315,6 +315,13 @@ def test_redis_counter_script_is_reloaded_after_script_flush(
         redis_backend.counter_add("h", 1)
     with pytest.raises(co.BackendError):
         redis_backend.touch("h", 5)
+    with pytest.raises(co.BackendError, match="'h'"):
+        redis_backend.ttl_of("h")
+    redis_backend.client.script_flush()
+    redis_backend.set("s", b"v", 20)
+    left = redis_backend.ttl_of("s")
+    assert left is not None
+    assert 19 < left <= 20
 
 
 def test_lazy_cluster_backend_can_start_with_a_scan(redis_cluster: RedisClusterServer) -> None:

@@ -93,6 +93,16 @@ return 1
 """
 _TOUCH_SHA = hashlib.sha1(_TOUCH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
+#: ttl_of: PTTL of a string key (-2 if absent); another Redis type is refused, as by get.
+_TTL_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+return redis.call('PTTL', KEYS[1])
+"""
+_TTL_SHA = hashlib.sha1(_TTL_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
 #: A counter that never goes below 0 and gets its TTL (ARGV[2] ms, '' for none)
 #: when this call creates it; the new value. INCRBY on another type raises WRONGTYPE.
 _COUNTER_SCRIPT = """
@@ -1777,15 +1787,18 @@ class RedisBackend(Closing):
         return [reply == 1 for reply in self._each_key("touch", commands, keys, fallbacks)]
 
     def ttl_of(self, key: str, /) -> float | None:
-        """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent."""
+        """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent.
+
+        A one-key script (TYPE, then PTTL), retried like a read. A key of
+        another Redis type is a :class:`~cacheorm.BackendError`, as for ``get``.
+        """
         _check_key(key)
-        try:
-            left: int = self._execute("PTTL", key, keys=(key,))
-        except self._errors as exc:
-            raise self._fail("PTTL", key, exc) from exc
+        left = self._each_key(
+            "PTTL", [("EVALSHA", _TTL_SHA, 1, key)], [key], [("EVAL", _TTL_SCRIPT, 1, key)]
+        )[0]
         if left == -2:
             return None
-        return math.inf if left < 0 else left / 1000
+        return math.inf if left < 0 else int(left) / 1000
 
     def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
         """Add ``delta`` to the counter under ``key``, never below 0; the new value.
