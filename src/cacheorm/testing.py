@@ -184,6 +184,10 @@ class CapabilityContract:
         assert backend.get("k") == b"v"
         assert backend.get("j") == b"w"
         assert backend.touch_many([], 5) == []
+        token = backend.gets("k")
+        assert token is not None
+        assert backend.touch("k", 300) is True
+        assert backend.cas("k", b"v2", token[1]) is True  # a touch is not a write of the value
 
     def test_a_touched_key_expires_and_persist_keeps_one(self, backend: Backend) -> None:
         """A key touched with a short TTL expires; one touched with None outlives its TTL;
