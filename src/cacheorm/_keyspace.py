@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from cacheorm._backend import Backend, ScanBackend, TTLBackend
@@ -155,12 +155,18 @@ def ttl_of(repo: Repository[Any], pk: Any) -> float | None:
 
 
 def _keys(repo: Repository[Any], what: str, batch: int) -> Iterator[list[str]]:
-    """Batches of this repository's record keys (deduplicated within a batch)."""
+    """Batches of this repository's record keys (deduplicated within a batch).
+
+    The checks (batch, key scheme, capability) run now, not at the first ``next()``.
+    """
     check_batch(batch)
     space = _keyspace(repo)
     backend = _scan_backend(repo, what)
-    owns = space.owns
-    for keys in backend.scan(space.prefix, batch):
+    return _owned(backend.scan(space.prefix, batch), space.owns)
+
+
+def _owned(batches: Iterator[list[str]], owns: Callable[[str], bool]) -> Iterator[list[str]]:
+    for keys in batches:
         mine = [key for key in dict.fromkeys(keys) if owns(key)]
         if mine:
             yield mine
@@ -178,19 +184,26 @@ def count(repo: Repository[Any], batch: int) -> int:
 
 
 def scan(repo: Repository[T], batch: int, errors: Literal["raise", "skip"]) -> Iterator[T]:
-    """Every record of the namespace: a key scan and one ``get_many`` per batch."""
+    """Every record of the namespace: a key scan and one ``get_many`` per batch.
+
+    Arguments and capability are checked now; the records come lazily.
+    """
     if errors not in ("raise", "skip"):
         raise ConfigurationError(f"errors must be 'raise' or 'skip', not {errors!r}")
+    return _records(repo, _keys(repo, "scan()", batch), errors == "skip")
+
+
+def _records(repo: Repository[T], batches: Iterator[list[str]], skip: bool) -> Iterator[T]:
     backend = repo.backend
     load = repo._load
-    for keys in _keys(repo, "scan()", batch):
+    for keys in batches:
         for key, payload in zip(keys, backend.get_many(keys), strict=True):
             if payload is None:  # deleted or expired since the scan listed it
                 continue
             try:
                 record = load(key, payload)
             except DeserializationError:
-                if errors == "raise":
+                if not skip:
                     raise
                 continue
             yield record
