@@ -23,30 +23,6 @@ class User:
     name: str
 
 
-class TestRedisClusterCapabilities(CapabilityContract):
-    """The capability contract on a Redis Cluster (SCAN on every primary)."""
-
-    capabilities = frozenset({"ttl", "counter", "scan"})
-
-    @pytest.fixture
-    def backend(self, redis_cluster_backend: co.RedisBackend) -> co.Backend:
-        """A RedisBackend on the flushed cluster."""
-        return redis_cluster_backend
-
-
-class TestMemcachedPoolCapabilities(CapabilityContract):
-    """The capability contract on a pool of three memcached servers."""
-
-    capabilities = frozenset({"ttl", "counter"})
-    expiry_slack = 2.0
-    ttl_precision = 2.0
-
-    @pytest.fixture
-    def backend(self, memcached_pool_backend: co.MemcachedBackend) -> co.Backend:
-        """A MemcachedBackend on the flushed pool."""
-        return memcached_pool_backend
-
-
 # -- the repository -------------------------------------------------------------------
 
 
@@ -399,3 +375,15 @@ def test_counters_refuse_integers_too_long_to_read(tmp_path: Path) -> None:
         with pytest.raises(co.BackendError, match="too long an integer"):
             store.counter_add("huge", 1)
         assert store.get("huge") == b"9" * 5000
+
+
+def test_pool_replace_many_keeping_ttl_of_only_absent_keys(
+    memcached_pool_backend: co.MemcachedBackend,
+) -> None:
+    """On a pool, replace_many with KEEP_TTL of keys that are all absent is all False (a
+    round with nothing to send once crashed with IndexError)."""
+    assert memcached_pool_backend.replace_many([("a", b"1"), ("b", b"2")], co.KEEP_TTL) == [
+        False,
+        False,
+    ]
+    assert memcached_pool_backend.get_many(["a", "b"]) == [None, None]

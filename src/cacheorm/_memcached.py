@@ -1253,6 +1253,8 @@ class MemcachedBackend(Closing):
         """``work(node, indices)`` for each group, concurrently; the result or error of each."""
         items = list(groups.items())
         outcomes: list[tuple[_Node, list[int], _T | BaseException]] = []
+        if not items:  # nothing to send (a round of a multi-round batch found no key)
+            return outcomes
         if len(items) == 1:
             node, indices = items[0]
             try:
