@@ -422,6 +422,9 @@ WRITES: dict[str, Callable[[co.Repository[Doc], Any], object]] = {
     "get_or_load-cached": lambda repo, ttl: repo.get_or_load("old", _never_load, ttl=ttl),
     "get_or_load_many": lambda repo, ttl: repo.get_or_load_many(["new"], _never_load, ttl=ttl),
     "get_or_load_many-empty": lambda repo, ttl: repo.get_or_load_many([], _never_load, ttl=ttl),
+    "touch": lambda repo, ttl: repo.touch("old", ttl=ttl),
+    "touch_many": lambda repo, ttl: repo.touch_many(["old"], ttl=ttl),
+    "touch_many-empty": lambda repo, ttl: repo.touch_many([], ttl=ttl),
 }
 
 

@@ -32,6 +32,8 @@ class TestMemcachedPoolBackend(BackendContract):
     """The contract suite on a MemcachedBackend over the session's 3 memcached servers."""
 
     expiry_slack = 2.0
+    capabilities = frozenset({"ttl", "counter"})
+    ttl_precision = 2.0  # whole seconds, and cacheorm sends ceil(ttl) + 1
 
     @pytest.fixture
     def backend(self, memcached_pool_backend: MemcachedBackend) -> Backend:
