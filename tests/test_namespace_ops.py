@@ -7,14 +7,14 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import pytest
 
 import cacheorm as co
-from tests.conftest import FakeClock
+from tests.conftest import BACKENDS, FakeClock
 
 
 @dataclasses.dataclass
@@ -49,6 +49,26 @@ class Cart:
 
 def _scans(backend: co.Backend) -> bool:
     return isinstance(backend, co.ScanBackend)
+
+
+#: The backends that can enumerate keys (memcached cannot: tested to refuse).
+SCANNING = [name for name in BACKENDS if "memcached" not in name]
+
+
+@pytest.fixture(params=SCANNING)
+def scan_backend(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[co.Backend]:
+    """Every backend that implements ScanBackend, each empty."""
+    if request.param == "memory":
+        store = co.MemoryBackend(clock=clock)
+        yield store
+        store.close()
+    else:
+        yield request.getfixturevalue(f"{request.param}_backend")
+
+
+def test_the_scanning_backends_are_exactly_those_that_scan(backend: co.Backend) -> None:
+    """SCANNING lists every backend that implements ScanBackend and no other."""
+    assert _scans(backend) == ("memcached" not in type(backend).__name__.lower())
 
 
 def test_clear_count_and_scan_cover_one_namespace(backend: co.Backend) -> None:
@@ -89,11 +109,10 @@ def test_clear_count_and_scan_cover_one_namespace(backend: co.Backend) -> None:
     assert users.create(User(None, "next")).id == 41  # type: ignore[arg-type]
 
 
-def test_templates_and_hash_tags_are_matched_by_shape(backend: co.Backend) -> None:
+def test_templates_and_hash_tags_are_matched_by_shape(scan_backend: co.Backend) -> None:
     """A template's keys are found by its literal head and shape; a hash-tagged default
     key too (on a cluster its records sit on several nodes)."""
-    if not _scans(backend):
-        return
+    backend = scan_backend
     articles = co.Repository(
         Article, backend=backend, key="collection.{collector}.{article}", prefix="t:"
     )
@@ -120,10 +139,9 @@ def test_templates_and_hash_tags_are_matched_by_shape(backend: co.Backend) -> No
     assert carts.count() == 0
 
 
-def test_a_prefix_with_glob_characters_is_literal(backend: co.Backend) -> None:
+def test_a_prefix_with_glob_characters_is_literal(scan_backend: co.Backend) -> None:
     """Glob characters of a prefix or namespace (Redis SCAN MATCH) match only themselves."""
-    if not _scans(backend):
-        return
+    backend = scan_backend
     odd = co.Repository(Tag, backend=backend, prefix="a*[b]?\\", namespace="n*")
     near = co.Repository(Tag, backend=backend, prefix="aX[b]?\\", namespace="nn")
     odd.save_many([Tag("1"), Tag("2")])
@@ -155,10 +173,9 @@ def test_key_functions_and_headless_templates_are_refused() -> None:
         with_prefix.count(batch=2.5)  # type: ignore[arg-type]
 
 
-def test_scan_raises_or_skips_records_that_do_not_decode(backend: co.Backend) -> None:
+def test_scan_raises_or_skips_records_that_do_not_decode(scan_backend: co.Backend) -> None:
     """A record that does not decode is a DeserializationError naming its key, or skipped."""
-    if not _scans(backend):
-        return
+    backend = scan_backend
     tags = co.Repository(Tag, backend=backend)
     tags.save_many([Tag("a"), Tag("b")])
     backend.set("tag:bad", b"\xff not json")
@@ -167,6 +184,19 @@ def test_scan_raises_or_skips_records_that_do_not_decode(backend: co.Backend) ->
     assert info.value.key == "tag:bad"
     assert sorted(t.name for t in tags.scan(errors="skip")) == ["a", "b"]
     assert tags.count() == 3
+
+
+def test_scan_refuses_a_record_copied_under_another_key(scan_backend: co.Backend) -> None:
+    """A scanned record must belong under the key it was read from, as for get."""
+    tags = co.Repository(Tag, backend=scan_backend)
+    tags.save_many([Tag("a"), Tag("b")])
+    copied = scan_backend.get("tag:a")
+    assert copied is not None
+    scan_backend.set("tag:c", copied)
+    with pytest.raises(co.DeserializationError, match="wrong key") as info:
+        list(tags.scan())
+    assert info.value.key == "tag:c"
+    assert sorted(t.name for t in tags.scan(errors="skip")) == ["a", "b"]
 
 
 class _CountingBackend(co.MemoryBackend):
@@ -199,10 +229,9 @@ def test_scan_reads_one_batch_at_a_time_and_skips_expired_records(clock: FakeClo
     assert tags.count() == 25
 
 
-def test_records_deleted_during_a_scan_are_left_out(backend: co.Backend) -> None:
+def test_records_deleted_during_a_scan_are_left_out(scan_backend: co.Backend) -> None:
     """A key listed by the scan but deleted before its batch is read is not yielded."""
-    if not _scans(backend):
-        return
+    backend = scan_backend
     tags = co.Repository(Tag, backend=backend)
     tags.save_many([Tag(f"t{i:02d}") for i in range(20)])
     seen: list[str] = []
@@ -216,10 +245,9 @@ def test_records_deleted_during_a_scan_are_left_out(backend: co.Backend) -> None
     assert tags.count() == 0
 
 
-def test_clear_during_get_or_load_does_not_break_it(backend: co.Backend) -> None:
+def test_clear_during_get_or_load_does_not_break_it(scan_backend: co.Backend) -> None:
     """clear leaves the lease of a running get_or_load alone: the load completes and caches."""
-    if not _scans(backend):
-        return
+    backend = scan_backend
     tags = co.Repository(Tag, backend=backend)
     started = threading.Event()
     release = threading.Event()

@@ -236,9 +236,7 @@ def _show(repo: co.Repository[Any], keys: list[str]) -> int:
         try:
             # The Repository's own decode path and key check, so the error is the one
             # `get` raises (a raw key has no pk to compare, so compare the rendered key).
-            record = repo._decode_payload(key, payload)  # pyright: ignore[reportPrivateUsage]
-            if repo.key_of(record) != key:
-                raise repo._misplaced(key, record)  # pyright: ignore[reportPrivateUsage]
+            record = repo._load_by_key(key, payload)  # pyright: ignore[reportPrivateUsage]
         except co.DeserializationError as exc:
             print(f"{key}  (does not decode)")
             print(f"error: DeserializationError: {exc}", file=sys.stderr)

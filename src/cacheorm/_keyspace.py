@@ -195,7 +195,7 @@ def scan(repo: Repository[T], batch: int, errors: Literal["raise", "skip"]) -> I
 
 def _records(repo: Repository[T], batches: Iterator[list[str]], skip: bool) -> Iterator[T]:
     backend = repo.backend
-    load = repo._load
+    load = repo._load_by_key
     for keys in batches:
         for key, payload in zip(keys, backend.get_many(keys), strict=True):
             if payload is None:  # deleted or expired since the scan listed it

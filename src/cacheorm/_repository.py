@@ -1112,6 +1112,13 @@ class Repository(Generic[T]):
             raise self._misplaced(key, obj)
         return obj
 
+    def _load_by_key(self, key: str, payload: bytes) -> T:
+        """:meth:`_load` where only the key is known (a scan): compare the rendered key."""
+        obj = self._decode_payload(key, payload)
+        if self._key_of(obj) != key:
+            raise self._misplaced(key, obj)
+        return obj
+
     def _decode_payload(self, key: str, payload: bytes) -> T:
         """The record ``payload`` decodes to (the fast codec path replaces this)."""
         try:
