@@ -424,3 +424,22 @@ def test_waiting_past_lock_timeout_for_another_load_is_a_warning(
         r.levelno == logging.WARNING and "waited lock_timeout=0.2s" in r.getMessage()
         for r in records
     )
+
+
+def test_ttl_namespace_and_reference_operations_report_too(recorder: Recorder) -> None:
+    """touch, touch_many, ttl_of, clear, count and load_related are operations as well."""
+    repo = co.Repository(Item, namespace="obsops", hooks=[recorder])
+    repo.save_many([Item(1, "a"), Item(2, "b")], ttl=60)
+    recorder.events.clear()
+    assert repo.touch(1, ttl=120) is True
+    assert repo.touch_many([1, 2, 3], ttl=120) == [True, True, False]
+    assert repo.ttl_of(1) is not None
+    assert repo.count() == 2
+    assert repo.clear() == 2
+    assert [(e.operation, e.key_count) for e in recorder.events] == [
+        ("touch", 1),
+        ("touch_many", 3),
+        ("ttl_of", 1),
+        ("count", 1),
+        ("clear", 1),
+    ]

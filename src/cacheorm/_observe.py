@@ -150,6 +150,12 @@ _OPERATIONS: dict[str, tuple[bool, _Reads | None]] = {
     "create_many": (True, None),
     "save_many": (True, None),
     "update_many": (True, None),
+    "touch": (False, None),
+    "touch_many": (True, None),
+    "ttl_of": (False, None),
+    "clear": (False, None),
+    "count": (False, None),
+    "load_related": (True, None),
 }
 #: Operations whose second positional argument (or ``loader=``) is a loader.
 _LOADERS = {"get_or_load": 1, "get_or_load_many": 1}
