@@ -443,3 +443,25 @@ def test_ttl_namespace_and_reference_operations_report_too(recorder: Recorder) -
         ("count", 1),
         ("clear", 1),
     ]
+
+
+@dataclasses.dataclass
+class Note:
+    id: Annotated[int, co.Field(primary_key=True)]
+    item_id: Annotated[int, co.Ref(Item)]
+
+
+def test_another_repositorys_operation_inside_one_reports_as_its_own(recorder: Recorder) -> None:
+    """load_related reports itself and the target repository's get_many (its round trip)."""
+    backend = co.MemoryBackend()
+    items = co.Repository(Item, backend=backend, hooks=[recorder])
+    notes = co.Repository(Note, backend=backend, hooks=[recorder])
+    items.save(Item(1, "a"))
+    notes.save_many([Note(1, 1), Note(2, 1)])
+    recorder.events.clear()
+    assert notes.load_related(notes.get_many([1, 2]), "item_id", items) == {1: Item(1, "a")}
+    assert [(e.operation, e.model, e.key_count) for e in recorder.events] == [
+        ("get_many", Note, 2),
+        ("get_many", Item, 1),
+        ("load_related", Note, 2),
+    ]

@@ -109,9 +109,11 @@ def system_of(backend: object) -> str:
     return _SYSTEMS.get(name, name)
 
 
-# Operations nested inside another (patch -> update_with, get_or_create ->
-# create) report once, as the outer call.
-_depth: contextvars.ContextVar[int] = contextvars.ContextVar("cacheorm_op_depth", default=0)
+# Operations of a repository nested inside another of the same repository
+# (patch -> update_with, get_or_create -> create) report once, as the outer
+# call; another repository's operations inside one (load_related's get_many
+# of the target) report as their own.
+_active: contextvars.ContextVar[object] = contextvars.ContextVar("cacheorm_active", default=None)
 
 
 def _count_found(result: Any) -> int:
@@ -176,11 +178,12 @@ def instrument(repo: Repository[Any], hooks: Sequence[Hook]) -> None:
         setattr(
             repo,
             name,
-            _wrap(name, method, batch, reads, hooks, model, namespace, system),
+            _wrap(repo, name, method, batch, reads, hooks, model, namespace, system),
         )
 
 
 def _wrap(
+    repo: object,
     name: str,
     method: Callable[..., Any],
     batch: bool,
@@ -194,7 +197,7 @@ def _wrap(
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if _depth.get():
+        if _active.get() is repo:
             return method(*args, **kwargs)
         count = 1
         if batch:
@@ -206,7 +209,7 @@ def _wrap(
                 args = (*args[:loader_at], _counting(args[loader_at], loads, batch))
             elif "loader" in kwargs:
                 kwargs["loader"] = _counting(kwargs["loader"], loads, batch)
-        token = _depth.set(1)
+        token = _active.set(repo)
         start_ns = time.time_ns()
         start = time.perf_counter()
         error: BaseException | None = None
@@ -219,7 +222,7 @@ def _wrap(
             raise
         finally:
             duration = time.perf_counter() - start
-            _depth.reset(token)
+            _active.reset(token)
             hits: int | None = None
             misses: int | None = None
             if reads is not None:
