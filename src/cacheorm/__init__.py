@@ -57,6 +57,15 @@ from cacheorm._serializers import (
     Serializer,
     SerializerRegistry,
 )
+from cacheorm._signals import (
+    ModelSignal,
+    ModelSignals,
+    PostSignalError,
+    RepositorySignals,
+    Signal,
+    WriteEvent,
+    signals,
+)
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTL, DefaultType, KeepTTLType
 
 __version__ = "0.1.0"
@@ -89,24 +98,31 @@ __all__ = [
     "MemoryBackend",
     "MissingDependency",
     "ModelDefinitionError",
+    "ModelSignal",
+    "ModelSignals",
     "MsgpackSerializer",
     "NotFound",
     "OperationEvent",
     "OutcomeUnknown",
     "PickleSerializer",
+    "PostSignalError",
     "ProtobufSerializer",
     "RedisBackend",
     "Ref",
     "Repository",
+    "RepositorySignals",
     "SerializationError",
     "Serializer",
     "SerializerNotFound",
     "SerializerRegistry",
     "ShortUUIDCodec",
+    "Signal",
     "Timestamp",
     "UTCDateTimeCodec",
     "ValidationError",
     "ValueTooLarge",
+    "WriteEvent",
     "__version__",
     "registry",
+    "signals",
 ]
