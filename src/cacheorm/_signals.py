@@ -253,10 +253,13 @@ class RepositorySignals(Generic[T]):
         ttl: BackendTTL,
         attempt: int,
     ) -> WriteEvent[T]:
-        pk = self._repository.pk_of
-        pks = tuple(
-            None if key is None else pk(obj) for obj, key in zip(records, keys, strict=True)
-        )
+        pk = self._repository._pk_get
+        if len(records) == 1:  # the common case, without a generator
+            pks: tuple[Any, ...] = (None if keys[0] is None else pk(records[0]),)
+        else:
+            pks = tuple(
+                None if key is None else pk(obj) for obj, key in zip(records, keys, strict=True)
+            )
         return WriteEvent(
             signal, operation, self._repository, tuple(records), tuple(keys), pks, ttl, attempt
         )
