@@ -606,3 +606,34 @@ def test_connect_and_disconnect_while_writing_from_threads(users: co.Repository[
     before = len(seen)
     users.save(SigUser(1, "Sam"))
     assert len(seen) == before
+
+
+def test_get_or_create_losing_the_race_after_pre_create_sends_no_post(
+    backend: co.Backend, users: co.Repository[SigUser]
+) -> None:
+    """Another writer inserts between the read and the insert: its record wins, no post_create."""
+    other = co.Repository(SigUser, backend=backend, namespace="sig_user")
+    posts: list[object] = []
+
+    def race(event: co.WriteEvent[SigUser]) -> None:
+        other.create(SigUser(1, "Other"))
+
+    users.signals.pre_create.connect(race)
+    users.signals.post_create.connect(posts.append)
+    assert users.get_or_create(SigUser(1, "Sam")) == (SigUser(1, "Other"), False)
+    assert posts == []
+
+
+def test_an_awaitable_that_is_not_a_coroutine_is_refused_too(
+    users: co.Repository[SigUser],
+) -> None:
+    """A receiver returning any awaitable (here one without close()) fails the sync write."""
+
+    class Pending:
+        def __await__(self) -> Iterator[None]:
+            yield None  # pragma: no cover - never awaited
+
+    users.signals.pre_save.connect(lambda event: Pending())
+    with pytest.raises(co.ConfigurationError, match="returned an awaitable"):
+        users.save(SigUser(1, "Sam"))
+    assert not users.exists(1)
