@@ -214,19 +214,16 @@ class Signal(Generic[T]):
 class RepositorySignals(Generic[T]):
     """The signals of one repository: ``repo.signals.pre_save`` and the seven others."""
 
-    pre_create: Signal[T]
-    post_create: Signal[T]
-    pre_save: Signal[T]
-    post_save: Signal[T]
-    pre_update: Signal[T]
-    post_update: Signal[T]
-    pre_delete: Signal[T]
-    post_delete: Signal[T]
-
     def __init__(self, repository: Repository[T]) -> None:
         self._repository = repository
-        for name in SIGNAL_NAMES:
-            setattr(self, name, Signal(name, self))
+        self.pre_create: Signal[T] = Signal("pre_create", self)
+        self.post_create: Signal[T] = Signal("post_create", self)
+        self.pre_save: Signal[T] = Signal("pre_save", self)
+        self.post_save: Signal[T] = Signal("post_save", self)
+        self.pre_update: Signal[T] = Signal("pre_update", self)
+        self.post_update: Signal[T] = Signal("post_update", self)
+        self.pre_delete: Signal[T] = Signal("pre_delete", self)
+        self.post_delete: Signal[T] = Signal("post_delete", self)
         with _LOCK:
             _REPOSITORIES.add(self)
             self._refresh()
