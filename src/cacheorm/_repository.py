@@ -362,6 +362,9 @@ class Repository(Generic[T]):
         step (1, 2, 4, ...) and the next id tried, so a lost counter costs
         O(log n) round trips, never an ``AlreadyExists``.
 
+        Signals: ``pre_create`` (an auto-id record still has id None, and key
+        and pk None), then ``post_create`` (with the id) once it is stored.
+
         Raises:
             AlreadyExists: a record is stored under the key; nothing was written.
             ValidationError: ``obj`` does not match the model; nothing was written.
@@ -451,6 +454,12 @@ class Repository(Generic[T]):
 
         Returns:
             ``(record, created)``: ``created`` is True if ``obj`` was inserted.
+
+        Signals: create signals only when it inserts. With a receiver
+        connected it reads first: a stored record is returned without any
+        signal; else ``pre_create``, the insert and ``post_create``. If another
+        writer inserts in between, its record is returned and no
+        ``post_create`` is sent.
         """
         seconds = self._resolve_ttl(ttl)
         if self._needs_id(obj):
@@ -656,7 +665,8 @@ class Repository(Generic[T]):
         The loaded record is cached only if the key is still empty (an
         insert-if-absent): a record that another caller wrote while the loader
         ran wins, and is what this call returns. A cache fill never
-        overwrites a real write.
+        overwrites a real write. A fill is not a write of application data:
+        it sends no signals (``pre_create``, ``pre_save``, ...).
 
         Args:
             pk: the primary key.
@@ -992,6 +1002,9 @@ class Repository(Generic[T]):
         Never overwrites. Records are validated before anything is written.
         Auto ids come from one counter increment; ids found taken (a lost
         counter) are replaced by new ones past them, as in :meth:`create`.
+
+        Signals: one ``pre_create`` with the whole batch before any I/O (auto
+        ids None), one ``post_create`` with the records written (their ids).
 
         Raises:
             AlreadyExists: some keys were taken; ``.keys`` lists them. The other
