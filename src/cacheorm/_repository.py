@@ -37,6 +37,7 @@ from cacheorm._keys import _unwrap as unwrap_annotation
 from cacheorm._observe import Hook, get_logger, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
+from cacheorm._signals import RepositorySignals
 from cacheorm._ttl import (
     DEFAULT,
     KEEP_TTL,
@@ -194,6 +195,10 @@ class Repository(Generic[T]):
         auto = compiled.spec.auto_field
         self._auto: FieldSpec | None = auto
         self._counter_key = f"{prefix}{namespace}:__seq__"
+        # True while any signal receiver concerns this repository (kept by
+        # RepositorySignals): a write checks it once, and nothing more if false.
+        self._signalled = False
+        self._signals: RepositorySignals[T] = RepositorySignals(self)
         if hooks:
             if isinstance(hooks, str) or not all(callable(hook) for hook in hooks):
                 raise ConfigurationError(
@@ -244,6 +249,14 @@ class Repository(Generic[T]):
     def namespace(self) -> str:
         """The namespace of the default key scheme (and of the auto-id counter)."""
         return self._namespace
+
+    @property
+    def signals(self) -> RepositorySignals[T]:
+        """This repository's write signals: ``repo.signals.pre_save.connect(fn)``.
+
+        Each write method's docstring and the Signals guide say what it sends.
+        """
+        return self._signals
 
     @property
     def ttl(self) -> float | None:
@@ -351,20 +364,31 @@ class Repository(Generic[T]):
         step (1, 2, 4, ...) and the next id tried, so a lost counter costs
         O(log n) round trips, never an ``AlreadyExists``.
 
+        Signals: ``pre_create`` (an auto-id record still has id None, and key
+        and pk None), then ``post_create`` (with the id) once it is stored.
+
         Raises:
             AlreadyExists: a record is stored under the key; nothing was written.
             ValidationError: ``obj`` does not match the model; nothing was written.
         """
         seconds = self._ttl if ttl is DEFAULT else normalize_ttl(ttl)
         if self._auto is not None and self._needs_id(obj):
-            return self._create_auto(obj, self._encode_checked(obj, None), seconds)
+            data = self._encode_checked(obj, None)
+            if self._signalled:
+                return self._signals._create_auto(obj, data, seconds, "create")
+            return self._create_auto(obj, data, seconds)
         key, payload = self._dump(obj)
+        signals = self._signals if self._signalled else None
+        if signals is not None:
+            signals._send_pre("pre_create", "create", (obj,), (key,), seconds)
         if not self._backend.add(key, payload, seconds):
             raise AlreadyExists(
                 f"{self._model.__qualname__} already exists under key {key!r}",
                 model=self._model,
                 key=key,
             )
+        if signals is not None:
+            signals._send_post("post_create", "create", (obj,), (key,), seconds)
         return obj
 
     def _create_auto(self, obj: T, data: dict[str, Any], seconds: float | None) -> T:
@@ -391,6 +415,12 @@ class Repository(Generic[T]):
         """Store ``obj`` whether or not it exists (upsert) and return it."""
         seconds = self._resolve_ttl(ttl)
         key, payload = self._dump(obj)
+        if self._signalled:
+            signals = self._signals
+            signals._send_pre("pre_save", "save", (obj,), (key,), seconds)
+            self._backend.set(key, payload, seconds)
+            signals._send_post("post_save", "save", (obj,), (key,), seconds)
+            return obj
         self._backend.set(key, payload, seconds)
         return obj
 
@@ -408,12 +438,17 @@ class Repository(Generic[T]):
         """
         seconds = self._resolve_update_ttl(ttl)
         key, payload = self._dump(obj)
+        signals = self._signals if self._signalled else None
+        if signals is not None:
+            signals._send_pre("pre_update", "update", (obj,), (key,), seconds)
         if not self._backend.replace(key, payload, seconds):
             raise NotFound(
                 f"{self._model.__qualname__} to update not found under key {key!r}",
                 model=self._model,
                 key=key,
             )
+        if signals is not None:
+            signals._send_post("post_update", "update", (obj,), (key,), seconds)
         return obj
 
     def get_or_create(self, obj: T, *, ttl: TTLArg = DEFAULT) -> tuple[T, bool]:
@@ -421,13 +456,32 @@ class Repository(Generic[T]):
 
         Returns:
             ``(record, created)``: ``created`` is True if ``obj`` was inserted.
+
+        Signals: create signals only when it inserts. With a receiver
+        connected it reads first: a stored record is returned without any
+        signal; else ``pre_create``, the insert and ``post_create``. If another
+        writer inserts in between, its record is returned and no
+        ``post_create`` is sent.
         """
         seconds = self._resolve_ttl(ttl)
         if self._needs_id(obj):
+            if self._signalled:
+                data = self._encode_checked(obj, None)
+                return self._signals._create_auto(obj, data, seconds, "get_or_create"), True
             return self.create(obj, ttl=ttl), True
         key, payload = self._dump(obj)
+        signals = self._signals if self._signalled else None
         for _ in range(_GET_OR_CREATE_ATTEMPTS):
+            if signals is not None:
+                # Create signals only when it creates: look first, so a stored
+                # record is returned without a pre_create.
+                existing = self._backend.get(key)
+                if existing is not None:
+                    return self._load(key, existing, self._pk_get(obj)), False
+                signals._send_pre("pre_create", "get_or_create", (obj,), (key,), seconds)
             if self._backend.add(key, payload, seconds):
+                if signals is not None:
+                    signals._send_post("post_create", "get_or_create", (obj,), (key,), seconds)
                 return obj, True
             existing = self._backend.get(key)
             if existing is not None:
@@ -478,14 +532,25 @@ class Repository(Generic[T]):
                 record of the model, or changed its primary key; nothing was written.
             OutcomeUnknown: the connection failed after a compare-and-set was
                 sent, so it may have been applied; it is never resent.
+
+        Signals: ``pre_update`` before each compare-and-set attempt (with that
+        attempt's record and ``event.attempt``; a receiver that raises stops
+        the retries and nothing is written), ``post_update`` once, after the
+        compare-and-set that won.
         """
+        return self._update_with(pk, fn, ttl, attempts, "update_with")
+
+    def _update_with(
+        self, pk: Any, fn: Callable[[T], T], ttl: UpdateTTLArg, attempts: int, operation: str
+    ) -> T:
         key = self._key_for(pk)
         seconds = self._resolve_update_ttl(ttl)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError(f"attempts must be a positive int, not {attempts!r}")
         backend = self._backend
         delays = backoff_delays()
-        for _ in range(attempts):
+        signals = self._signals if self._signalled else None
+        for attempt in range(1, attempts + 1):
             found = backend.gets(key)
             if found is None:
                 raise NotFound(
@@ -512,7 +577,11 @@ class Repository(Generic[T]):
                     model=self._model,
                     key=key,
                 )
+            if signals is not None:
+                signals._send_pre("pre_update", operation, (new,), (key,), seconds, attempt)
             if backend.cas(key, new_payload, token, seconds):
+                if signals is not None:
+                    signals._send_post("post_update", operation, (new,), (key,), seconds, attempt)
                 return new
             _log.debug("update_with of key %r lost a compare-and-set; retrying", key)
             time.sleep(next(delays))
@@ -579,7 +648,7 @@ class Repository(Generic[T]):
         def apply(record: T) -> T:
             return dataclasses.replace(record, **values)  # type: ignore[type-var]
 
-        return self.update_with(pk, apply, ttl=ttl)
+        return self._update_with(pk, apply, ttl, UPDATE_ATTEMPTS, "patch")
 
     # -- read-through -------------------------------------------------------------------
 
@@ -605,7 +674,8 @@ class Repository(Generic[T]):
         The loaded record is cached only if the key is still empty (an
         insert-if-absent): a record that another caller wrote while the loader
         ran wins, and is what this call returns. A cache fill never
-        overwrites a real write.
+        overwrites a real write. A fill is not a write of application data:
+        it sends no signals (``pre_create``, ``pre_save``, ...).
 
         Args:
             pk: the primary key.
@@ -912,13 +982,33 @@ class Repository(Generic[T]):
         )
 
     def delete(self, pk: Any) -> bool:
-        """Remove the record with primary key ``pk``; True if it existed."""
-        return self._backend.delete(self._key_for(pk))
+        """Remove the record with primary key ``pk``; True if it existed.
+
+        Signals: ``pre_delete`` and ``post_delete`` (``event.deleted`` 0 or 1)
+        are sent whether or not a record was stored.
+        """
+        key = self._key_for(pk)
+        if self._signalled:
+            signals = self._signals
+            signals._send_delete("pre_delete", "delete", (pk,), (key,), None)
+            existed = self._backend.delete(key)
+            signals._send_delete("post_delete", "delete", (pk,), (key,), int(existed))
+            return existed
+        return self._backend.delete(key)
 
     def delete_many(self, pks: Iterable[Any]) -> int:
         """Remove the records for ``pks`` in one backend call; how many existed."""
+        pks = list(pks)
         keys = [self._key_for(pk) for pk in pks]
-        return self._backend.delete_many(keys) if keys else 0
+        if not keys:
+            return 0
+        if self._signalled:
+            signals = self._signals
+            signals._send_delete("pre_delete", "delete_many", pks, keys, None)
+            deleted = self._backend.delete_many(keys)
+            signals._send_delete("post_delete", "delete_many", pks, keys, deleted)
+            return deleted
+        return self._backend.delete_many(keys)
 
     # -- batch writes -------------------------------------------------------------
 
@@ -928,6 +1018,9 @@ class Repository(Generic[T]):
         Never overwrites. Records are validated before anything is written.
         Auto ids come from one counter increment; ids found taken (a lost
         counter) are replaced by new ones past them, as in :meth:`create`.
+
+        Signals: one ``pre_create`` with the whole batch before any I/O (auto
+        ids None), one ``post_create`` with the records written (their ids).
 
         Raises:
             AlreadyExists: some keys were taken; ``.keys`` lists them. The other
@@ -940,6 +1033,10 @@ class Repository(Generic[T]):
         pending = [i for i, obj in enumerate(objs) if self._needs_id(obj)]
         encoded = {i: self._encode_checked(objs[i], None) for i in pending}
         items = [self._dump(obj) if i not in encoded else ("", b"") for i, obj in enumerate(objs)]
+        signals = self._signals if self._signalled else None
+        if signals is not None:  # before the counter's incr: a veto leaves no trace
+            keys = [key or None for key, _ in items]
+            signals._send_pre("pre_create", "create_many", objs, keys, seconds)
         gap = 0
         for _ in range(_ID_ATTEMPTS):  # pragma: no branch - ends when no auto id is refused
             if pending:
@@ -967,6 +1064,18 @@ class Repository(Generic[T]):
             if not pending:
                 break
             gap = gap * 2 or 1
+        if signals is not None:
+            written = [i for i, ok in enumerate(results) if ok]
+            signals._send_post_batch(
+                "post_create",
+                "create_many",
+                [objs[i] for i in written],
+                [items[i][0] for i in written],
+                seconds,
+                lambda: self._raise_refused(
+                    items, results, AlreadyExists, "already existed", "created"
+                ),
+            )
         self._raise_refused(items, results, AlreadyExists, "already existed", "created")
         return objs
 
@@ -976,6 +1085,12 @@ class Repository(Generic[T]):
         objs = list(objs)
         items = [self._dump(obj) for obj in objs]
         if items:
+            if self._signalled:
+                keys = [key for key, _ in items]
+                self._signals._send_pre("pre_save", "save_many", objs, keys, seconds)
+                self._backend.set_many(items, seconds)
+                self._signals._send_post("post_save", "save_many", objs, keys, seconds)
+                return objs
             self._backend.set_many(items, seconds)
         return objs
 
@@ -994,7 +1109,23 @@ class Repository(Generic[T]):
         items = [self._dump(obj) for obj in objs]
         if not items:
             return objs
+        signals = self._signals if self._signalled else None
+        if signals is not None:
+            keys = [key for key, _ in items]
+            signals._send_pre("pre_update", "update_many", objs, keys, seconds)
         results = self._backend.replace_many(items, seconds)
+        if signals is not None:
+            written = [i for i, ok in enumerate(results) if ok]
+            signals._send_post_batch(
+                "post_update",
+                "update_many",
+                [objs[i] for i in written],
+                [items[i][0] for i in written],
+                seconds,
+                lambda: self._raise_refused(
+                    items, results, NotFound, "to update were not found", "updated"
+                ),
+            )
         self._raise_refused(items, results, NotFound, "to update were not found", "updated")
         return objs
 

@@ -231,3 +231,40 @@ def check_capabilities(backend: co.Backend) -> None:
         assert_type(backend.counter_add("k", -1, None), int)
     if isinstance(backend, co.ScanBackend):
         assert_type(backend.scan("user:", 100), Iterator[list[str]])
+
+
+def check_signals() -> None:
+    from collections.abc import Callable
+    from typing import Any
+
+    users = co.Repository(User)
+    assert_type(users.signals, co.RepositorySignals[User])
+    assert_type(users.signals.pre_save, co.Signal[User])
+
+    @users.signals.pre_save.connect
+    def stamp(event: co.WriteEvent[User]) -> None:
+        assert_type(event.record, User)
+        assert_type(event.records, tuple[User, ...])
+        assert_type(event.keys, tuple[str | None, ...])
+        assert_type(event.repository, co.Repository[User])
+        assert_type(event.model, type[User])
+        assert_type(event.deleted, int | None)
+
+    # A lambda's parameter is inferred from the repository's model.
+    users.signals.post_update.connect(lambda event: assert_type(event.record, User))
+    receivers = users.signals.post_delete.receivers
+    assert_type(receivers, tuple[Callable[[co.WriteEvent[User]], object], ...])
+
+    def on_company(event: co.WriteEvent[Company]) -> None: ...
+
+    users.signals.post_save.connect(on_company)  # type: ignore[arg-type]
+    co.signals.pre_save.connect(stamp, model=User)
+    co.signals.pre_save.connect(on_company, model=User)  # type: ignore[arg-type]
+
+    def audit(event: co.WriteEvent[Any]) -> None: ...
+
+    co.signals.post_delete.connect(audit)
+    assert_type(co.signals, co.ModelSignals)
+    error = co.PostSignalError.__new__(co.PostSignalError)
+    assert_type(error.event, co.WriteEvent[Any])
+    assert_type(error.errors, tuple[Exception, ...])
