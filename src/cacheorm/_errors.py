@@ -15,6 +15,7 @@
     ├── NotFound                    no record under that key (also a LookupError)
     ├── AlreadyExists               a record exists under that key already
     ├── ConflictError               compare-and-set kept losing to other writers; nothing written
+    ├── PostSignalError             a post_* signal receiver raised; the write happened
     └── BackendError                the store failed or refused an operation
         ├── BackendUnavailable      the store could not be reached
         │   ├── OutcomeUnknown      a write was sent but its reply was lost: it may have happened
