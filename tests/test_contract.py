@@ -16,6 +16,8 @@ from tests.servers import MemcachedServer, RedisServer
 class TestMemoryBackend(BackendContract):
     """MemoryBackend, with a fake clock so TTL tests do not sleep."""
 
+    capabilities = frozenset({"ttl", "counter", "scan"})
+
     clock: FakeClock
 
     @pytest.fixture
@@ -33,6 +35,8 @@ class TestMemoryBackend(BackendContract):
 
 class TestFileSystemBackend(BackendContract):
     """FileSystemBackend in a fresh directory, with a fake clock."""
+
+    capabilities = frozenset({"ttl", "counter", "scan"})
 
     clock: FakeClock
 
@@ -52,6 +56,8 @@ class TestFileSystemBackend(BackendContract):
 class TestRedisBackend(BackendContract):
     """RedisBackend on this session's redis-server; TTLs really expire."""
 
+    capabilities = frozenset({"ttl", "counter", "scan"})
+
     @pytest.fixture
     def backend(self, redis_server: RedisServer) -> Iterator[co.Backend]:
         """A RedisBackend on a flushed database."""
@@ -69,6 +75,8 @@ class TestMemcachedBackend(BackendContract):
     """
 
     expiry_slack = 2.0
+    capabilities = frozenset({"ttl", "counter"})  # memcached cannot enumerate keys
+    ttl_precision = 2.0  # whole seconds, and cacheorm sends ceil(ttl) + 1
 
     @pytest.fixture
     def backend(self, memcached_server: MemcachedServer) -> Iterator[co.Backend]:

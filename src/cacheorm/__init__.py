@@ -18,8 +18,9 @@ a TTL::
     users.get(1)                         # -> User(id=1, name='Sam')
 """
 
-from cacheorm._backend import Backend, CasToken
+from cacheorm._backend import Backend, CasToken, CounterBackend, ScanBackend, TTLBackend
 from cacheorm._codecs import Codec, Timestamp
+from cacheorm._counter import Counter
 from cacheorm._errors import (
     AlreadyExists,
     BackendError,
@@ -75,6 +76,8 @@ __all__ = [
     "Codec",
     "ConfigurationError",
     "ConflictError",
+    "Counter",
+    "CounterBackend",
     "DataError",
     "DecimalCodec",
     "DefaultType",
@@ -98,11 +101,13 @@ __all__ = [
     "RedisBackend",
     "Ref",
     "Repository",
+    "ScanBackend",
     "SerializationError",
     "Serializer",
     "SerializerNotFound",
     "SerializerRegistry",
     "ShortUUIDCodec",
+    "TTLBackend",
     "Timestamp",
     "UTCDateTimeCodec",
     "ValidationError",

@@ -7,11 +7,20 @@ Backends know nothing of models, serializers or repositories. Keys are
 keeps the remaining TTL of the value they replace. Batch
 methods are one round trip per server: a backend must not implement them as a
 loop of network calls.
+
+Beyond :class:`Backend`, three optional capabilities, each a runtime-checkable
+protocol a backend implements or not (a third-party backend that predates them
+keeps working; the repository methods that need one raise
+:class:`~cacheorm.ConfigurationError` naming the backend's class):
+
+* :class:`TTLBackend`: ``touch``, ``touch_many`` and ``ttl_of``.
+* :class:`CounterBackend`: ``counter_add``, a counter that gets its TTL when it is created.
+* :class:`ScanBackend`: ``scan``, the live keys under a prefix, in batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +28,14 @@ from typing_extensions import Self
 
 from cacheorm._ttl import BackendTTL
 
-__all__ = ["Backend", "CasToken", "Closing"]
+__all__ = [
+    "Backend",
+    "CasToken",
+    "Closing",
+    "CounterBackend",
+    "ScanBackend",
+    "TTLBackend",
+]
 
 #: Opaque token from :meth:`Backend.gets`, handed back to :meth:`Backend.cas`.
 CasToken = object
@@ -105,6 +121,57 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections; the backend is not used after this."""
+        ...
+
+
+@runtime_checkable
+class TTLBackend(Protocol):
+    """Optional capability: change and read the remaining TTL of keys.
+
+    ``touch`` and ``touch_many`` are idempotent, so a backend may resend them
+    after a lost reply.
+    """
+
+    def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give the live value under ``key`` a new TTL (None: no expiry); True if it existed."""
+        ...
+
+    def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key, in order; one round trip per server."""
+        ...
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left: ``math.inf`` if it never expires, None if it is absent."""
+        ...
+
+
+@runtime_checkable
+class CounterBackend(Protocol):
+    """Optional capability: counters that never go below zero and get a TTL at creation."""
+
+    def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` (may be negative) to the counter under ``key``, atomically; the result.
+
+        An absent counter starts at 0 and, in the same atomic step, gets
+        ``ttl`` (None: no expiry); an existing one keeps its TTL. The result is
+        clamped at 0, as memcached's ``decr`` does: a counter never goes
+        negative. Not idempotent: never resent after a lost reply.
+        """
+        ...
+
+
+@runtime_checkable
+class ScanBackend(Protocol):
+    """Optional capability: enumerate the live keys that start with a prefix."""
+
+    def scan(self, prefix: str, /, batch: int = 500) -> Iterator[list[str]]:
+        """The live keys starting with ``prefix``, in batches of about ``batch`` keys.
+
+        Holds at most about one batch in memory. Keys written or deleted while
+        the scan runs may or may not be listed; a key may be listed twice when
+        the store resizes meanwhile (Redis ``SCAN``), never a key that was
+        absent for the whole scan.
+        """
         ...
 
 

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 from cacheorm._errors import InvalidTTL, safe_repr
 
-__all__ = ["as_bytes", "as_items", "check_key", "check_ttl"]
+__all__ = [
+    "as_bytes",
+    "as_items",
+    "check_batch",
+    "check_delta",
+    "check_key",
+    "check_ttl",
+]
 
 
 def check_key(key: object) -> str:
@@ -41,6 +48,22 @@ def check_ttl(ttl: float | None) -> None:
         raise InvalidTTL(
             f"ttl must be a finite, positive number of seconds or None, not {safe_repr(ttl)}"
         )
+
+
+def check_delta(delta: object) -> int:
+    """``delta`` if it is an int (not a bool); TypeError otherwise."""
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise TypeError(f"counter delta must be an int, not {type(delta).__name__}")
+    return delta
+
+
+def check_batch(batch: object) -> int:
+    """``batch`` if it is a positive int; ValueError (TypeError for a non-int) otherwise."""
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"batch must be a positive int, not {type(batch).__name__}")
+    if batch < 1:
+        raise ValueError(f"batch must be a positive int, not {batch!r}")
+    return batch
 
 
 def _finite(number: float) -> bool:

@@ -50,13 +50,15 @@ import re
 import stat
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_batch as _check_batch
+from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
 from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import BackendError, ConfigurationError
@@ -480,9 +482,23 @@ class FileSystemBackend(Closing):
     def _live(header: _Header, now: float) -> bool:
         return header.expires_at is None or header.expires_at > now
 
-    def _write(self, slot: _Slot, dir_fd: int, value: bytes, expires_at: float | None) -> bytes:
-        """Atomically replace the entry file; the new version nonce. Caller holds the lock."""
-        nonce = os.urandom(_NONCE_SIZE)
+    def _write(
+        self,
+        slot: _Slot,
+        dir_fd: int,
+        value: bytes,
+        expires_at: float | None,
+        nonce: bytes | None = None,
+    ) -> bytes:
+        """Atomically replace the entry file; its version nonce. Caller holds the lock.
+
+        A new nonce unless ``nonce`` is given (a touch keeps the version: the value is the same).
+        """
+        if nonce is None:
+            nonce = os.urandom(_NONCE_SIZE)
+            tmp = f"{_TMP_PREFIX}{nonce.hex()}"
+        else:
+            tmp = f"{_TMP_PREFIX}{os.urandom(_NONCE_SIZE).hex()}"
         header = _HEADER.pack(
             _MAGIC,
             _FORMAT_VERSION,
@@ -492,7 +508,6 @@ class FileSystemBackend(Closing):
             len(slot.raw),
             len(value),
         )
-        tmp = f"{_TMP_PREFIX}{nonce.hex()}"
         fd = os.open(tmp, _TMP_FLAGS, self._mode, dir_fd=dir_fd)
         try:
             try:
@@ -868,6 +883,170 @@ class FileSystemBackend(Closing):
 
     def close(self) -> None:
         """Do nothing: every operation opens and closes its own files. The store stays usable."""
+
+    # -- optional capabilities: TTLBackend, CounterBackend, ScanBackend -------------
+
+    def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give the live value under ``key`` a new TTL (None: no expiry); True if it existed."""
+        return self.touch_many([key], ttl)[0]
+
+    def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key, under the shard locks: the file is rewritten with the new
+        expiry, its value and version (the ``gets`` token) unchanged."""
+        slots = [self._locate(_check_key(key)) for key in keys]
+        _check_ttl(ttl)
+        result: list[bool] = []
+        held: list[int] = []
+        try:
+            dirs = self._lock(slots, held)
+            now = self._clock()
+            expires_at = None if ttl is None else now + ttl
+            for slot in slots:
+                dir_fd = dirs[slot.shard]
+                try:
+                    found = self._read(slot, dir_fd, value=True)
+                    live = found is not None and self._live(found[0], now)
+                    if found is not None and live:
+                        self._write(slot, dir_fd, found[1], expires_at, found[0].nonce)
+                    elif found is not None:
+                        self._unlink(slot.name, dir_fd)
+                except OSError as exc:
+                    raise self._os_error("touch", slot, exc) from exc
+                result.append(live)
+        finally:
+            _release(held)
+        return result
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left, from its header; ``math.inf`` if none, None if absent."""
+        found = self._fetch(_check_key(key), False)
+        if found is None:
+            return None
+        now = self._clock()
+        if found[0] is None:
+            return math.inf
+        return found[0] - now if found[0] > now else None
+
+    def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, never below 0, under its shard lock.
+
+        An absent (or expired) counter starts at 0 with ``ttl``; an existing
+        one keeps its expiry.
+
+        Raises:
+            BackendError: the stored value is not an ASCII integer.
+        """
+        _check_key(key)
+        _check_delta(delta)
+        _check_ttl(ttl)
+        slot = self._locate(key)
+        held: list[int] = []
+        try:
+            dir_fd = self._lock([slot], held)[slot.shard]
+            try:
+                found = self._read(slot, dir_fd, value=True)
+                now = self._clock()
+                if found is None or not self._live(found[0], now):
+                    current, expires_at = 0, (None if ttl is None else now + ttl)
+                else:
+                    current = self._counter_value(key, found[1])
+                    expires_at = found[0].expires_at
+                result = max(0, current + delta)
+                self._write(slot, dir_fd, str(result).encode("ascii"), expires_at)
+            except OSError as exc:
+                raise self._os_error("count with", slot, exc) from exc
+        finally:
+            _release(held)
+        return result
+
+    def _counter_value(self, key: str, stored: bytes) -> int:
+        if _COUNTER.fullmatch(stored) is None:
+            raise BackendError(
+                f"cannot count with key {key!r}: its value is not an ASCII integer",
+                key=key,
+                server=self._root,
+            )
+        try:
+            return int(stored)
+        except ValueError:  # more digits than int() accepts
+            raise BackendError(
+                f"cannot count with key {key!r}: its value is too long an integer",
+                key=key,
+                server=self._root,
+            ) from None
+
+    def scan(self, prefix: str, /, batch: int = 500) -> Iterator[list[str]]:
+        """The live keys starting with ``prefix``, ``batch`` at a time.
+
+        Lists one shard directory at a time and reads each entry's header and
+        key (not its value), without locks. Memory holds one shard's file
+        names and one batch. Files that are not entries this store wrote
+        (malformed, links, temporary files) are left out; reading the key
+        reports them.
+        """
+        _check_key(prefix)
+        _check_batch(batch)
+        return self._scan(prefix.encode("utf-8", "surrogatepass"), batch)
+
+    def _scan(self, prefix: bytes, batch: int) -> Iterator[list[str]]:
+        keys: list[str] = []
+        try:
+            shards = self._shards()
+        except OSError as exc:
+            raise BackendError(
+                f"filesystem backend could not list {self._root}: {exc}", server=self._root
+            ) from exc
+        for shard in shards:
+            path = f"{self._root}{os.sep}{shard}"
+            try:
+                dir_fd = _open_dir(path)
+            except OSError:
+                continue  # removed since listed, or not a real directory: no entries of ours
+            try:
+                names = [n for n in os.listdir(dir_fd) if _ENTRY_NAME.fullmatch(n)]
+                now = self._clock()
+                for name in names:
+                    key = self._entry_key(name, dir_fd, prefix, now)
+                    if key is not None:
+                        keys.append(key)
+                        if len(keys) >= batch:
+                            yield keys
+                            keys = []
+            except OSError as exc:
+                raise BackendError(
+                    f"filesystem backend could not scan {path}: {exc}", server=self._root
+                ) from exc
+            finally:
+                os.close(dir_fd)
+        if keys:
+            yield keys
+
+    @staticmethod
+    def _entry_key(name: str, dir_fd: int, prefix: bytes, now: float) -> str | None:
+        """The key of entry file ``name`` if it is live and starts with ``prefix``."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return None  # gone since listed, a link or a socket: not an entry
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, _FIRST_READ)
+            expires_at, _, key_len, _ = _unpack(data)
+            if len(data) < _HEADER.size + key_len:
+                data += os.read(fd, _HEADER.size + key_len - len(data))
+            raw = data[_HEADER.size : _HEADER.size + key_len]
+        except _Malformed:
+            return None
+        finally:
+            os.close(fd)
+        if len(raw) != key_len or not raw.startswith(prefix):
+            return None
+        if hashlib.sha256(raw).hexdigest() != name:
+            return None  # not where this key lives: a copied or planted file
+        if expires_at is not None and expires_at <= now:
+            return None
+        return raw.decode("utf-8", "surrogatepass")
 
     # -- extras ------------------------------------------------------------------------
 

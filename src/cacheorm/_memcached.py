@@ -177,6 +177,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
 from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
@@ -1971,6 +1972,142 @@ class MemcachedBackend(Closing):
         )
         error.__cause__ = causes[0]
         raise error
+
+    # -- optional capabilities: TTLBackend, CounterBackend -------------------------------
+    # memcached cannot enumerate its keys, so there is no ScanBackend ``scan``.
+
+    def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give ``key`` a new TTL (``touch``; None: no expiry); True if it existed."""
+        return self.touch_many([key], ttl)[0]
+
+    def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key: one request of ``touch`` commands per server, concurrently.
+
+        Idempotent, so a request that failed on a kept connection found
+        closed is resent once, like a read. A failure raises
+        :class:`~cacheorm.BackendUnavailable` (some keys may have been
+        touched: touch them again).
+        """
+        bkeys = self._bkeys(keys)
+        expire = b"%d" % _expire(ttl)
+        if not bkeys:
+            return []
+        prefix = self._prefix
+        touched: list[bool] = [False] * len(bkeys)
+        if self._single is not None:
+            groups = {self._single: list(range(len(bkeys)))}
+        else:
+            groups = self._group(bkeys)
+
+        def send(node: _Node, indices: list[int]) -> list[bool]:
+            request = b"".join(
+                b"touch " + prefix + bkeys[i] + b" " + expire + b"\r\n" for i in indices
+            )
+
+            def read(reader: _Reader) -> list[bool]:
+                replies: list[bool] = []
+                for _ in indices:
+                    line = reader.line()
+                    if line not in (b"TOUCHED", b"NOT_FOUND"):
+                        raise _bad_reply(line)
+                    replies.append(line == b"TOUCHED")
+                return replies
+
+            return self._call(node, request, read, True)
+
+        for _, indices, outcome in self._each(send, groups):
+            if isinstance(outcome, _Failure):
+                about = f" touching {describe_keys([keys[i] for i in indices])}"
+                raise self._error(outcome, None, op="touch", write=False, about=about) from (
+                    outcome.cause
+                )
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for index, found in zip(indices, outcome, strict=True):
+                touched[index] = found
+        return touched
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Whole seconds ``key`` has left (meta get ``mg <key> t``, memcached 1.6+).
+
+        ``math.inf`` if it never expires, None if absent. cacheorm sends a
+        TTL rounded up plus one second, so a key written with ``ttl=10``
+        reports 11 at first.
+        """
+        bkey = self._bkey(key)
+        try:
+            meta = self._metas([self._prefix + bkey], [bkey])[0]
+        except _Failure as failure:
+            raise self._error(failure, key, op="ttl_of", write=False) from failure.cause
+        if meta is None:
+            return None
+        remaining = meta[1]
+        return math.inf if remaining < 0 else float(remaining)
+
+    def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, never below 0; the new value.
+
+        ``incr`` (or ``decr``, which memcached clamps at 0); if the counter is
+        absent, an ``add`` creates it with the value and the expiry in one
+        command, and if another client created it first, the ``incr`` /
+        ``decr`` is sent again. Nothing is ever resent after a lost reply.
+
+        Raises:
+            BackendError: the stored value is not a non-negative integer.
+            OutcomeUnknown: a command was sent and its reply lost.
+        """
+        bkey = self._bkey(key)
+        _check_delta(delta)
+        expire = b"%d" % _expire(ttl)
+        if delta >= _U64 or -delta >= _U64:
+            raise BackendError(
+                f"cannot count with key {key!r}: memcached counters hold 0 to 2**64 - 1, and "
+                f"{delta} is out of that range",
+                key=key,
+            )
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        verb = b"incr " if delta >= 0 else b"decr "
+        request = verb + full + b" %d\r\n" % abs(delta)
+        create = _store_command(b"add", full, expire, b"%d" % max(0, delta))
+        for _ in range(_INCR_ATTEMPTS):
+            line = self._ask(
+                node, request, _read_line, key=key, op="counter_add", write=True, resend=False
+            )
+            if line.isdigit():
+                result = int(line)
+                if delta > 0 and result < delta:  # memcached wrapped around 2**64: add it back
+                    self._incr_cas(key, bkey, _U64, missing_ok=True)
+                    return result + _U64
+                return result
+            if line != b"NOT_FOUND":
+                if line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
+                    raise BackendError(
+                        f"cannot count with key {key!r} at {node.address}: its value is not a "
+                        "non-negative integer",
+                        key=key,
+                        server=node.address,
+                    )
+                raise self._refused(node, line, key)
+            created = self._ask(
+                node,
+                create,
+                _read_line,
+                key=key,
+                op="counter_add (creating the counter)",
+                write=True,
+                resend=False,
+            )
+            if created == b"STORED":
+                return max(0, delta)
+            if created != b"NOT_STORED":
+                raise self._refused(node, created, key)
+            # Created by another client meanwhile: count on it.
+        raise BackendError(
+            f"cannot count with key {key!r}: it keeps vanishing and reappearing",
+            key=key,
+            server=node.address,
+        )
 
     # -- life cycle ------------------------------------------------------------------------
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_batch as _check_batch
+from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
 from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import BackendError, InvalidTTL
@@ -304,6 +307,92 @@ class MemoryBackend(Closing):
 
     def close(self) -> None:
         """Do nothing: there is nothing to release. The data stays readable."""
+
+    # -- optional capabilities: TTLBackend, CounterBackend, ScanBackend -------
+
+    def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give the live value under ``key`` a new TTL (None: no expiry); True if it existed."""
+        return self.touch_many([key], ttl)[0]
+
+    def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key, under one lock; a touch is not a use (LRU order is kept)."""
+        keys = [_check_key(key) for key in keys]
+        _check_ttl(ttl)
+        result: list[bool] = []
+        with self._lock:
+            now = self._clock()
+            expires_at = self._deadline(ttl, now)
+            for key in keys:
+                entry = self._live(key, now)
+                if entry is not None:
+                    entry.expires_at = expires_at
+                result.append(entry is not None)
+        return result
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left (exact, by the clock); ``math.inf`` if none, None if absent."""
+        _check_key(key)
+        with self._lock:
+            now = self._clock()
+            entry = self._live(key, now)
+            if entry is None:
+                return None
+            return math.inf if entry.expires_at is None else entry.expires_at - now
+
+    def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, never below 0, under the lock; the result.
+
+        An absent counter starts at 0 with ``ttl``; an existing one keeps its TTL.
+
+        Raises:
+            BackendError: the stored value is not an ASCII integer.
+        """
+        _check_key(key)
+        _check_delta(delta)
+        _check_ttl(ttl)
+        with self._lock:
+            now = self._clock()
+            entry = self._live(key, now)
+            if entry is None:
+                current, expires_at = 0, self._deadline(ttl, now)
+            else:
+                current = self._counter_value(key, entry.value)
+                expires_at = entry.expires_at
+            result = max(0, current + delta)
+            self._store(key, str(result).encode("ascii"), expires_at, now)
+            return result
+
+    @staticmethod
+    def _counter_value(key: str, value: bytes) -> int:
+        if _COUNTER.fullmatch(value) is None:
+            raise BackendError(
+                f"cannot count with key {key!r}: its value is not an ASCII integer", key=key
+            )
+        try:
+            return int(value)
+        except ValueError:  # more digits than int() accepts
+            raise BackendError(
+                f"cannot count with key {key!r}: its value is too long an integer", key=key
+            ) from None
+
+    def scan(self, prefix: str, /, batch: int = 500) -> Iterator[list[str]]:
+        """The live keys starting with ``prefix``, ``batch`` at a time.
+
+        The keys are listed under the lock once (a list of the matching key
+        strings, not of values), then handed out in batches; a key deleted
+        meanwhile may still be listed.
+        """
+        _check_key(prefix)
+        _check_batch(batch)
+        with self._lock:
+            now = self._clock()
+            keys = [
+                key
+                for key, entry in self._data.items()
+                if key.startswith(prefix) and (entry.expires_at is None or entry.expires_at > now)
+            ]
+        for start in range(0, len(keys), batch):
+            yield keys[start : start + batch]
 
     # -- extras ------------------------------------------------------------
 

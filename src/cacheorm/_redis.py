@@ -18,13 +18,15 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_batch as _check_batch
+from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
 from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
@@ -76,6 +78,52 @@ redis.call('SET', KEYS[1], ARGV[2], unpack(ARGV, 3))
 return 1
 """
 _CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+#: touch: a new TTL (ARGV[1] ms, or '' for none: PERSIST) for a string key; 1 if it
+#: exists. A key of another Redis type is refused, as by every conditional write.
+_TOUCH_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return 0 end
+if kind ~= 'string' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+if ARGV[1] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+_TOUCH_SHA = hashlib.sha1(_TOUCH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+#: ttl_of: PTTL of a string key (-2 if absent); another Redis type is refused, as by get.
+_TTL_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'string' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+end
+return redis.call('PTTL', KEYS[1])
+"""
+_TTL_SHA = hashlib.sha1(_TTL_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+#: A counter that never goes below 0 and gets its TTL (ARGV[2] ms, '' for none)
+#: when this call creates it; the new value. INCRBY on another type raises WRONGTYPE.
+_COUNTER_SCRIPT = """
+local created = redis.call('EXISTS', KEYS[1]) == 0
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if value < 0 then
+  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
+  value = 0
+end
+if created and ARGV[2] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return value
+"""
+_COUNTER_SHA = hashlib.sha1(_COUNTER_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+#: Characters with a meaning in a SCAN MATCH pattern, escaped with a backslash.
+_GLOB = re.compile(r"([*?\[\]\\])")
 
 #: How many MOVED / ASK / TRYAGAIN replies one cluster command follows before giving up.
 _MAX_REDIRECTS = 5
@@ -1692,6 +1740,152 @@ class RedisBackend(Closing):
             "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
         )
         return bool(stored == 1)
+
+    # -- optional capabilities: TTLBackend, CounterBackend, ScanBackend -------------
+
+    def _each_key(
+        self,
+        op: str,
+        commands: list[tuple[Any, ...]],
+        keys: list[str],
+        fallbacks: list[tuple[Any, ...]],
+    ) -> list[Any]:
+        """Run one idempotent script call per key: a pipeline per server (node); the replies.
+
+        Calls answered NOSCRIPT are sent again as ``fallbacks`` (EVAL).
+        """
+        if self._is_cluster:
+            replies, failures = self._cluster_batch(
+                op, commands, self._slots(op, keys), idempotent=True
+            )
+            if failures:
+                name, exc = failures[0]
+                raise self._fail(op, keys, exc, name) from exc
+        else:
+            server = self._main
+            assert server is not None
+            try:
+                replies = self._exchange(server, commands, idempotent=True)
+            except _Broken as broken:
+                raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
+        redo = [i for i, reply in enumerate(replies) if isinstance(reply, self._no_script)]
+        if redo and commands is not fallbacks:
+            again = [fallbacks[i] for i in redo]
+            sent_again = self._each_key(op, again, [keys[i] for i in redo], again)
+            for i, reply in zip(redo, sent_again, strict=True):
+                replies[i] = reply
+        self._first_error(op, replies, keys)
+        return replies
+
+    def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give ``key`` a new TTL (PEXPIRE; PERSIST for None); True if it existed."""
+        return self.touch_many([key], ttl)[0]
+
+    def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key: a script per key (PEXPIRE, or PERSIST for None), one
+        pipeline per server or node.
+
+        Idempotent, so resent like the other idempotent batches; a failure
+        raises :class:`~cacheorm.BackendUnavailable` (some keys may have been
+        touched: touch them again). A key of another Redis type is a
+        :class:`~cacheorm.BackendError`.
+        """
+        keys = _key_list(keys)
+        px = _px(ttl)
+        if not keys:
+            return []
+        arg = "" if px is None else px
+        commands = [("EVALSHA", _TOUCH_SHA, 1, key, arg) for key in keys]
+        fallbacks = [("EVAL", _TOUCH_SCRIPT, 1, key, arg) for key in keys]
+        return [reply == 1 for reply in self._each_key("touch", commands, keys, fallbacks)]
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent.
+
+        A one-key script (TYPE, then PTTL), retried like a read. A key of
+        another Redis type is a :class:`~cacheorm.BackendError`, as for ``get``.
+        """
+        _check_key(key)
+        left = self._each_key(
+            "PTTL", [("EVALSHA", _TTL_SHA, 1, key)], [key], [("EVAL", _TTL_SCRIPT, 1, key)]
+        )[0]
+        if left == -2:
+            return None
+        return math.inf if left < 0 else int(left) / 1000
+
+    def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, never below 0; the new value.
+
+        One Lua script (EVALSHA, EVAL on NOSCRIPT): EXISTS, INCRBY, a SET to 0
+        when the result is negative, and PEXPIRE when it created the key.
+        Never resent: see the class docstring. Values above ``2**53`` lose
+        precision in the script's Lua numbers.
+
+        Raises:
+            BackendError: the key holds a non-integer or another Redis type.
+            OutcomeUnknown: the script was sent and its reply lost.
+        """
+        _check_key(key)
+        _check_delta(delta)
+        px = _px(ttl)
+        args: tuple[Any, ...] = (key, delta, "" if px is None else px)
+        value = self._once(
+            "counter script",
+            key,
+            ("EVALSHA", _COUNTER_SHA, 1, *args),
+            ("EVAL", _COUNTER_SCRIPT, 1, *args),
+        )
+        return int(value)
+
+    def scan(self, prefix: str, /, batch: int = 500) -> Iterator[list[str]]:
+        """The string keys starting with ``prefix``: ``SCAN ... MATCH ... COUNT batch TYPE string``.
+
+        On a cluster, every primary is scanned in turn. ``prefix`` is matched
+        literally (its glob characters are escaped). Each reply is one batch;
+        ``COUNT`` is a hint, so a batch may hold more or fewer keys. Keys that
+        are not valid in the client's encoding are not cacheorm's and are left out.
+        """
+        _check_key(prefix)
+        _check_batch(batch)
+        return self._scan(prefix, batch)
+
+    def _scan(self, prefix: str, batch: int) -> Iterator[list[str]]:
+        pattern = _GLOB.sub(r"\\\1", prefix) + "*"
+        encoding = self._key_encoding[0]
+        for server in self._scan_servers():
+            cursor: Any = 0
+            while True:
+                command = ("SCAN", cursor, "MATCH", pattern, "COUNT", batch, "TYPE", "string")
+                try:
+                    reply = self._exchange(server, [command], idempotent=True)[0]
+                except _Broken as broken:
+                    raise self._fail("SCAN", prefix, broken.cause, broken.server) from broken.cause
+                if isinstance(reply, BaseException):
+                    raise self._fail("SCAN", prefix, reply, server.name) from reply
+                cursor, found = reply
+                keys: list[str] = []
+                for raw in found:
+                    try:
+                        keys.append(raw.decode(encoding))
+                    except UnicodeDecodeError:
+                        continue
+                if keys:
+                    yield keys
+                if int(cursor) == 0:
+                    break
+
+    def _scan_servers(self) -> list[_Server]:
+        """The server, or every primary node of the cluster."""
+        if not self._is_cluster:
+            assert self._main is not None
+            return [self._main]
+        cluster = self._cluster
+        if cluster is None:
+            cluster = self._connected_cluster("SCAN", [])
+        try:
+            return [self._pool_server(node) for node in cluster.get_primaries()]
+        except self._errors as exc:
+            raise self._fail("SCAN", [], exc) from exc
 
     def close(self) -> None:
         """Close the redis-py client (also one passed in), its pool, and the cluster threads."""

@@ -37,7 +37,6 @@ from cacheorm._keys import _unwrap as unwrap_annotation
 from cacheorm._observe import Hook, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
-from cacheorm._versions import Evolution, MigrationReport, Upgrade
 from cacheorm._ttl import (
     DEFAULT,
     KEEP_TTL,
@@ -47,6 +46,7 @@ from cacheorm._ttl import (
     UpdateTTLArg,
     normalize_ttl,
 )
+from cacheorm._versions import Evolution, MigrationReport, Upgrade
 
 __all__ = ["Repository", "registry"]
 
@@ -1233,6 +1233,92 @@ class Repository(Generic[T]):
         from cacheorm._refs import load_related
 
         return load_related(self, records, field, target, missing)
+
+    # -- TTL and namespace operations (implemented in cacheorm._keyspace) ---------------
+
+    def touch(self, pk: Any, *, ttl: TTLArg = DEFAULT) -> bool:
+        """Give the record under ``pk`` a new TTL (the repository's by default); True if found.
+
+        An absent record is not an error (like :meth:`delete`): the result is
+        False and nothing is written. Idempotent, so it follows the backend's
+        retry policy for reads.
+
+        Raises:
+            ConfigurationError: the backend lacks the
+                :class:`~cacheorm.TTLBackend` capability.
+        """
+        from cacheorm import _keyspace
+
+        return _keyspace.touch(self, pk, self._resolve_ttl(ttl))
+
+    def touch_many(self, pks: Iterable[Any], *, ttl: TTLArg = DEFAULT) -> list[bool]:
+        """:meth:`touch` for each primary key, in one backend call; which were found, in order."""
+        from cacheorm import _keyspace
+
+        return _keyspace.touch_many(self, list(pks), self._resolve_ttl(ttl))
+
+    def ttl_of(self, pk: Any) -> float | None:
+        """Seconds until the record under ``pk`` expires, or None if it never does.
+
+        Precision is the backend's: milliseconds on Redis, whole seconds on
+        memcached (which rounds a TTL up and adds one second).
+
+        Raises:
+            NotFound: no record under ``pk``.
+            ConfigurationError: the backend lacks the
+                :class:`~cacheorm.TTLBackend` capability.
+        """
+        from cacheorm import _keyspace
+
+        return _keyspace.ttl_of(self, pk)
+
+    def clear(self, *, batch: int = 500) -> int:
+        """Delete every record of this repository, ``batch`` keys at a time; how many.
+
+        Only keys of this repository's shape under its prefix and namespace
+        are deleted (``user`` never touches ``users``); the auto-id counter is
+        kept, so ids are not reused, and ``get_or_load`` leases are left to
+        expire. Records written while it runs may survive.
+
+        Raises:
+            ConfigurationError: the backend cannot enumerate keys
+                (:class:`~cacheorm.ScanBackend`; memcached cannot), or the
+                key scheme is a key function.
+        """
+        from cacheorm import _keyspace
+
+        return _keyspace.clear(self, batch)
+
+    def count(self, *, batch: int = 500) -> int:
+        """How many records this repository holds, by a key scan (no values are read).
+
+        Raises:
+            ConfigurationError: as :meth:`clear`.
+        """
+        from cacheorm import _keyspace
+
+        return _keyspace.count(self, batch)
+
+    def scan(
+        self, *, batch: int = 500, errors: typing.Literal["raise", "skip"] = "raise"
+    ) -> typing.Iterator[T]:
+        """Every record of this repository, in no particular order, with bounded memory.
+
+        A generator: the keys are listed ``batch`` at a time and each batch
+        is read with one ``get_many``. A record deleted or expired meanwhile
+        is left out.
+
+        Args:
+            batch: keys per scan step and per ``get_many``.
+            errors: ``"raise"`` (a :class:`~cacheorm.DeserializationError`
+                naming the key) or ``"skip"`` for records that do not decode.
+
+        Raises:
+            ConfigurationError: as :meth:`clear`.
+        """
+        from cacheorm import _keyspace
+
+        return _keyspace.scan(self, batch, errors)
 
     # -- schema versions and serializer changes (cacheorm._versions, cacheorm._migrate) ----
 

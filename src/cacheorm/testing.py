@@ -22,25 +22,53 @@ TTL tests really wait for keys to expire (``short_ttl`` plus ``expiry_slack``
 seconds, about three times per run); a backend with an injectable clock can
 override :meth:`BackendContract.wait` to move its clock instead.
 
+The optional capabilities (:class:`~cacheorm.TTLBackend`,
+:class:`~cacheorm.CounterBackend`, :class:`~cacheorm.ScanBackend`) are tested by
+:class:`CapabilityContract`, which :class:`BackendContract` includes. A backend
+declares what it has in ``capabilities``; the tests of a capability it lacks
+check instead that the repository and :class:`~cacheorm.Counter` refuse it with
+a :class:`~cacheorm.ConfigurationError` naming the backend's class (nothing is
+skipped).
+
 This module needs pytest, which cacheorm itself does not depend on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pytest
 
-from cacheorm._backend import Backend
-from cacheorm._errors import BackendError
+from cacheorm._backend import Backend, CounterBackend, ScanBackend, TTLBackend
+from cacheorm._counter import Counter
+from cacheorm._errors import BackendError, ConfigurationError, InvalidTTL
+from cacheorm._schema import Field
 from cacheorm._ttl import KEEP_TTL
 
-__all__ = ["AWKWARD_KEYS", "BackendContract"]
+__all__ = ["AWKWARD_KEYS", "CAPABILITIES", "BackendContract", "CapabilityContract"]
+
+#: The optional capabilities, by the name ``capabilities`` uses.
+CAPABILITIES: dict[str, type] = {
+    "ttl": TTLBackend,
+    "counter": CounterBackend,
+    "scan": ScanBackend,
+}
+
+
+@dataclasses.dataclass
+class _Item:
+    """A model for the repository-level capability checks."""
+
+    id: Annotated[int, Field(primary_key=True)]
+    name: str
+
 
 #: Keys that a backend must store and keep apart although they are awkward for
 #: some store: empty, spaces, line breaks, NUL, control characters, non-ASCII,
@@ -69,7 +97,257 @@ AWKWARD_KEYS: tuple[str, ...] = (
 )
 
 
-class BackendContract:
+class CapabilityContract:
+    """The optional capabilities: TTLs, counters, key scans (see ``capabilities``).
+
+    Attributes:
+        capabilities: the capabilities the backend declares, a subset of
+            ``{"ttl", "counter", "scan"}``; None (the default) takes what the
+            backend implements. A declared capability must be implemented, and
+            an undeclared one must not be.
+        ttl_precision: how far ``ttl_of`` may be above the TTL given, in
+            seconds (memcached counts whole seconds and adds one).
+    """
+
+    capabilities: ClassVar[frozenset[str] | None] = None
+    ttl_precision: ClassVar[float] = 0.01
+    short_ttl: ClassVar[float] = 1.0
+    expiry_slack: ClassVar[float] = 0.25
+    threads: ClassVar[int] = 8
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        """An empty backend; every subclass must override this fixture."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define a `backend` fixture yielding an empty backend"
+        )
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the backend's TTLs (a real sleep by default)."""
+        time.sleep(seconds)
+
+    def _has(self, backend: Backend, name: str) -> bool:
+        has = isinstance(backend, CAPABILITIES[name])
+        if self.capabilities is not None:
+            assert has == (name in self.capabilities), (
+                f"{type(backend).__name__} declares capabilities {sorted(self.capabilities)} "
+                f"but {'implements' if has else 'lacks'} {CAPABILITIES[name].__name__}"
+            )
+        return has
+
+    def _refused(self, backend: Backend, call: Callable[[], object]) -> None:
+        with pytest.raises(ConfigurationError) as info:
+            call()
+        assert type(backend).__name__ in str(info.value)
+
+    def test_declared_capabilities_are_known(self, backend: Backend) -> None:
+        """``capabilities`` names only known capabilities."""
+        if self.capabilities is not None:
+            assert self.capabilities <= set(CAPABILITIES)
+        for name in CAPABILITIES:
+            self._has(backend, name)
+
+    # -- TTLBackend ----------------------------------------------------------------
+
+    def _repo(self, backend: Backend) -> Any:
+        from cacheorm._repository import Repository
+
+        return Repository(_Item, backend=backend)
+
+    def test_touch_sets_a_new_ttl_and_ttl_of_reports_it(self, backend: Backend) -> None:
+        """touch gives a live key a TTL (or none); ttl_of reads it back; missing keys are
+        False / None; touch_many reports each key in order."""
+        if not self._has(backend, "ttl"):
+            repo = self._repo(backend)
+            self._refused(backend, lambda: repo.touch(1, ttl=5))
+            self._refused(backend, lambda: repo.touch_many([1], ttl=5))
+            self._refused(backend, lambda: repo.ttl_of(1))
+            return
+        assert isinstance(backend, TTLBackend)
+        backend.set("k", b"v")
+        assert backend.ttl_of("k") == math.inf
+        assert backend.ttl_of("missing") is None
+        assert backend.touch("k", 100) is True
+        left = backend.ttl_of("k")
+        assert left is not None
+        assert 99 < left <= 100 + self.ttl_precision
+        assert backend.touch("k", None) is True
+        assert backend.ttl_of("k") == math.inf
+        assert backend.touch("missing", 100) is False
+        assert backend.get("missing") is None  # touch never creates
+        backend.set("j", b"w", 50)
+        assert backend.touch_many(["k", "missing", "j"], 200) == [True, False, True]
+        for key in ("k", "j"):
+            left = backend.ttl_of(key)
+            assert left is not None
+            assert 199 < left <= 200 + self.ttl_precision
+        assert backend.get("k") == b"v"
+        assert backend.get("j") == b"w"
+        assert backend.touch_many([], 5) == []
+        token = backend.gets("k")
+        assert token is not None
+        assert backend.touch("k", 300) is True
+        assert backend.cas("k", b"v2", token[1]) is True  # a touch is not a write of the value
+
+    def test_a_touched_key_expires_and_persist_keeps_one(self, backend: Backend) -> None:
+        """A key touched with a short TTL expires; one touched with None outlives its TTL;
+        an expired key cannot be touched back."""
+        if not self._has(backend, "ttl"):
+            return  # refusals: test_touch_sets_a_new_ttl_and_ttl_of_reports_it
+        assert isinstance(backend, TTLBackend)
+        backend.set("short", b"1")
+        backend.set("kept", b"2", self.short_ttl)
+        assert backend.touch_many(["short", "kept"], None) == [True, True]
+        assert backend.touch("short", self.short_ttl) is True
+        self.wait(self.short_ttl + self.expiry_slack)
+        assert backend.get("short") is None
+        assert backend.ttl_of("short") is None
+        assert backend.touch("short", 100) is False
+        assert backend.get("short") is None
+        assert backend.get("kept") == b"2"
+
+    @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), True, "5"])
+    def test_touch_with_a_bad_ttl_raises(self, backend: Backend, bad: Any) -> None:
+        """touch refuses a TTL that is not a finite positive number and changes nothing."""
+        if not self._has(backend, "ttl"):
+            return
+        assert isinstance(backend, TTLBackend)
+        backend.set("k", b"v")
+        with pytest.raises((InvalidTTL, TypeError)):
+            backend.touch("k", bad)
+        with pytest.raises((InvalidTTL, TypeError)):
+            backend.touch_many(["k"], bad)
+        assert backend.ttl_of("k") == math.inf
+
+    # -- CounterBackend ----------------------------------------------------------
+
+    def test_counter_add_creates_with_a_ttl_and_never_goes_negative(self, backend: Backend) -> None:
+        """counter_add starts an absent counter at 0 with its TTL, keeps the TTL later,
+        and clamps at 0."""
+        if not self._has(backend, "counter"):
+            self._refused(backend, lambda: Counter(backend, "hits"))
+            return
+        assert isinstance(backend, CounterBackend)
+        assert backend.counter_add("c", 5, 100) == 5
+        assert backend.counter_add("c", 2, 1000) == 7
+        assert backend.counter_add("c", -3) == 4
+        assert backend.counter_add("c", -10) == 0
+        assert backend.counter_add("c", 0) == 0
+        assert backend.counter_add("c", 1) == 1
+        assert backend.get("c") is not None
+        assert int(backend.get("c") or b"") == 1
+        if isinstance(backend, TTLBackend):
+            left = backend.ttl_of("c")  # the creating call's TTL, kept
+            assert left is not None
+            assert 99 < left <= 100 + self.ttl_precision
+        assert backend.counter_add("d", -4) == 0
+        assert backend.counter_add("e", 3) == 3
+        if isinstance(backend, TTLBackend):
+            assert backend.ttl_of("e") == math.inf
+
+    def test_a_counter_expires_after_the_ttl_of_its_creation(self, backend: Backend) -> None:
+        """A counter created with a short TTL expires on time although counted since."""
+        if not self._has(backend, "counter"):
+            return
+        assert isinstance(backend, CounterBackend)
+        assert backend.counter_add("c", 1, self.short_ttl) == 1
+        assert backend.counter_add("c", 1, 1000) == 2
+        self.wait(self.short_ttl + self.expiry_slack)
+        assert backend.get("c") is None
+        assert backend.counter_add("c", 1) == 1
+
+    def test_counter_add_refuses_bad_input_and_non_counters(self, backend: Backend) -> None:
+        """A non-int delta is a TypeError, a bad TTL InvalidTTL, a non-integer value a
+        BackendError; none changes the stored value."""
+        if not self._has(backend, "counter"):
+            return
+        assert isinstance(backend, CounterBackend)
+        with pytest.raises(TypeError):
+            backend.counter_add("c", 1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            backend.counter_add("c", True)
+        with pytest.raises(InvalidTTL):
+            backend.counter_add("c", 1, -1)
+        assert backend.get("c") is None
+        backend.set("text", b"abc")
+        with pytest.raises(BackendError):
+            backend.counter_add("text", 1)
+        assert backend.get("text") == b"abc"
+
+    def test_concurrent_counter_adds_lose_nothing(self, backend: Backend) -> None:
+        """Threads incrementing one absent counter (and decrementing it, never below 0)
+        count every call exactly once."""
+        if not self._has(backend, "counter"):
+            return
+        assert isinstance(backend, CounterBackend)
+        store = backend
+        per_thread = 50
+
+        def work(_: int) -> None:
+            for _ in range(per_thread):
+                store.counter_add("n", 2, 100)
+                store.counter_add("n", -1, 100)
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(work, range(self.threads)))
+        assert store.counter_add("n", 0) == self.threads * per_thread
+
+    # -- ScanBackend ----------------------------------------------------------------
+
+    def test_scan_lists_exactly_the_live_keys_under_a_prefix(self, backend: Backend) -> None:
+        """scan lists every key under the prefix, in batches, and no other key; glob
+        characters in the prefix are literal."""
+        if not self._has(backend, "scan"):
+            repo = self._repo(backend)
+            self._refused(backend, repo.clear)
+            self._refused(backend, repo.count)
+            self._refused(backend, lambda: list(repo.scan()))
+            return
+        assert isinstance(backend, ScanBackend)
+        mine = [f"ns:{i}" for i in range(25)] + ["ns:", "ns:ünï", "ns:a b"]
+        backend.set_many([(key, b"v") for key in mine])
+        others = ["ns", "nsx:1", "other:ns:1", "Ns:1", "n*:1", "ns?1"]
+        backend.set_many([(key, b"v") for key in others])
+        batches = list(backend.scan("ns:", 4))
+        assert all(batches)
+        found = [key for keys in batches for key in keys]
+        assert set(found) == set(mine)
+        assert len(batches) > 1
+        glob = ["a*[b]?\\:1", "a*[b]?\\:2"]
+        backend.set_many([(key, b"g") for key in [*glob, "aX[b]?\\:3", "a*b?\\:4"]])
+        assert {k for keys in backend.scan("a*[b]?\\:") for k in keys} == set(glob)
+        assert list(backend.scan("nothing-here:")) == []
+        with pytest.raises((TypeError, ValueError)):
+            list(backend.scan("ns:", 0))
+
+    def test_scan_leaves_out_expired_keys(self, backend: Backend) -> None:
+        """A key whose TTL has passed is not listed."""
+        if not self._has(backend, "scan"):
+            return
+        assert isinstance(backend, ScanBackend)
+        backend.set("t:gone", b"1", self.short_ttl)
+        backend.set("t:kept", b"2")
+        self.wait(self.short_ttl + self.expiry_slack)
+        assert [key for keys in backend.scan("t:") for key in keys] == ["t:kept"]
+
+    def test_repository_namespace_operations(self, backend: Backend) -> None:
+        """clear, count and scan of a repository cover its records only."""
+        if not self._has(backend, "scan"):
+            return
+        from cacheorm._repository import Repository
+
+        items = Repository(_Item, backend=backend, namespace="item")
+        neighbours = Repository(_Item, backend=backend, namespace="items")
+        items.save_many([_Item(i, f"n{i}") for i in range(30)])
+        neighbours.save(_Item(1, "other"))
+        assert items.count(batch=7) == 30
+        assert sorted(item.id for item in items.scan(batch=7)) == list(range(30))
+        assert items.clear(batch=7) == 30
+        assert items.count() == 0
+        assert neighbours.get(1).name == "other"
+
+
+class BackendContract(CapabilityContract):
     """The shared backend semantics; subclass it and provide a ``backend`` fixture.
 
     Attributes:

@@ -188,3 +188,46 @@ def check_references() -> None:
     assert_type(members.load_related(maybe.values(), "company_id", companies), dict[Any, Company])
     members.load_related(page, "company_id", companies, missing="skip")  # type: ignore[call-overload]
     members.load_related([Company(1, "x")], "company_id", companies)  # type: ignore[list-item]
+
+
+def check_ttl_and_namespace_operations() -> None:
+    from collections.abc import Iterator
+
+    companies = co.Repository(Company, ttl=60)
+    assert_type(companies.touch(1), bool)
+    assert_type(companies.touch(1, ttl=None), bool)
+    assert_type(companies.touch_many([1, 2], ttl=datetime.timedelta(minutes=5)), list[bool])
+    assert_type(companies.ttl_of(1), float | None)
+    assert_type(companies.clear(), int)
+    assert_type(companies.count(batch=100), int)
+    assert_type(companies.scan(), Iterator[Company])
+    assert_type(companies.scan(batch=50, errors="skip"), Iterator[Company])
+    companies.scan(errors="ignore")  # type: ignore[arg-type]
+    companies.touch(1, ttl="soon")  # type: ignore[arg-type]
+    store = co.MemoryBackend()
+    hits = co.Counter(store, "hits", ttl=datetime.timedelta(hours=1))
+    assert_type(hits.incr(), int)
+    assert_type(hits.decr(2), int)
+    assert_type(hits.get(), int)
+    assert_type(hits.reset(), bool)
+    assert_type(hits.key, str)
+    assert_type(hits.ttl, float | None)
+    hits.incr("1")  # type: ignore[arg-type]
+    check_capabilities(store)
+    tb: co.TTLBackend = co.RedisBackend.from_url("redis://127.0.0.1:6379")
+    cb: co.CounterBackend = co.MemcachedBackend.from_servers("127.0.0.1:11211")
+    sb: co.ScanBackend = co.FileSystemBackend("/tmp/x")
+    no_scan: co.ScanBackend = co.MemcachedBackend.from_servers("127.0.0.1:11211")  # type: ignore[assignment]
+    print(tb, cb, sb, no_scan)
+
+
+def check_capabilities(backend: co.Backend) -> None:
+    from collections.abc import Iterator
+
+    if isinstance(backend, co.TTLBackend):
+        assert_type(backend.ttl_of("k"), float | None)
+        assert_type(backend.touch_many(["k"], 5.0), list[bool])
+    if isinstance(backend, co.CounterBackend):
+        assert_type(backend.counter_add("k", -1, None), int)
+    if isinstance(backend, co.ScanBackend):
+        assert_type(backend.scan("user:", 100), Iterator[list[str]])
