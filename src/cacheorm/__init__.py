@@ -59,6 +59,7 @@ from cacheorm._serializers import (
     SerializerRegistry,
 )
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTL, DefaultType, KeepTTLType
+from cacheorm._versions import MigrationReport
 
 __version__ = "0.1.0"
 
@@ -90,6 +91,7 @@ __all__ = [
     "JSONSerializer",
     "MemcachedBackend",
     "MemoryBackend",
+    "MigrationReport",
     "MissingDependency",
     "ModelDefinitionError",
     "MsgpackSerializer",

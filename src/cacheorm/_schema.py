@@ -555,7 +555,9 @@ def _check_aliases(cls: type, specs: list[FieldSpec], stored_names: dict[str, st
         for alias in spec.aliases:
             owner = stored_names.get(alias)
             if owner is not None:
-                what = "its own stored name" if owner == spec.attr else f"the stored name of {owner}"
+                what = (
+                    "its own stored name" if owner == spec.attr else f"the stored name of {owner}"
+                )
                 raise ModelDefinitionError(
                     f"{cls.__qualname__}.{spec.attr}: alias {alias!r} is {what}; a record "
                     "holding it could not say which field it belongs to",

@@ -218,6 +218,7 @@ class Evolution(Generic[T]):
         repo = self.repo
         stale = serializer is not repo.serializer
         version = self.version
+        newer = ""
         if version is not None:
             stored = data.pop(VERSION_KEY, 1)
             if type(stored) is not int or stored < 1:
@@ -233,6 +234,7 @@ class Evolution(Generic[T]):
                         "this code reads (written by newer code; pass newer='ignore' to read "
                         "it without the fields this code does not know)",
                     )
+                newer = f" (a record of schema version {stored}, read by version {version})"
             elif stored < version:
                 data = self._upgrade(serializer, key, data, stored)
                 stale = True
@@ -242,7 +244,8 @@ class Evolution(Generic[T]):
             failure = repo._compiled.explain_decode(data)
             detail = failure.describe() if failure is not None else repr(exc)
             raise DeserializationError(
-                f"{self._where(serializer, key)}: stored record does not fit the model {detail}",
+                f"{self._where(serializer, key)}: stored record does not fit the model "
+                f"{detail}{newer}",
                 model=repo.model,
                 key=key,
                 serializer=serializer.name,
