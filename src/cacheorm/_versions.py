@@ -151,10 +151,8 @@ class Evolution(Generic[T]):
     # -- writes -----------------------------------------------------------------
 
     def stamp(self, encode: Callable[[T], dict[str, Any]]) -> Callable[[T], dict[str, Any]]:
-        """``encode`` that also writes the version (version 1 writes none)."""
+        """``encode`` that also writes the version (only called for versions above 1)."""
         version = self.version
-        if version is None or version == 1:
-            return encode
 
         def stamped(obj: T) -> dict[str, Any]:
             data = encode(obj)
