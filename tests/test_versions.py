@@ -555,3 +555,60 @@ def test_a_versioned_record_under_the_wrong_key_is_refused(codec_path: str) -> N
         repo.get(2)
     # The payload reader alone (as `cacheorm inspect` uses it) decodes without the key check.
     assert repo._decode_payload("ageint:2", repo.backend.get("ageint:2") or b"") == AgeInt(1, 1)
+
+
+@dataclasses.dataclass
+class Blob:
+    id: PK
+    blob: bytes
+
+
+Wide = dataclasses.make_dataclass(
+    "Wide", [("id", PK)] + [(f"f{i}", int, dataclasses.field(default=i)) for i in range(20)]
+)
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_current_records_read_without_their_version_on_the_fast_path(
+    codec_path: str, serializer: str
+) -> None:
+    """Small and wide (msgpack map16) records, and a tail that only looks like a version."""
+    backend = co.MemoryBackend()
+    wide: co.Repository[Any] = co.Repository(
+        Wide, backend=backend, serializer=serializer, version=2
+    )
+    wide.save(Wide(1))
+    assert wide.get(1) == Wide(1)
+    calls: list[dict[str, Any]] = []
+
+    def up(data: dict[str, Any]) -> dict[str, Any]:
+        calls.append(dict(data))
+        return data
+
+    v1 = co.Repository(Blob, backend=backend, serializer=serializer)
+    v2 = co.Repository(Blob, backend=backend, serializer=serializer, version=2, upgrades={1: up})
+    # A version-1 record whose bytes end like a version-2 record's (msgpack): still version 1.
+    v1.save(Blob(1, b"\xa2~v\x02"))
+    assert v2.get(1) == Blob(1, b"\xa2~v\x02")
+    assert len(calls) == 1
+    v2.save(Blob(2, b"x"))
+    assert v2.get(2) == Blob(2, b"x")
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("serializer", "payload", "message"),
+    [
+        ("json", b'{"id":"x","~v":2}', r"\$\.id"),
+        ("msgpack", b"\x81\xa2~v\x02", r"\$\.id"),
+        ("msgpack", b"\x92\xa2~v\x02", "ageint:1"),
+        ("msgpack", b"\xde\x00\x01\xa2~v\x02", r"\$\.id"),
+    ],
+)
+def test_a_payload_ending_like_a_version_that_does_not_fit_is_read_whole(
+    codec_path: str, serializer: str, payload: bytes, message: str
+) -> None:
+    repo = co.Repository(AgeInt, serializer=serializer, version=2)
+    repo.backend.set("ageint:1", payload)
+    with pytest.raises(co.DeserializationError, match=message):
+        repo.get(1)

@@ -170,6 +170,7 @@ class Repository(Generic[T]):
         self._encode = compiled.encode
         self._decode = compiled.decode
         fast = fast_codec(compiled, self._serializer)  # None without msgspec
+        self._fast_decode = None if fast is None else fast.decode  # for versioned reads
         if fast is not None:
             self._dumps = fast.dumps
             if fast.encode is not None:  # checks, then orjson / ormsgpack write the record

@@ -105,6 +105,9 @@ class Evolution(Generic[T]):
         # A version-1 payload has no version key: when the bytes cannot hold one,
         # the plain reader takes it. The key's spelling is fixed per format.
         self._marker = _marker(primary) if version is not None else None
+        # A current record ends with its version: the fast reader takes the rest.
+        self._fast_decode: Callable[[bytes], T] | None = repo._fast_decode
+        self._strip = _stripper(primary, version) if version is not None and version > 1 else None
 
     @staticmethod
     def _check_upgrades(
@@ -202,6 +205,14 @@ class Evolution(Generic[T]):
         marker = self._marker
         if self.version == 1 and marker is not None and marker not in payload:
             return self._plain_decode(key, payload), False  # version 1, as the key is absent
+        strip = self._strip
+        if strip is not None and self._fast_decode is not None:
+            rest = strip(payload)
+            if rest is not None:
+                try:
+                    return self._fast_decode(rest), False
+                except Exception:
+                    pass  # read it whole below, for the stdlib path's record or error
         try:
             data = serializer.loads(payload)
         except Exception:
@@ -312,6 +323,42 @@ class Evolution(Generic[T]):
         except (BackendError, CacheORMError) as exc:
             _log.warning("cacheorm: could not rewrite %r in the current format: %s", key, exc)
             return "failed"
+
+
+def _stripper(serializer: Serializer, version: int) -> Callable[[bytes], bytes | None] | None:
+    """A function giving a current-version payload without its version, or None if not one.
+
+    Writes put the version last. JSON: a payload ending ``,"~v":3}`` has
+    ``"~v"`` as the last key of the top-level object (``"~v":`` is only ever
+    a key, and the final ``}`` closes the top level). msgpack: with the map's
+    count one less, the first ``n - 1`` pairs must end exactly where the
+    4-byte ``"~v": 3`` pair starts, or the decoder (which refuses trailing and
+    missing bytes) fails and the payload is read whole.
+    """
+    if type(serializer) is JSONSerializer:
+        tail = b',"~v":%d}' % version
+        cut = len(tail)
+
+        def strip_json(payload: bytes) -> bytes | None:
+            return payload[:-cut] + b"}" if payload.endswith(tail) else None
+
+        return strip_json
+    if type(serializer) is MsgpackSerializer and version < 128:
+        ptail = b"\xa2~v" + bytes([version])
+
+        def strip_msgpack(payload: bytes) -> bytes | None:
+            if not payload.endswith(ptail):
+                return None
+            head = payload[0]
+            if 0x81 <= head <= 0x8F:
+                return bytes([head - 1]) + payload[1:-4]
+            if head == 0xDE and len(payload) > 7:
+                count = int.from_bytes(payload[1:3], "big") - 1
+                return b"\xde" + count.to_bytes(2, "big") + payload[3:-4]
+            return None
+
+        return strip_msgpack
+    return None
 
 
 def _marker(serializer: Serializer) -> bytes | None:
