@@ -612,3 +612,26 @@ def test_a_payload_ending_like_a_version_that_does_not_fit_is_read_whole(
     repo.backend.set("ageint:1", payload)
     with pytest.raises(co.DeserializationError, match=message):
         repo.get(1)
+
+
+def test_a_newer_record_is_never_rewritten_by_older_code(codec_path: str) -> None:
+    """Even in an earlier serializer: rewriting it would drop the fields old code lacks."""
+    backend = co.MemoryBackend()
+    newer = co.Repository(NameWithEmail, backend=backend, namespace="n", version=3)
+    newer.save(NameWithEmail(1, "Ann", "ann@example.invalid"))
+    written = backend.get("n:1")
+    older = co.Repository(
+        NameV1,
+        backend=backend,
+        namespace="n",
+        serializer="msgpack",
+        read_also=["json"],
+        version=2,
+        upgrades={1: dict},
+        newer="ignore",
+        rewrite_on_read=True,
+    )
+    assert older.get(1) == NameV1(1, "Ann")
+    assert backend.get("n:1") == written
+    assert older.migrate().current == 1
+    assert backend.get("n:1") == written

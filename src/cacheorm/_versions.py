@@ -195,8 +195,7 @@ class Evolution(Generic[T]):
                 continue  # not this format: try the next
             if type(data) is not dict:
                 continue  # every format stores a record as a map
-            obj, _ = self._from_data(other, key, payload, data)  # its error is the right one
-            return obj, True
+            return self._from_data(other, key, payload, data)  # its error is the right one
         raise first
 
     def _decode_with(self, serializer: Serializer, key: str, payload: bytes) -> tuple[T, bool]:
@@ -244,6 +243,7 @@ class Evolution(Generic[T]):
                         "it without the fields this code does not know)",
                     )
                 newer = f" (a record of schema version {stored}, read by version {version})"
+                stale = False  # never rewritten by older code, whatever its format
             elif stored < version:
                 data = self._upgrade(serializer, key, data, stored)
                 stale = True
