@@ -635,3 +635,35 @@ def test_a_newer_record_is_never_rewritten_by_older_code(codec_path: str) -> Non
     assert backend.get("n:1") == written
     assert older.migrate().current == 1
     assert backend.get("n:1") == written
+
+
+def test_a_version_one_repository_reads_earlier_serializers(codec_path: str) -> None:
+    backend = co.MemoryBackend()
+    co.Repository(AgeInt, backend=backend, serializer="json").save(AgeInt(1, 1))
+    reader = co.Repository(
+        AgeInt, backend=backend, serializer="msgpack", version=1, read_also=["json"]
+    )
+    assert reader.get(1) == AgeInt(1, 1)
+    backend.set("ageint:2", b"\xc1")  # a byte msgpack never uses, and not JSON
+    with pytest.raises(co.DeserializationError, match="not valid msgpack"):
+        reader.get(2)
+
+
+def test_empty_upgrades_mean_older_records_do_not_read() -> None:
+    backend = co.MemoryBackend()
+    co.Repository(AgeInt, backend=backend).save(AgeInt(1, 1))
+    with pytest.raises(co.DeserializationError, match="no upgrade from version 1 to 2"):
+        co.Repository(AgeInt, backend=backend, version=2, upgrades={}).get(1)
+
+
+def test_rewrite_on_read_checks_the_key_first(codec_path: str) -> None:
+    """A record under the wrong key is refused, and not rewritten."""
+    backend = co.MemoryBackend()
+    co.Repository(AgeInt, backend=backend, serializer="json").save(AgeInt(1, 1))
+    backend.set("ageint:2", backend.get("ageint:1") or b"")
+    reader = co.Repository(
+        AgeInt, backend=backend, serializer="msgpack", read_also=["json"], rewrite_on_read=True
+    )
+    with pytest.raises(co.DeserializationError, match="wrong key"):
+        reader.get(2)
+    assert backend.get("ageint:2") == backend.get("ageint:1")

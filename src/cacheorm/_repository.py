@@ -1346,8 +1346,9 @@ class Repository(Generic[T]):
         if version is not None and version > 1:
             # The version goes into the encoded dict, which the direct writer never builds.
             self._encode = evolution.stamp(self._compiled.encode)
-        self._decode_payload = evolution.decode_payload  # type: ignore[method-assign]
-        self._load = evolution.load  # type: ignore[method-assign]
+        self._decode_payload = evolution.reader()  # type: ignore[method-assign]
+        if rewrite_on_read:  # else the plain _load, which calls the reader above
+            self._load = evolution.load  # type: ignore[method-assign]
 
     def migrate(
         self,

@@ -167,8 +167,39 @@ class Evolution(Generic[T]):
     # -- reads --------------------------------------------------------------------
 
     def decode_payload(self, key: str, payload: bytes) -> T:
-        """The record ``payload`` holds (the repository's ``_decode_payload``)."""
+        """The record ``payload`` holds (see :meth:`reader` for the one repositories use)."""
         return self.decode(key, payload)[0]
+
+    def reader(self) -> Callable[[str, bytes], T]:
+        """The repository's ``_decode_payload``: :meth:`decode_payload`, with the common
+        case of the current version in the repository's own format first."""
+        decode = self.decode
+        plain = self._plain_decode
+        marker, strip, fast = self._marker, self._strip, self._fast_decode
+        if self.version == 1 and marker is not None:
+
+            def read_v1(key: str, payload: bytes) -> T:
+                if marker not in payload:
+                    try:
+                        return plain(key, payload)
+                    except DeserializationError:
+                        pass  # perhaps an earlier serializer's
+                return decode(key, payload)[0]
+
+            return read_v1
+        if strip is not None and fast is not None:
+
+            def read_current(key: str, payload: bytes) -> T:
+                rest = strip(payload)
+                if rest is not None:
+                    try:
+                        return fast(rest)
+                    except Exception:
+                        pass  # read it whole, for the stdlib path's record or error
+                return decode(key, payload)[0]
+
+            return read_current
+        return self.decode_payload
 
     def load(self, key: str, payload: bytes, pk: Any) -> T:
         """The repository's ``_load``: decode, check the key, rewrite if stale."""
