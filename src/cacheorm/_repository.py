@@ -1346,7 +1346,7 @@ class Repository(Generic[T]):
         if version is not None and version > 1:
             # The version goes into the encoded dict, which the direct writer never builds.
             self._encode = evolution.stamp(self._compiled.encode)
-        self._decode_payload = evolution.reader()  # type: ignore[method-assign]
+        self._decode_payload = evolution.reader()  # type: ignore[method-assign,assignment]
         if rewrite_on_read:  # else the plain _load, which calls the reader above
             self._load = evolution.load  # type: ignore[method-assign]
 
