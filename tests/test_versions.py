@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cacheorm as co
 from cacheorm import _fast
@@ -667,3 +669,33 @@ def test_rewrite_on_read_checks_the_key_first(codec_path: str) -> None:
     with pytest.raises(co.DeserializationError, match="wrong key"):
         reader.get(2)
     assert backend.get("ageint:2") == backend.get("ageint:1")
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack"])
+def test_a_version_is_never_misread_from_the_payloads_bytes(
+    codec_path: str, serializer: str
+) -> None:
+    """Version-1 records whose bytes end like a version are upgraded; current ones are not."""
+    backend = co.MemoryBackend()
+    upgraded: list[int] = []
+
+    def up(data: dict[str, Any]) -> dict[str, Any]:
+        upgraded.append(data["id"])
+        return data
+
+    v1 = co.Repository(Blob, backend=backend, serializer=serializer)
+    v2 = co.Repository(Blob, backend=backend, serializer=serializer, version=2, upgrades={1: up})
+    tails = st.sampled_from([b"", b"\xa2~v\x02", b',"~v":2}', b"\x81\xa2~v\x02", b"~v"])
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.binary(max_size=20), tails, st.integers(0, 2**40))
+    def check(body: bytes, tail: bytes, pk: int) -> None:
+        upgraded.clear()
+        v1.save(Blob(pk, body + tail))
+        assert v2.get(pk) == Blob(pk, body + tail)
+        assert upgraded == [pk]
+        v2.save(Blob(pk, body + tail))
+        assert v2.get(pk) == Blob(pk, body + tail)
+        assert upgraded == [pk]
+
+    check()
