@@ -36,6 +36,7 @@ DOCUMENTED = {
     "JSONSerializer",
     "MemcachedBackend",
     "MemoryBackend",
+    "MigrationReport",
     "MissingDependency",
     "ModelDefinitionError",
     "MsgpackSerializer",

@@ -68,6 +68,7 @@ from cacheorm._signals import (
     signals,
 )
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTL, DefaultType, KeepTTLType
+from cacheorm._versions import MigrationReport
 
 __version__ = "0.1.0"
 
@@ -99,6 +100,7 @@ __all__ = [
     "JSONSerializer",
     "MemcachedBackend",
     "MemoryBackend",
+    "MigrationReport",
     "MissingDependency",
     "ModelDefinitionError",
     "ModelSignal",

@@ -47,6 +47,7 @@ from cacheorm._ttl import (
     UpdateTTLArg,
     normalize_ttl,
 )
+from cacheorm._versions import Evolution, MigrationReport, Upgrade
 
 _log = get_logger("repository")
 
@@ -103,6 +104,21 @@ class Repository(Generic[T]):
             nested model) as that model, leaving its extra fields out; it reads
             back as the base class. By default such an instance is refused with
             a ``ValidationError``, since it would lose fields.
+        version: the schema version this code writes (an int >= 1; see
+            docs/schema-evolution.md). Records carry it; version 1 writes none,
+            so records written without versions read as version 1.
+        upgrades: ``{n: fn}``: ``fn`` turns the stored dict of version ``n``
+            into the dict of version ``n + 1``; a record of an older version
+            is upgraded step by step when read.
+        newer: what reading a record of a newer version than ``version`` does:
+            ``"error"`` (a ``DeserializationError`` naming both versions) or
+            ``"ignore"`` (read it, leaving out the fields this model lacks).
+        read_also: serializers (names or objects) that earlier code wrote this
+            namespace with; a record the serializer cannot read is tried with
+            each in order, strictly (the bytes must parse whole into a map).
+        rewrite_on_read: write a record read in an older version or an earlier
+            serializer back in the current one, by compare-and-set keeping its
+            TTL (a write that landed meanwhile is never overwritten).
 
     A repository built without ``backend=`` owns its ``MemoryBackend``:
     :meth:`close` (or leaving a ``with`` block) closes it. A backend passed in
@@ -128,6 +144,11 @@ class Repository(Generic[T]):
         registry: SerializerRegistry | None = None,
         allow_subclasses: bool = False,
         hooks: Sequence[Hook] = (),
+        version: int | None = None,
+        upgrades: Mapping[int, Upgrade] | None = None,
+        newer: typing.Literal["error", "ignore"] = "error",
+        read_also: Sequence[str | Serializer] = (),
+        rewrite_on_read: bool = False,
     ) -> None:
         if not isinstance(model, type):
             raise _not_a_model_class(model)
@@ -152,6 +173,7 @@ class Repository(Generic[T]):
         self._encode = compiled.encode
         self._decode = compiled.decode
         fast = fast_codec(compiled, self._serializer)  # None without msgspec
+        self._fast_decode = None if fast is None else fast.decode  # for versioned reads
         if fast is not None:
             self._dumps = fast.dumps
             if fast.encode is not None:  # checks, then orjson / ormsgpack write the record
@@ -199,6 +221,13 @@ class Repository(Generic[T]):
         # RepositorySignals): a write checks it once, and nothing more if false.
         self._signalled = False
         self._signals: RepositorySignals[T] = RepositorySignals(self)
+        self._evolution: Evolution[T] | None = None
+        if version is not None or upgrades is not None or read_also or rewrite_on_read:
+            self._evolve(version, upgrades, newer, read_also, rewrite_on_read, registry)
+        elif newer != "error":
+            raise ConfigurationError(
+                f"{model.__qualname__}: newer= needs version= (the version this code writes)"
+            )
         if hooks:
             if isinstance(hooks, str) or not all(callable(hook) for hook in hooks):
                 raise ConfigurationError(
@@ -1445,6 +1474,64 @@ class Repository(Generic[T]):
         from cacheorm import _keyspace
 
         return _keyspace.scan(self, batch, errors)
+
+    # -- schema versions and serializer changes (cacheorm._versions, cacheorm._migrate) ----
+
+    def _evolve(
+        self,
+        version: int | None,
+        upgrades: Mapping[int, Upgrade] | None,
+        newer: str,
+        read_also: Sequence[str | Serializer],
+        rewrite_on_read: bool,
+        registry_: SerializerRegistry | None,
+    ) -> None:
+        """Read older versions and earlier serializers (instead of the plain reader)."""
+        evolution: Evolution[T] = Evolution(
+            self,
+            version=version,
+            upgrades=upgrades,
+            newer=newer,
+            read_also=read_also,
+            rewrite_on_read=rewrite_on_read,
+            resolve=lambda s: _resolve_serializer(s, registry_),
+        )
+        self._evolution = evolution
+        if version is not None and version > 1:
+            # The version goes into the encoded dict, which the direct writer never builds.
+            self._encode = evolution.stamp(self._compiled.encode)
+        self._decode_payload = evolution.reader()  # type: ignore[method-assign,assignment]
+        if rewrite_on_read:  # else the plain _load, which calls the reader above
+            self._load = evolution.load  # type: ignore[method-assign]
+
+    def migrate(
+        self,
+        *,
+        batch: int = 500,
+        progress: Callable[[MigrationReport], object] | None = None,
+    ) -> MigrationReport:
+        """Rewrite every record of the namespace in the current version and serializer.
+
+        Walks the namespace's keys ``batch`` at a time (one ``get_many`` per
+        batch); each record in an older version or an earlier serializer
+        (``read_also``) is upgraded and stored again by compare-and-set,
+        keeping its TTL, so a record written meanwhile is never overwritten:
+        it is read again and, if still stale, rewritten. Records that do not
+        decode are left as they are and counted as failed. Re-running is
+        safe and cheap (current records are only read), so a migration
+        interrupted midway is resumed by running it again.
+
+        Args:
+            batch: keys per scan step and per ``get_many``.
+            progress: called with the report so far after every batch.
+
+        Raises:
+            ConfigurationError: the backend cannot enumerate keys (memcached
+                cannot), or the key scheme is a key function.
+        """
+        from cacheorm._migrate import migrate
+
+        return migrate(self, batch, progress)
 
 
 def _not_a_model_class(model: object) -> ModelDefinitionError:

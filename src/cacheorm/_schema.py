@@ -46,6 +46,9 @@ class Field:
         hash_tag: in the default key scheme, write this primary-key part inside
             ``{...}``, so Redis Cluster places every record with the same value
             in one slot (``"settings:{42}:theme"``). At most one per model.
+        aliases: earlier stored names of this field (a rename): a record that
+            lacks the stored name is read from the first alias it has. Writes
+            use the stored name only.
     """
 
     primary_key: bool = False
@@ -53,6 +56,7 @@ class Field:
     codec: c.Codec[Any] | None = None
     auto: bool = False
     hash_tag: bool = False
+    aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.auto and not self.primary_key:
@@ -63,6 +67,14 @@ class Field:
             raise ValueError(f"Field(name=...) must be a non-empty str, not {self.name!r}")
         if self.codec is not None and not isinstance(self.codec, c.Codec):
             raise TypeError(f"Field(codec=...) needs encode() and decode() methods: {self.codec!r}")
+        if isinstance(self.aliases, str) or not isinstance(self.aliases, tuple):
+            raise ValueError(
+                f"Field(aliases=...) must be a tuple of str, not {self.aliases!r} "
+                '(write aliases=("old_name",))'
+            )
+        for alias in self.aliases:
+            if not isinstance(alias, str) or not alias:
+                raise ValueError(f"Field(aliases=...) must hold non-empty str, not {alias!r}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,6 +92,7 @@ class FieldSpec:
     hash_tag: bool = False
     #: ``Field(codec=...)``: also formats the field when it is a key part.
     codec: c.Codec[Any] | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,9 +267,9 @@ class _Compiler:
         if not fields:
             return self.node(base)
         (field,) = fields  # two Fields are rejected before we get here
-        if field.primary_key or field.auto or field.name is not None:
+        if field.primary_key or field.auto or field.name is not None or field.aliases:
             raise _Unsupported(
-                "Field(primary_key/auto/name) belongs on the attribute's own "
+                "Field(primary_key/auto/name/aliases) belongs on the attribute's own "
                 "annotation, not inside another type"
             )
         return self.with_codec(base, field.codec)
@@ -362,6 +375,7 @@ class _Compiler:
                 )
             stored_names[spec.stored] = spec.attr
             specs.append(spec)
+        _check_aliases(cls, specs, stored_names)
         key_fields = tuple(s for s in specs if s.primary_key)
         autos = [s for s in specs if s.auto]
         if autos and len(key_fields) != 1:
@@ -460,6 +474,7 @@ class _Compiler:
             default_factory=None if factory is dataclasses.MISSING else factory,
             hash_tag=field.hash_tag,
             codec=field.codec,
+            aliases=field.aliases,
         )
 
     # -- code -----------------------------------------------------------------
@@ -504,12 +519,16 @@ class _Compiler:
             local = g.var("a")
             path = f"p + {'.' + f.stored!r}" if explain else None
             has_default = f.default is not c.MISSING or f.default_factory is not None
-            if not has_default and not explain:
+            if not has_default and not explain and not f.aliases:
                 g.line(f"{local} = d[{f.stored!r}]")
                 kwargs.append(f"{f.attr}={f.node.dec(g, local, path)}")
                 continue
             out = g.var("f")
             g.line(f"{local} = d.get({f.stored!r}, _M)")
+            for alias in f.aliases:  # a record written before the rename
+                g.line(f"if {local} is _M:")
+                with g.block():
+                    g.line(f"{local} = d.get({alias!r}, _M)")
             g.line(f"if {local} is _M:")
             with g.block():
                 if f.default_factory is not None:
@@ -530,6 +549,32 @@ class _Compiler:
             g.line(f"return {call}")
         header = f"def {node.names['xdec']}(d, p):" if explain else f"def {node.names['dec']}(d):"
         return g.source(header)
+
+
+def _check_aliases(cls: type, specs: list[FieldSpec], stored_names: dict[str, str]) -> None:
+    """Refuse an alias that is another field's stored name, or another field's alias."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        for alias in spec.aliases:
+            owner = stored_names.get(alias)
+            if owner is not None:
+                what = (
+                    "its own stored name" if owner == spec.attr else f"the stored name of {owner}"
+                )
+                raise ModelDefinitionError(
+                    f"{cls.__qualname__}.{spec.attr}: alias {alias!r} is {what}; a record "
+                    "holding it could not say which field it belongs to",
+                    model=cls,
+                    field=spec.attr,
+                )
+            if alias in seen and seen[alias] != spec.attr:
+                raise ModelDefinitionError(
+                    f"{cls.__qualname__}.{spec.attr}: alias {alias!r} is also an alias of "
+                    f"{seen[alias]}",
+                    model=cls,
+                    field=spec.attr,
+                )
+            seen[alias] = spec.attr
 
 
 def _is_cacheorm(module: object) -> bool:

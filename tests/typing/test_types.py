@@ -268,3 +268,31 @@ def check_signals() -> None:
     error = co.PostSignalError.__new__(co.PostSignalError)
     assert_type(error.event, co.WriteEvent[Any])
     assert_type(error.errors, tuple[Exception, ...])
+
+
+@dataclasses.dataclass
+class Renamed:
+    id: Annotated[int, co.Field(primary_key=True)]
+    full_name: Annotated[str, co.Field(aliases=("name",))]
+
+
+def check_schema_evolution() -> None:
+    def to_v2(stored: dict[str, object]) -> dict[str, object]:
+        return stored
+
+    repo = co.Repository(
+        Renamed,
+        version=2,
+        upgrades={1: to_v2},
+        newer="ignore",
+        read_also=["json", co.MsgpackSerializer()],
+        rewrite_on_read=True,
+    )
+    assert_type(repo, co.Repository[Renamed])
+    report = repo.migrate(batch=100, progress=lambda r: print(r.scanned))
+    assert_type(report, co.MigrationReport)
+    assert_type(report.rewritten, int)
+    assert_type(report.failures, list[tuple[str, str]])
+    co.Repository(Renamed, newer="warn")  # type: ignore[arg-type]
+    co.Repository(Renamed, version="2")  # type: ignore[arg-type]
+    co.Field(aliases=["name"])  # type: ignore[arg-type]
