@@ -101,6 +101,15 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (set, frozenset)):
+        # Pair each element with one of the other set's (NaN != NaN, so no `==`).
+        rest = list(b)
+        for x in a:
+            match = next((i for i, y in enumerate(rest) if same(x, y)), None)
+            if match is None:
+                return False
+            del rest[match]
+        return not rest
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     if isinstance(a, (dt.datetime, dt.time)):
