@@ -284,12 +284,11 @@ def _previous_value(command: bytes) -> str:
 
 def _describe_server(server: object) -> str:
     """``host:port`` (``[host]:port`` for IPv6) or ``unix:<path>``."""
-    if isinstance(server, tuple):
-        server = cast("tuple[object, ...]", server)
-        if len(server) == 2:
-            host, port = server
-            host = str(host)
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = cast("tuple[object, ...]", server) if isinstance(server, tuple) else None
+    if address is not None and len(address) == 2:
+        host, port = address
+        host = str(host)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"unix:{server}"
 
 
