@@ -47,9 +47,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over src/ and the typing tests."""
+    """mypy --strict, then basedpyright strict, over src/ and the typing tests.
+
+    Both read their settings from pyproject.toml (``[tool.mypy]``,
+    ``[tool.basedpyright]``); either one's error fails the session.
+    """
     session.install("-e", ".[all]", *_group("typecheck"))
     session.run("mypy", "--strict")
+    # pyright finds the installed packages through the session's interpreter.
+    session.run("basedpyright", "--pythonpath", str(Path(session.bin, "python")))
 
 
 @nox.session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 from cacheorm._errors import InvalidTTL, safe_repr
 
@@ -29,7 +30,7 @@ def as_bytes(key: str, value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+        return bytes(cast("bytearray | memoryview[int]", value))
     raise TypeError(
         f"value for key {key!r} must be bytes, bytearray or memoryview, not {type(value).__name__}"
     )

@@ -242,7 +242,7 @@ class ShortUUIDCodec:
             raise TypeError(f"expected UUID, got {type(value).__name__}")
         number = value.int
         pairs = _PAIRS
-        out = []
+        out: list[str] = []
         for _ in range(_LENGTH // 2):
             number, pair = divmod(number, _PAIR_BASE)
             out.append(pairs[pair])

@@ -67,9 +67,10 @@ from cacheorm._ttl import KEEP_TTL, BackendTTL
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
-    _HAVE_FCNTL = False
-else:
-    _HAVE_FCNTL = True
+    # FileSystemBackend() refuses to start without it, so no lock is ever taken.
+    fcntl = None  # type: ignore[assignment]
+
+_HAVE_FCNTL = fcntl is not None
 
 __all__ = ["FileSystemBackend"]
 
@@ -556,6 +557,7 @@ class FileSystemBackend(Closing):
             dir_fd = _open_dir(shard_dir)
         held.append(dir_fd)
         held.append(_open_lock(dir_fd, shard_dir, self._mode))
+        assert fcntl is not None  # checked by __init__
         fcntl.flock(held[-1], fcntl.LOCK_EX)
         return dir_fd
 
@@ -1079,6 +1081,7 @@ class FileSystemBackend(Closing):
                 if not names:
                     continue
                 held.append(_open_lock(dir_fd, f"{self._root}{os.sep}{shard}", self._mode))
+                assert fcntl is not None  # checked by __init__
                 fcntl.flock(held[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
                 for name in names:
                     self._unlink(name, dir_fd)

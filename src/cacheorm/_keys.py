@@ -20,7 +20,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, cast, get_args, get_origin
 
 from cacheorm._errors import ModelDefinitionError, ValidationError, safe_repr
 
@@ -240,14 +240,16 @@ def _raw_formatter(
         return fmt_enum, None
     if get_origin(tp) is typing.Literal:
         values = get_args(tp)
-        kinds = {type(v) for v in values}
+        kinds: set[type[object]] = {type(v) for v in values}
         if kinds - {int, str} or any(_lone_surrogate(str(v)) for v in values):
             raise ModelDefinitionError(
                 f"{label}: a Literal key needs int or str values (without lone surrogates)",
                 model=model,
                 field=part.attr,
             )
-        allowed = {(type(v), v): escape(str(v)) for v in values}
+        allowed: dict[tuple[type[object], object], str] = {
+            (type(v), v): escape(str(v)) for v in values
+        }
         if len(set(allowed.values())) != len(allowed):
             raise ModelDefinitionError(
                 f"{label}: Literal key values {values!r} would share keys (like 1 and '1')",
@@ -473,18 +475,20 @@ class KeyScheme:
             return getattr(obj, self.attrs[0])
         return tuple(getattr(obj, a) for a in self.attrs)
 
-    def _split(self, pk: Any) -> Sequence[Any]:
+    def _split(self, pk: object) -> Sequence[Any]:
         if len(self.parts) == 1:
             return (pk,)
-        if not isinstance(pk, tuple) or len(pk) != len(self.parts):
-            raise ValidationError(
-                f"{self.model.__qualname__}: a composite key is a tuple of "
-                f"({', '.join(self.attrs)}), got {pk!r}",
-                model=self.model,
-                expected=f"tuple of {len(self.parts)}",
-                actual=type(pk).__name__,
-            )
-        return pk
+        if isinstance(pk, tuple):
+            pk = cast("Sequence[Any]", pk)  # a user's tuple: its items may be anything
+            if len(pk) == len(self.parts):
+                return pk
+        raise ValidationError(
+            f"{self.model.__qualname__}: a composite key is a tuple of "
+            f"({', '.join(self.attrs)}), got {pk!r}",
+            model=self.model,
+            expected=f"tuple of {len(self.parts)}",
+            actual=type(pk).__name__,
+        )
 
     def _call(self, pk: Any) -> str:
         assert self._callable is not None

@@ -11,6 +11,10 @@ key of namespace ``user:x``), nor the auto-id counter ``user:__seq__`` nor the
 ``get_or_load`` leases (``<key>\\0lease``: a raw NUL never appears in a part).
 """
 
+# This module is the repository's (and its key scheme's) own: it reads their
+# private attributes, as their methods would.
+# pyright: reportPrivateUsage=false
+
 from __future__ import annotations
 
 import math

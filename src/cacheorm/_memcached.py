@@ -284,8 +284,9 @@ def _previous_value(command: bytes) -> str:
 
 def _describe_server(server: object) -> str:
     """``host:port`` (``[host]:port`` for IPv6) or ``unix:<path>``."""
-    if isinstance(server, tuple) and len(server) == 2:
-        host, port = server
+    address = cast("tuple[object, ...]", server) if isinstance(server, tuple) else None
+    if address is not None and len(address) == 2:
+        host, port = address
         host = str(host)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"unix:{server}"
@@ -1308,7 +1309,7 @@ class MemcachedBackend(Closing):
         if single is not None:
             request = b"get " + b" ".join(fulls) + b"\r\n"
             try:
-                found = self._call(single, request, _read_values, True, fulls)
+                found: dict[bytes, bytes] = self._call(single, request, _read_values, True, fulls)
             except _Failure as failure:
                 self._read_failed(failure, None)
                 return [None] * len(bkeys)
@@ -1708,7 +1709,7 @@ class MemcachedBackend(Closing):
         keys = [key for key, _ in pairs]
         stored = [False] * len(pairs)
         settled_false: list[int] = []  # absent, or deleted before its cas
-        pending = list(range(len(pairs)))
+        pending: list[int] = list(range(len(pairs)))
         for _ in range(_INCR_ATTEMPTS):
             try:
                 held = self._metas([fulls[i] for i in pending], [bkeys[i] for i in pending])

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from cacheorm._errors import ConfigurationError, MissingDependency
 
@@ -59,6 +59,16 @@ _MAP_SCALAR = 5  # map<K, scalar>
 _MAP_MESSAGE = 6  # map<K, Message>
 
 _LIST_TYPES = (list, tuple)
+
+
+def _is_dict(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    """Whether ``value`` (the caller's data: any keys, any values) is a Mapping."""
+    return isinstance(value, Mapping)
+
+
+def _is_list(value: object) -> TypeGuard[list[Any] | tuple[Any, ...]]:
+    """Whether ``value`` (the caller's data: any items) is a list or a tuple."""
+    return isinstance(value, _LIST_TYPES)
 
 
 class _Field:
@@ -274,7 +284,7 @@ class ProtobufSerializer:
             ValueError: a key names no field, or None is given to a field without presence.
             TypeError: a value of the wrong type (protobuf's own checks).
         """
-        if not isinstance(data, Mapping):
+        if not _is_dict(data):
             raise TypeError(
                 f"ProtobufSerializer({self.full_name}) needs a dict, not {type(data).__name__}"
             )
@@ -357,44 +367,44 @@ def _fill(message: Any, data: Mapping[Any, Any], plan: _Plan, path: str) -> None
             continue
         where = f"{path}.{key}"
         if kind == _MESSAGE:
-            if not isinstance(value, Mapping):
+            if not _is_dict(value):
                 raise TypeError(f"{where}: expected a dict, not {type(value).__name__}")
             sub = getattr(message, key)
             sub.SetInParent()
             assert field.plan is not None
             _fill(sub, value, field.plan, where)
         elif kind == _REPEATED_SCALAR:
-            if not isinstance(value, _LIST_TYPES):
+            if not _is_list(value):
                 raise TypeError(f"{where}: expected a list, not {type(value).__name__}")
             try:
                 getattr(message, key).extend(value)
             except (TypeError, ValueError) as exc:
                 raise _wrap(exc, where) from exc
         elif kind == _REPEATED_MESSAGE:
-            if not isinstance(value, _LIST_TYPES):
+            if not _is_list(value):
                 raise TypeError(f"{where}: expected a list, not {type(value).__name__}")
             container = getattr(message, key)
             assert field.plan is not None
             for index, item in enumerate(value):
                 item_where = f"{where}[{index}]"
-                if not isinstance(item, Mapping):
+                if not _is_dict(item):
                     raise TypeError(f"{item_where}: expected a dict, not {type(item).__name__}")
                 _fill(container.add(), item, field.plan, item_where)
         elif kind == _MAP_SCALAR:
-            if not isinstance(value, Mapping):
+            if not _is_dict(value):
                 raise TypeError(f"{where}: expected a dict, not {type(value).__name__}")
             try:
                 getattr(message, key).update(value)
             except (TypeError, ValueError) as exc:
                 raise _wrap(exc, where) from exc
         else:  # _MAP_MESSAGE
-            if not isinstance(value, Mapping):
+            if not _is_dict(value):
                 raise TypeError(f"{where}: expected a dict, not {type(value).__name__}")
             container = getattr(message, key)
             assert field.plan is not None
             for map_key, item in value.items():
                 item_where = f"{where}[{map_key!r}]"
-                if not isinstance(item, Mapping):
+                if not _is_dict(item):
                     raise TypeError(f"{item_where}: expected a dict, not {type(item).__name__}")
                 try:
                     entry = container[map_key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 import inspect
 import itertools
@@ -20,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
@@ -148,7 +149,7 @@ def _import_redis() -> Any:
     """The ``redis`` module, or MissingDependency naming the ``redis`` extra."""
     try:
         import redis
-        import redis.cluster
+        import redis.cluster  # pyright: ignore[reportUnusedImport]  # loads redis.cluster
     except ImportError:
         raise MissingDependency("RedisBackend", "redis") from None
     return redis
@@ -199,17 +200,18 @@ def _type_name(reply: bytes) -> str:
     return reply.decode("ascii", "replace")
 
 
-def _address(kwargs: Any) -> str:
+def _address(kwargs: object) -> str:
     """``host:port`` or the unix socket path of connection keyword arguments; never a password."""
     if not isinstance(kwargs, dict):
         return "<unknown redis server>"
-    path = kwargs.get("path")
+    options = cast("dict[str, object]", kwargs)
+    path = options.get("path")
     if path:
         return str(path)
-    host = str(kwargs.get("host", "localhost"))
+    host = str(options.get("host", "localhost"))
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
-    return f"{host}:{kwargs.get('port', 6379)}"
+    return f"{host}:{options.get('port', 6379)}"
 
 
 def _url_password(url: str) -> str | None:
@@ -369,13 +371,10 @@ class _Server:
     @classmethod
     def of_pool(cls, name: str, pool: Any) -> _Server:
         """The server behind a redis-py connection pool."""
-        get: Callable[..., Any] = pool.get_connection
-        if _needs_command_name(get):
-            pooled = get
-
-            def get() -> Any:
-                return pooled("_")
-
+        get_connection: Callable[..., Any] = pool.get_connection
+        get: Callable[[], Any] = get_connection
+        if _needs_command_name(get_connection):
+            get = functools.partial(get_connection, "_")
         return cls(name, get, pool.release, pool)
 
     @classmethod
@@ -650,6 +649,7 @@ class RedisBackend(Closing):
             )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
+        client: Any = None  # a RedisCluster is built lazily, below
         try:
             parsed = redis_module.connection.parse_url(url)  # no I/O; refuses a bad port
             if not cluster:
@@ -700,7 +700,7 @@ class RedisBackend(Closing):
         redis_module = _import_redis()
         if isinstance(nodes, str):
             nodes = [nodes]
-        startup = []
+        startup: list[Any] = []  # redis.cluster.ClusterNode
         for node in nodes:
             host, sep, port = str(node).rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -1158,7 +1158,7 @@ class RedisBackend(Closing):
         count = len(commands)
         outcome: list[Any] = [_NOT_SENT] * count
         failures: list[tuple[str, BaseException]] = []
-        pending = list(range(count))
+        pending: list[int] = list(range(count))
         asks: dict[int, tuple[str, int]] = {}
         for round_ in range(_MAX_REDIRECTS + 1):
             groups: dict[tuple[str, bool], tuple[_Server, list[int]]] = {}
@@ -1268,13 +1268,14 @@ class RedisBackend(Closing):
 
     def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
         """Each key's hash slot."""
-        if self._cluster is None:  # a lazy cluster backend's first use
-            self._connected_cluster(op, keys)
+        cluster = self._cluster
+        if cluster is None:  # a lazy cluster backend's first use
+            cluster = self._connected_cluster(op, keys)
         key_slot = self._key_slot
         try:
             if key_slot is not None:  # keys are str: encode as the client would, hash
                 return [key_slot(key.encode(*self._key_encoding)) for key in keys]
-            keyslot = self._cluster.keyslot
+            keyslot = cluster.keyslot
             return [keyslot(key) for key in keys]
         except self._errors as exc:
             raise self._fail(op, keys, exc) from exc

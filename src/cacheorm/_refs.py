@@ -30,6 +30,7 @@ from typing import (
     Literal,
     Protocol,
     TypeVar,
+    cast,
     get_args,
     get_origin,
 )
@@ -539,7 +540,7 @@ def load_related(
 
 def _hashable(pk: Any) -> Any:
     """A list-shaped composite key (a record built by hand) as a tuple, so it can key a dict."""
-    return tuple(pk) if isinstance(pk, list) else pk
+    return tuple(cast("Iterable[Any]", pk)) if isinstance(pk, list) else pk
 
 
 def _key(
