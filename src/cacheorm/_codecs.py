@@ -28,9 +28,9 @@ import enum
 import re
 import uuid
 from collections import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from cacheorm._errors import safe_repr
 
@@ -210,19 +210,19 @@ def _to_float(v: Any) -> float:
 
 def _to_bytes(v: Any) -> bytes:
     if isinstance(v, (bytes, bytearray, memoryview)):
-        return bytes(v)
+        return bytes(v)  # pyright: ignore[reportUnknownArgumentType]  # hot: no cast()
     raise _Fast
 
 
 def _to_list(v: Any) -> list[Any]:
     if isinstance(v, list):
-        return list(v)
+        return list(v)  # pyright: ignore[reportUnknownArgumentType]  # hot: no cast()
     raise _Fast
 
 
 def _to_dict(v: Any) -> dict[Any, Any]:
     if isinstance(v, dict):
-        return dict(v)
+        return dict(v)  # pyright: ignore[reportUnknownArgumentType]  # hot: no cast()
     raise _Fast
 
 
@@ -287,7 +287,7 @@ _ANY_DATA = "None, bool, int, float, str, list or str-keyed dict"
 
 def _any_ok(v: Any, binary: bool, depth: int) -> bool:
     """True if ``v`` reads back equal on every serializer (the fast check)."""
-    t = type(v)
+    t = type(v)  # pyright: ignore[reportUnknownVariableType]  # hot: no cast()
     if t in _ANY_LEAVES:
         return True
     if t is str:
@@ -323,7 +323,7 @@ def _any_check_text(v: Any) -> None:
 
 def _any_refusal(v: Any, binary: bool) -> str | None:
     """Why a leaf (or a container's own type) cannot be an ``Any`` value; None if it can."""
-    t = type(v)
+    t: type[object] = type(cast(object, v))
     if t in _ANY_LEAVES or t is list or t is dict:
         return None
     if t is str:
@@ -367,7 +367,7 @@ def _any_explain(v: Any, binary: bool, path: str, depth: int = 0) -> None:
             ),
         )
     if type(v) is list:
-        for i, x in enumerate(v):
+        for i, x in enumerate(cast("list[object]", v)):
             _any_explain(x, binary, f"{path}[{i}]", depth + 1)
         return
     for k, x in v.items():
@@ -490,7 +490,7 @@ class Gen:
         self.lines.append("    " * self._indent + text)
 
     @contextmanager
-    def block(self) -> Iterator[None]:
+    def block(self) -> Generator[None, None, None]:
         """Indent the lines written inside the ``with``."""
         self._indent += 1
         try:
@@ -736,7 +736,8 @@ class EnumNode(Node):
         self.cls = cls
         self.desc = cls.__qualname__
         self.by_value = dict(cls._value2member_map_)
-        self.value_types = frozenset(type(m.value) for m in cls)
+        value_types: set[type[object]] = {type(m.value) for m in cls}
+        self.value_types = frozenset(value_types)
         self.flag = issubclass(cls, enum.Flag)
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
@@ -765,7 +766,8 @@ class LiteralNode(Node):
     identity_enc = identity_dec = True
 
     def __init__(self, values: tuple[Any, ...]) -> None:
-        self.allowed = frozenset((type(v), v) for v in values)
+        allowed: set[tuple[type[object], object]] = {(type(v), v) for v in values}
+        self.allowed = frozenset(allowed)
         self.desc = "one of " + ", ".join(repr(v) for v in values)
 
     def enc(self, g: Gen, src: str, path: str | None) -> str:
@@ -938,7 +940,7 @@ class TupleNode(Node):
         return "(" + self._each(g, src, path, "dec")[1:-1] + ",)"
 
     def _each(self, g: Gen, src: str, path: str | None, mode: str) -> str:
-        exprs = []
+        exprs: list[str] = []
         for position, node in enumerate(self.items):
             item = g.var("x")
             g.line(f"{item} = {src}[{position}]")

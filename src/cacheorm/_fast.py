@@ -400,7 +400,7 @@ def _typed_decoder(spec: ModelSpec, msgspec: Any, *, json: bool) -> Callable[[by
     return decode
 
 
-def _has_dict(cls: type) -> bool:
+def _has_dict(cls: type[object]) -> bool:
     try:
         probe: Any = object.__new__(cls)
     except Exception:  # pragma: no cover - excluded by _model_ok
@@ -696,4 +696,4 @@ def _direct_ok(node: c.Node, *, top: bool) -> bool:
 
 def _refuse(*_: Any) -> Any:
     """A value the direct writers would not write as ``enc_N`` does: go through ``enc_N``."""
-    raise c._Fast
+    raise c._Fast  # pyright: ignore[reportPrivateUsage]  # _codecs' own signal

@@ -9,6 +9,9 @@ overwritten. Current records are only read, so a second run is a cheap
 check and an interrupted run is resumed by running it again.
 """
 
+# pyright: reportPrivateUsage=false
+# (the repository's own helper: it decodes and rewrites through its private paths on purpose.)
+
 from __future__ import annotations
 
 import dataclasses

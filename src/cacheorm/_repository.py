@@ -1,5 +1,8 @@
 """``Repository[T]``: one dataclass model bound to a backend, serializer, keys and TTL."""
 
+# pyright: reportPrivateUsage=false
+# (the repository drives its helpers (_signals, _versions) through their private API.)
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar, get_args, get_origin
+from typing import Any, Generic, TypeVar, cast, get_args, get_origin
 
 from cacheorm._backend import Backend
 from cacheorm._codecs import Failure
@@ -33,7 +36,7 @@ from cacheorm._errors import (
 from cacheorm._fast import fast_codec, fast_load
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
-from cacheorm._keys import _unwrap as unwrap_annotation
+from cacheorm._keys import _unwrap as unwrap_annotation  # pyright: ignore[reportPrivateUsage]
 from cacheorm._observe import Hook, get_logger, instrument
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
@@ -67,6 +70,9 @@ LOCK_TIMEOUT = 10.0
 #: the counter on by twice the step before, so 48 tries skip up to 2**48 ids:
 #: a counter that was lost (evicted, flushed) is past every stored id in
 #: O(log n) round trips.
+#: dataclasses.replace, untyped: typeshed bounds it to dataclass instances, which T is not.
+_replace: Callable[..., Any] = dataclasses.replace
+
 _ID_ATTEMPTS = 48
 
 #: (prefix, default namespace) -> the name of the class that took it, in this
@@ -956,7 +962,7 @@ class Repository(Generic[T]):
                 if payload is not None:  # else deleted again since: keep the loaded one
                     found[key] = self._load(key, payload, missing[key])
 
-    def _loaded_records(self, result: Any, need: list[str], missing: dict[str, Any]) -> list[T]:
+    def _loaded_records(self, result: object, need: list[str], missing: dict[str, Any]) -> list[T]:
         """The loader's result as a list of records, or a ValidationError saying what is wrong."""
         name = self._model.__qualname__
         asked = [missing[key] for key in need]
@@ -965,15 +971,16 @@ class Repository(Generic[T]):
         if isinstance(result, (self._model, str, bytes, Mapping)) or not isinstance(
             result, Iterable
         ):
+            # Narrowed to include Mapping[Unknown, Unknown]; the message takes any object.
             raise ValidationError(
-                f"{name}: {call} returned {type(result).__name__} {safe_repr(result)}; {fix} "
+                f"{name}: {call} returned {type(result).__name__} {safe_repr(result)}; {fix} "  # pyright: ignore[reportUnknownArgumentType]
                 "(the keys it did not find left out); nothing was cached",
                 model=self._model,
                 key=need[0],
                 expected=f"iterable of {name}",
-                actual=type(result).__name__,
+                actual=type(result).__name__,  # pyright: ignore[reportUnknownArgumentType]
             )
-        records = list(result)
+        records = list(cast("Iterable[object]", result))
         for obj in records:
             if not isinstance(obj, self._model):
                 raise ValidationError(
@@ -984,7 +991,7 @@ class Repository(Generic[T]):
                     expected=name,
                     actual=type(obj).__name__,
                 )
-        return records
+        return cast("list[T]", records)  # each one checked above
 
     def _check_loaded(self, key: str, loaded_key: str) -> None:
         if loaded_key != key:
@@ -1067,6 +1074,7 @@ class Repository(Generic[T]):
             keys = [key or None for key, _ in items]
             signals._send_pre("pre_create", "create_many", objs, keys, seconds)
         gap = 0
+        results: list[bool] = []  # set by the first round (gap == 0)
         for _ in range(_ID_ATTEMPTS):  # pragma: no branch - ends when no auto id is refused
             if pending:
                 # Skip `gap` ids past the counter: 0 at first, then 1, 2, 4, ...
@@ -1194,10 +1202,10 @@ class Repository(Generic[T]):
 
     def _with_id(self, obj: T, data: dict[str, Any], new_id: int) -> tuple[T, str, bytes]:
         assert self._auto is not None
-        obj = dataclasses.replace(obj, **{self._auto.attr: new_id})  # type: ignore[type-var]
+        new: T = _replace(obj, **{self._auto.attr: new_id})
         data[self._auto.stored] = new_id
-        key = self._key_of(obj)
-        return obj, key, self._serialize(key, data)
+        key = self._key_of(new)
+        return new, key, self._serialize(key, data)
 
     def _dump(self, obj: T) -> tuple[str, bytes]:
         """Key and payload of ``obj``; raises before any I/O if it is invalid."""

@@ -21,7 +21,7 @@ import typing
 import uuid
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Generic, TypeVar, cast, get_args, get_origin
 
 from cacheorm import _codecs as c
 from cacheorm._errors import ModelDefinitionError
@@ -128,7 +128,7 @@ class CompiledModel(Generic[T]):
     _xdec: Callable[[Any, str], Any]
     source: str
     #: every model reachable from this one (itself included), as read
-    models: Mapping[type, ModelSpec] = dataclasses.field(default_factory=dict)
+    models: Mapping[type, ModelSpec] = dataclasses.field(default_factory=dict[type, "ModelSpec"])
 
     def explain_encode(self, obj: T) -> c.Failure | None:
         """Re-run encoding slowly; return where it fails, or None."""
@@ -176,8 +176,9 @@ _CONVERTED: dict[Any, Callable[[], c.Node]] = {
     decimal.Decimal: c.decimal_node,
 }
 
-_LIST_ORIGINS = {list, Sequence, MutableSequence}
-_SET_ORIGINS = {set: set, frozenset: frozenset, AbstractSet: frozenset}
+# Keyed by annotation origins (Any: an `in` test must not narrow the annotation).
+_LIST_ORIGINS: set[Any] = {list, Sequence, MutableSequence}
+_SET_ORIGINS: dict[Any, type] = {set: set, frozenset: frozenset, AbstractSet: frozenset}
 _DICT_ORIGINS = {dict, Mapping}
 
 
@@ -222,7 +223,8 @@ class _Compiler:
             return self._enum(tp)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             return self.model(tp)
-        container = origin if origin is not None else tp
+        # Any: an annotation object (the checks above narrowed ``tp`` to partly Unknown).
+        container = cast(Any, origin if origin is not None else tp)
         if container in _LIST_ORIGINS or container in _SET_ORIGINS:
             (item,) = args or (Any,)
             kind = list if container in _LIST_ORIGINS else _SET_ORIGINS[container]
@@ -352,7 +354,7 @@ class _Compiler:
             ) from exc
         for attr, hint in hints.items():
             if isinstance(hint, dataclasses.InitVar):
-                dc_field = cls.__dataclass_fields__[attr]  # type: ignore[attr-defined]
+                dc_field = cast("dataclasses.Field[Any]", cls.__dataclass_fields__[attr])  # type: ignore[attr-defined]
                 if dc_field.default is dataclasses.MISSING:
                     raise ModelDefinitionError(
                         f"{cls.__qualname__}.{attr}: an InitVar without a default cannot be "
@@ -480,7 +482,7 @@ class _Compiler:
     # -- code -----------------------------------------------------------------
 
     def generate(self) -> str:
-        chunks = []
+        chunks: list[str] = []
         for cls in self.order:
             node, spec = self.models[cls]
             assert spec is not None
@@ -497,7 +499,7 @@ class _Compiler:
         with g.block():
             check = f"_model_in(o, {cls}, {self.allow_subclasses})"
             g.guarded("o", check, "p" if explain else None, spec.cls.__qualname__, "o")
-        items = []
+        items: list[str] = []
         for f in spec.fields:
             local = g.var("a")
             path = f"p + {'.' + f.attr!r}" if explain else None
@@ -514,7 +516,7 @@ class _Compiler:
             g.line("if type(d) is not dict:")
             with g.block():
                 g.fail("p", f"{spec.cls.__qualname__} as a map", "d")
-        kwargs = []
+        kwargs: list[str] = []
         for f in spec.fields:
             local = g.var("a")
             path = f"p + {'.' + f.stored!r}" if explain else None

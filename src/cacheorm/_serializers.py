@@ -13,8 +13,8 @@ import io
 import json
 import math
 import pickle
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, cast, runtime_checkable
 
 from cacheorm._errors import ConfigurationError, MissingDependency, SerializerNotFound
 
@@ -130,17 +130,20 @@ def _locate(data: Any, bad: Callable[[Any], bool]) -> str:
         value, path = todo.pop()
         if bad(value):
             return f"at `{path}`: "
-        if isinstance(value, (dict, list, tuple)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-        if isinstance(value, dict):
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        # The caller's data: keys and items may be anything.
+        node = cast("dict[object, object] | list[object] | tuple[object, ...]", value)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
             todo.extend(
                 (v, f"{path}.{k}" if path == "$" else f"{path}[{k!r}]")
-                for k, v in reversed(list(value.items()))
+                for k, v in reversed(list(node.items()))
             )
-        elif isinstance(value, (list, tuple)):
-            todo.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+        else:
+            todo.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
     return ""
 
 
@@ -627,7 +630,7 @@ class SerializerRegistry:
     """
 
     def __init__(
-        self, serializers: dict[str, Serializer | SerializerFactory] | None = None
+        self, serializers: Mapping[str, Serializer | SerializerFactory] | None = None
     ) -> None:
         self._entries: dict[str, Serializer | SerializerFactory] = {}
         for name, entry in (serializers or {}).items():

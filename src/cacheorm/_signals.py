@@ -36,6 +36,9 @@ iterates, so an async driver can await async receivers with the same
 events and :class:`PostSignalError`.
 """
 
+# pyright: reportPrivateUsage=false
+# (the repository's own helper: it reads and sets its private state on purpose.)
+
 from __future__ import annotations
 
 import dataclasses
@@ -234,9 +237,9 @@ class RepositorySignals(Generic[T]):
         active = False
         for name in SIGNAL_NAMES:
             signal: Signal[T] = getattr(self, name)
-            entries = list(signal._own)
+            entries: list[tuple[int, Receiver[T]]] = list(signal._own)
             entries += getattr(signals, name).matching(model)
-            entries.sort(key=lambda entry: entry[0])
+            entries.sort(key=_connection_order)
             signal.receivers = tuple(fn for _, fn in entries)
             active = active or bool(entries)
         self._repository._signalled = active
@@ -495,3 +498,8 @@ class ModelSignals:
 
 #: The model-level signals (``cacheorm.signals``).
 signals = ModelSignals()
+
+
+def _connection_order(entry: tuple[int, object]) -> int:
+    """Receivers run in the order they were connected (repository and model ones interleaved)."""
+    return entry[0]

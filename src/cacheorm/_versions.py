@@ -12,6 +12,9 @@ named so). Version 1 is written without it, so every payload written before
 versions existed is version 1.
 """
 
+# pyright: reportPrivateUsage=false
+# (the repository's own helper: it reads its private codec and key state on purpose.)
+
 from __future__ import annotations
 
 import dataclasses
@@ -226,7 +229,8 @@ class Evolution(Generic[T]):
                 continue  # not this format: try the next
             if type(data) is not dict:
                 continue  # every format stores a record as a map
-            return self._from_data(other, key, payload, data)  # its error is the right one
+            record: dict[str, Any] = data  # pyright: ignore[reportUnknownVariableType]
+            return self._from_data(other, key, payload, record)  # its error is the right one
         raise first
 
     def _decode_with(self, serializer: Serializer, key: str, payload: bytes) -> tuple[T, bool]:
@@ -249,7 +253,8 @@ class Evolution(Generic[T]):
             return self._plain_decode(key, payload), False  # raises the plain reader's error
         if type(data) is not dict:
             return self._plain_decode(key, payload), False
-        return self._from_data(serializer, key, payload, data)
+        record: dict[str, Any] = data  # pyright: ignore[reportUnknownVariableType]
+        return self._from_data(serializer, key, payload, record)
 
     def _from_data(
         self, serializer: Serializer, key: str, payload: bytes, data: dict[str, Any]
