@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from typing_extensions import assert_type
 
@@ -32,6 +32,12 @@ class Membership:
     team: Annotated[str, co.Field(primary_key=True)]
     user: Annotated[int, co.Field(primary_key=True)]
     since: Annotated[datetime.datetime, co.Field(codec=co.Timestamp("s"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Post:
+    id: Annotated[int, co.Field(primary_key=True)]
+    author_id: Annotated[int, co.Ref(User)]
 
 
 def rename(user: User) -> User:
@@ -97,6 +103,35 @@ def backends(directory: str) -> None:
         co.MemcachedBackend.from_servers(["127.0.0.1:11211", "127.0.0.1:11212"]),
         co.MemcachedBackend,
     )
+
+    stores: list[co.Backend] = [co.MemoryBackend(), co.FileSystemBackend(directory)]
+    assert_type(stores, list[co.Backend])
+
+
+def newer_api(backend: co.Backend) -> None:
+    users = co.Repository(User, backend=backend)
+    posts = co.Repository(Post, backend=backend)
+    assert_type(posts.load_related(posts.get_many([1, 2]), "author_id", users), dict[Any, User])
+    assert_type(
+        posts.load_related(posts.get_many([1]), "author_id", users, missing="none"),
+        dict[Any, User | None],
+    )
+    assert_type(users.update(User(id=1, name="Sam"), ttl=co.KEEP_TTL), User)
+    assert_type(users.touch(1, ttl=60), bool)
+    assert_type(users.ttl_of(1), float | None)
+    assert_type(users.count(), int)
+    assert_type(users.scan(), Iterator[User])
+    assert_type(co.Counter(backend, "hits", ttl=60).incr(), int)
+
+    @users.signals.pre_save.connect
+    def audit(event: co.WriteEvent[User]) -> None:
+        assert_type(event.records, tuple[User, ...])
+
+    def observe(event: co.OperationEvent) -> None:
+        assert_type(event.duration, float)
+
+    with co.Repository(User, hooks=[observe]) as owned:
+        assert_type(owned, co.Repository[User])
 
 
 def backend_protocol(store: co.Backend) -> None:
