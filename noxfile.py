@@ -55,7 +55,14 @@ def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[all]", *_group("typecheck"))
     session.run("mypy", "--strict")
     # pyright finds the installed packages through the session's interpreter.
-    session.run("basedpyright", "--pythonpath", str(Path(session.bin, "python")))
+    # --project: this checkout's pyproject.toml, never a pyrightconfig.json found higher up.
+    session.run(
+        "basedpyright",
+        "--project",
+        "pyproject.toml",
+        "--pythonpath",
+        str(Path(session.bin, "python")),
+    )
 
 
 @nox.session
@@ -139,12 +146,16 @@ def bench(session: nox.Session) -> None:
     memcached processes; arguments go to both (``nox -s bench -- --quick``,
     ``-- --only redis``). ``bench_codecs`` compares the stdlib and fast
     (msgspec, the ``fast`` extra that ``all`` includes) codec paths.
+    ``bench_charts`` draws docs/img/bench-*.svg with ``cacheorm bench``
+    (skipped with ``--quick``).
     """
-    session.install(".[all]")
+    session.install(".[all,cli]")
     session.run("python", "benchmarks/bench_core.py")
     session.run("python", "benchmarks/bench_codecs.py", *session.posargs)
     session.run("python", "benchmarks/bench_backends.py", *session.posargs)
     session.run("python", "benchmarks/bench_scaleout.py", *session.posargs)
+    if "--quick" not in session.posargs:
+        session.run("python", "benchmarks/bench_charts.py")
 
 
 @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
