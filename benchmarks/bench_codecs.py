@@ -56,7 +56,7 @@ def repository(serializer: str, *, fast: bool, backend: Any = None) -> co.Reposi
         repo = co.Repository(User, backend=backend or co.MemoryBackend(), serializer=serializer)
     finally:
         _fast.ENABLED = saved
-    if fast and repo._load.__name__ != "load":
+    if fast and "_decode_payload" not in vars(repo):  # the fast path replaces the decoder
         raise SystemExit(f"the fast path is not in use for {serializer}: is msgspec installed?")
     return repo
 
@@ -69,7 +69,7 @@ def codec_sides(user: User) -> dict[str, Timed]:
             repo = repository(serializer, fast=fast)
             encode = repo._encode
             dumps = repo._dumps
-            load = repo._load
+            load = repo._decode_payload  # the decode; save+get below adds the key check
 
             def side(
                 encode: Callable[[Any], Any] = encode,
