@@ -80,7 +80,7 @@ def test_clear_hides_records_now_here_and_after_generation_ttl_elsewhere(
 
 
 def test_a_lost_generation_never_brings_old_records_back(backend: co.Backend) -> None:
-    items = _repo(backend, ttl=0)  # read the generation before every operation
+    items = _repo(backend, ttl=1e-9)  # read the generation before every operation
     items.create(Item(None, "old"))
     items.clear()
     assert items.get_or_none(1) is None
@@ -101,7 +101,7 @@ def test_a_lost_generation_never_brings_old_records_back(backend: co.Backend) ->
 
 
 def test_a_generation_reset_to_a_small_number_is_replaced(backend: co.Backend) -> None:
-    items = _repo(backend, ttl=0)
+    items = _repo(backend, ttl=1e-9)
     backend.set("gitem:__gen__", b"1")  # as incr after a loss leaves it
     generation = split(items.key_for(1))[1]
     assert generation > 1 << 40
@@ -242,7 +242,7 @@ def test_get_or_load_and_updates_work_with_generations(backend: co.Backend) -> N
 def test_bad_generation_arguments() -> None:
     with pytest.raises(co.ConfigurationError, match="generations must be a bool"):
         co.Repository(Item, namespace="g1", generations=1)  # type: ignore[arg-type]
-    for bad in (-1, float("inf"), True, "1"):
+    for bad in (0, -1, float("inf"), True, "1"):
         with pytest.raises(co.ConfigurationError, match="generation_ttl"):
             co.Repository(Item, namespace="g1", generations=True, generation_ttl=bad)  # type: ignore[arg-type]
     with pytest.raises(co.ConfigurationError, match="needs generations=True"):

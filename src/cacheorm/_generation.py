@@ -70,24 +70,28 @@ class Generation:
         self.backend = backend
         self.key = key
         self.ttl = ttl
-        #: (generation, monotonic deadline of the cached copy)
-        self._cached: tuple[int, float] = (0, -1.0)
+        #: (generation, its key suffix, monotonic deadline of the cached copy)
+        self._cached: tuple[int, str, float] = (0, "", -1.0)
         self._lock = threading.Lock()
 
     def current(self) -> int:
         """The generation keys are built with now (one backend read when the copy is stale)."""
-        value, until = self._cached
+        value, _, until = self._cached
         if time.monotonic() < until:
             return value
         with self._lock:
-            value, until = self._cached
+            value, _, until = self._cached
             if time.monotonic() < until:
                 return value
             return self._remember(self._read())
 
     def suffix(self) -> str:
-        """``#g<current generation>``."""
-        return f"{SUFFIX}{self.current()}"
+        """``#g<current generation>`` (rendered once per generation: this runs per key)."""
+        _, suffix, until = self._cached
+        if time.monotonic() < until:
+            return suffix
+        self.current()
+        return self._cached[1]
 
     def bump(self) -> int:
         """Move the namespace to a new generation (one atomic ``incr``); the new one.
@@ -97,7 +101,7 @@ class Generation:
         next operation reads the generation again.
         """
         with self._lock:
-            self._cached = (0, -1.0)
+            self._cached = (0, "", -1.0)
             new = self.backend.incr(self.key, 1)
             if new < _FLOOR:  # the generation was lost: incr started it from 0
                 new = self._settle()
@@ -105,10 +109,10 @@ class Generation:
 
     def forget(self) -> None:
         """Drop the local copy: the next operation reads the generation from the backend."""
-        self._cached = (0, -1.0)
+        self._cached = (0, "", -1.0)
 
     def _remember(self, value: int) -> int:
-        self._cached = (value, time.monotonic() + self.ttl)
+        self._cached = (value, f"{SUFFIX}{value}", time.monotonic() + self.ttl)
         return value
 
     def _read(self) -> int:

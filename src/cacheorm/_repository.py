@@ -130,9 +130,9 @@ class Repository(Generic[T]):
             (``<key>#g<generation>``), so that :meth:`clear` is one ``incr``
             on every backend, memcached included (see
             docs/ttl-and-namespaces.md). Off by default: it changes every key.
-        generation_ttl: seconds each process keeps its copy of the generation
-            (``0``: read it before every operation). Another process sees a
-            ``clear()`` at most this long after it; the clearing one at once.
+        generation_ttl: seconds (> 0) each process keeps its copy of the
+            generation. Another process sees a ``clear()`` at most this long
+            after it; the clearing one at once.
 
     A repository built without ``backend=`` owns its ``MemoryBackend``:
     :meth:`close` (or leaving a ``with`` block) closes it. A backend passed in
@@ -262,18 +262,9 @@ class Repository(Generic[T]):
         """Wrap the key functions so every key ends with ``#g<generation>``."""
         if generations is not True:
             raise ConfigurationError(f"generations must be a bool, not {generations!r}")
-        if (
-            isinstance(generation_ttl, bool)
-            or not isinstance(generation_ttl, (int, float))
-            or not math.isfinite(generation_ttl)
-            or generation_ttl < 0
-        ):
-            raise ConfigurationError(
-                f"generation_ttl must be a finite number of seconds >= 0, not {generation_ttl!r}"
-            )
-        generation = Generation(
-            self._backend, f"{self._prefix}{self._namespace}:__gen__", float(generation_ttl)
-        )
+        # > 0: with 0, a get_many would read the generation once per key.
+        seconds = _positive("generation_ttl", generation_ttl)
+        generation = Generation(self._backend, f"{self._prefix}{self._namespace}:__gen__", seconds)
         self._generation = generation
         render, render_of, suffix = self._key_for, self._key_of, generation.suffix
 
