@@ -117,18 +117,11 @@ class Generation:
 
     def _read(self) -> int:
         raw = self.backend.get(self.key)
-        if raw is None:
-            if self.backend.add(self.key, str(time.time_ns()).encode("ascii")):
-                raw = self.backend.get(self.key)
-            else:  # another process created it first: use theirs
-                raw = self.backend.get(self.key)
-            if raw is None:  # evicted again at once: try once more next time
-                raise BackendError(
-                    f"namespace generation {self.key!r} vanished right after it was created",
-                    key=self.key,
-                )
-        value = self._parse(raw)
-        return value if value >= _FLOOR else self._settle()
+        if raw is not None:
+            value = self._parse(raw)
+            if value >= _FLOOR:
+                return value
+        return self._settle()  # absent (first use, evicted) or re-created from 0
 
     def _parse(self, raw: bytes) -> int:
         text = raw.strip()
@@ -140,7 +133,11 @@ class Generation:
         return int(text)
 
     def _settle(self) -> int:
-        """Replace a generation re-created from 0 by a fresh clock reading (compare-and-set)."""
+        """Create an absent generation, or replace one re-created from 0, with a clock reading.
+
+        ``add`` (absent) or compare-and-set (too small), then read back what
+        won: another process may have created or moved it meanwhile.
+        """
         backend = self.backend
         for _ in range(_SETTLE_ATTEMPTS):
             found = backend.gets(self.key)
