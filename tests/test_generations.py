@@ -310,3 +310,16 @@ def test_split_refuses_a_key_without_a_generation() -> None:
     for key in ("user:1", "user:1#g", "user:1#gx", "user:1#g1x"):
         with pytest.raises(ValueError, match="no generation suffix"):
             split(key)
+
+
+def test_long_and_odd_text_keys_stay_valid(backend: co.Backend) -> None:
+    tagged = co.Repository(
+        Tagged, backend=backend, namespace="gtag", ttl=60, generations=True, generation_ttl=0.2
+    )
+    tags = ["x" * 400, "a b\tc#g1", "ünï:cödé", "#g", "7"]
+    tagged.create_many([Tagged(tag, i) for i, tag in enumerate(tags)])
+    assert [t.n for t in tagged.get_many(tags) if t is not None] == [0, 1, 2, 3, 4]
+    tagged.clear()
+    assert tagged.get_many(tags) == [None] * 5
+    tagged.save(Tagged(tags[0], 9))
+    assert tagged.get(tags[0]).n == 9

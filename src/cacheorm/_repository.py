@@ -1485,10 +1485,18 @@ class Repository(Generic[T]):
         kept, so ids are not reused, and ``get_or_load`` leases are left to
         expire. Records written while it runs may survive.
 
+        With ``generations=True`` it works on every backend: one ``incr``
+        moves the namespace to a new generation, so this repository sees none
+        of the old records at once and other processes within their
+        ``generation_ttl``. Where the backend can list keys the records of the
+        older generations are then deleted and counted; elsewhere (memcached,
+        or a key function) none are deleted, 0 is returned, and the old
+        records are left to their TTL or the LRU.
+
         Raises:
             ConfigurationError: the backend cannot enumerate keys
                 (:class:`~cacheorm.ScanBackend`; memcached cannot), or the
-                key scheme is a key function.
+                key scheme is a key function (both: unless ``generations=True``).
         """
         from cacheorm import _keyspace
 
