@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from cacheorm._backend import Backend, ScanBackend, TTLBackend
 from cacheorm._checks import check_batch
 from cacheorm._errors import ConfigurationError, DeserializationError, NotFound
+from cacheorm._generation import SUFFIX
 from cacheorm._keys import _ALWAYS, KeyScheme, _raw_formatter, escape_factory
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class Keyspace:
             placeholder (every key of the store would be a candidate).
     """
 
-    def __init__(self, scheme: KeyScheme, counter_key: str) -> None:
+    def __init__(self, scheme: KeyScheme, counter_key: str, generations: bool = False) -> None:
         model = scheme.model
         literals: list[str] | None = getattr(scheme, "_literals", None)
         if scheme._callable is not None or literals is None:
@@ -84,17 +85,37 @@ class Keyspace:
         pattern = re.escape(literals[0])
         for position, index in enumerate(scheme._order):
             pattern += parts[index] + re.escape(literals[position + 1])
+        if generations:  # <key>#g<digits>: the generation is the last group
+            pattern += re.escape(SUFFIX) + "([0-9]+)"
         self._match = re.compile(pattern, re.DOTALL).fullmatch
 
     def owns(self, key: str) -> bool:
         """True if ``key`` is a record key of this scheme (not the counter, not a lease)."""
         return key != self.counter_key and self._match(key) is not None
 
+    def generation_of(self, key: str) -> int | None:
+        """The generation of a record key of this scheme (with generations); None if not one."""
+        found = self._match(key)
+        return None if found is None else int(found.group(found.lastindex or 0))
+
+    def of_generation(self, generation: int) -> Callable[[str], bool]:
+        """A test for the record keys of exactly ``generation``."""
+        return lambda key: self.generation_of(key) == generation
+
+    def older_than(self, generation: int) -> Callable[[str], bool]:
+        """A test for the record keys of any generation before ``generation``."""
+
+        def older(key: str) -> bool:
+            found = self.generation_of(key)
+            return found is not None and found < generation
+
+        return older
+
 
 def _keyspace(repo: Repository[Any]) -> Keyspace:
     cached: Keyspace | None = repo.__dict__.get("_keyspace")
     if cached is None:
-        cached = Keyspace(repo._keys, repo._counter_key)
+        cached = Keyspace(repo._keys, repo._counter_key, repo._generation is not None)
         repo.__dict__["_keyspace"] = cached
     return cached
 
@@ -166,7 +187,10 @@ def _keys(repo: Repository[Any], what: str, batch: int) -> Iterator[list[str]]:
     check_batch(batch)
     space = _keyspace(repo)
     backend = _scan_backend(repo, what)
-    return _owned(backend.scan(space.prefix, batch), space.owns)
+    owns: Callable[[str], bool] = space.owns
+    if repo._generation is not None:  # only the records of the current generation
+        owns = space.of_generation(repo._generation.current())
+    return _owned(backend.scan(space.prefix, batch), owns)
 
 
 def _owned(batches: Iterator[list[str]], owns: Callable[[str], bool]) -> Iterator[list[str]]:
@@ -177,9 +201,33 @@ def _owned(batches: Iterator[list[str]], owns: Callable[[str], bool]) -> Iterato
 
 
 def clear(repo: Repository[Any], batch: int) -> int:
-    """Delete every record of the repository, a batch at a time; how many were deleted."""
+    """Delete every record of the repository, a batch at a time; how many were deleted.
+
+    With generations: move to a new generation (one ``incr``), then, where the
+    backend can list keys and the key scheme has a known shape, delete the
+    records of the older generations; otherwise (memcached) delete nothing and
+    return 0, leaving the unreachable records to their TTL or the LRU.
+    """
     backend = repo.backend
-    return sum(backend.delete_many(keys) for keys in _keys(repo, "clear()", batch))
+    generation = repo._generation
+    if generation is None:
+        return sum(backend.delete_many(keys) for keys in _keys(repo, "clear()", batch))
+    check_batch(batch)
+    space: Keyspace | None = None
+    scanner: ScanBackend | None = backend if isinstance(backend, ScanBackend) else None
+    if scanner is not None:
+        try:
+            space = _keyspace(repo)
+        except ConfigurationError:  # a key function: old records are left to expire
+            space = None
+    new = generation.bump()
+    if space is None or scanner is None:
+        return 0
+    older = space.older_than(new)  # never a newer one another process moved to meanwhile
+    deleted = 0
+    for keys in _owned(scanner.scan(space.prefix, batch), older):
+        deleted += backend.delete_many(keys)
+    return deleted
 
 
 def count(repo: Repository[Any], batch: int) -> int:

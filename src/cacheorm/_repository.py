@@ -35,6 +35,7 @@ from cacheorm._errors import (
 )
 from cacheorm._fast import fast_codec, fast_load
 from cacheorm._flight import LEASE_SUFFIX, Lease, SingleFlight, backoff_delays, new_token
+from cacheorm._generation import SUFFIX, Generation
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
 from cacheorm._keys import _unwrap as unwrap_annotation  # pyright: ignore[reportPrivateUsage]
 from cacheorm._observe import Hook, get_logger, instrument
@@ -125,6 +126,13 @@ class Repository(Generic[T]):
         rewrite_on_read: write a record read in an older version or an earlier
             serializer back in the current one, by compare-and-set keeping its
             TTL (a write that landed meanwhile is never overwritten).
+        generations: put the namespace's generation in every key
+            (``<key>#g<generation>``), so that :meth:`clear` is one ``incr``
+            on every backend, memcached included (see
+            docs/ttl-and-namespaces.md). Off by default: it changes every key.
+        generation_ttl: seconds (> 0) each process keeps its copy of the
+            generation. Another process sees a ``clear()`` at most this long
+            after it; the clearing one at once.
 
     A repository built without ``backend=`` owns its ``MemoryBackend``:
     :meth:`close` (or leaving a ``with`` block) closes it. A backend passed in
@@ -155,6 +163,8 @@ class Repository(Generic[T]):
         newer: typing.Literal["error", "ignore"] = "error",
         read_also: Sequence[str | Serializer] = (),
         rewrite_on_read: bool = False,
+        generations: bool = False,
+        generation_ttl: float = 1.0,
     ) -> None:
         if not isinstance(model, type):
             raise _not_a_model_class(model)
@@ -209,6 +219,13 @@ class Repository(Generic[T]):
         )
         self._key_for = self._keys.render
         self._key_of = self._keys.render_of
+        self._generation: Generation | None = None
+        if generations is not False:
+            self._use_generations(generations, generation_ttl)
+        elif generation_ttl != 1.0:
+            raise ConfigurationError(
+                f"{model.__qualname__}: generation_ttl= needs generations=True"
+            )
         # Reads check that the record decoded is the one asked for: its key
         # fields must equal the primary key (one attribute, or a tuple).
         attrs = [part.attr for part in parts]
@@ -240,6 +257,31 @@ class Repository(Generic[T]):
                     f"hooks must be a sequence of callables taking an OperationEvent, not {hooks!r}"
                 )
             instrument(self, hooks)
+
+    def _use_generations(self, generations: object, generation_ttl: object) -> None:
+        """Wrap the key functions so every key ends with ``#g<generation>``."""
+        if generations is not True:
+            raise ConfigurationError(f"generations must be a bool, not {generations!r}")
+        # > 0: with 0, a get_many would read the generation once per key.
+        seconds = _positive("generation_ttl", generation_ttl)
+        generation = Generation(self._backend, f"{self._prefix}{self._namespace}:__gen__", seconds)
+        self._generation = generation
+        render, render_of, suffix = self._key_for, self._key_of, generation.suffix
+
+        def key_for(pk: Any) -> str:
+            return render(pk) + suffix()
+
+        def key_of(obj: Any) -> str:
+            return render_of(obj) + suffix()
+
+        self._key_for = key_for
+        self._key_of = key_of
+
+    def _same_key(self, obj: T, key: str) -> bool:
+        """True if ``obj`` belongs under ``key`` (whatever generation ``key`` carries)."""
+        if self._generation is None:
+            return self._key_of(obj) == key
+        return self._keys.render_of(obj) == key.rpartition(SUFFIX)[0]
 
     def _key_parts(self, key: str | Callable[[Any], str] | None) -> list[KeyPart]:
         spec = self._compiled.spec
@@ -1276,14 +1318,14 @@ class Repository(Generic[T]):
         obj = self._decode_payload(key, payload)
         # A value copied under another key decodes fine: compare its key
         # fields with the ones asked for (cheap), the keys only when needed.
-        if self._pk_get(obj) != pk or (self._render_check and self._key_of(obj) != key):
+        if self._pk_get(obj) != pk or (self._render_check and not self._same_key(obj, key)):
             raise self._misplaced(key, obj)
         return obj
 
     def _load_by_key(self, key: str, payload: bytes) -> T:
         """:meth:`_load` where only the key is known (a scan): compare the rendered key."""
         obj = self._decode_payload(key, payload)
-        if self._key_of(obj) != key:
+        if not self._same_key(obj, key):
             raise self._misplaced(key, obj)
         return obj
 
@@ -1443,10 +1485,18 @@ class Repository(Generic[T]):
         kept, so ids are not reused, and ``get_or_load`` leases are left to
         expire. Records written while it runs may survive.
 
+        With ``generations=True`` it works on every backend: one ``incr``
+        moves the namespace to a new generation, so this repository sees none
+        of the old records at once and other processes within their
+        ``generation_ttl``. Where the backend can list keys the records of the
+        older generations are then deleted and counted; elsewhere (memcached,
+        or a key function) none are deleted, 0 is returned, and the old
+        records are left to their TTL or the LRU.
+
         Raises:
             ConfigurationError: the backend cannot enumerate keys
                 (:class:`~cacheorm.ScanBackend`; memcached cannot), or the
-                key scheme is a key function.
+                key scheme is a key function (both: unless ``generations=True``).
         """
         from cacheorm import _keyspace
 

@@ -208,7 +208,7 @@ class Evolution(Generic[T]):
         """The repository's ``_load``: decode, check the key, rewrite if stale."""
         repo = self.repo
         obj, stale = self.decode(key, payload)
-        if repo._pk_get(obj) != pk or (repo._render_check and repo._key_of(obj) != key):
+        if repo._pk_get(obj) != pk or (repo._render_check and not repo._same_key(obj, key)):
             raise repo._misplaced(key, obj)
         if stale and self.rewrite_on_read:
             self.rewrite(key, payload, obj)

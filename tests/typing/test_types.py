@@ -203,6 +203,10 @@ def check_ttl_and_namespace_operations() -> None:
     assert_type(companies.scan(), Iterator[Company])
     assert_type(companies.scan(batch=50, errors="skip"), Iterator[Company])
     companies.scan(errors="ignore")  # type: ignore[arg-type]
+    generational = co.Repository(Company, ttl=60, generations=True, generation_ttl=0.5)
+    assert_type(generational, co.Repository[Company])
+    assert_type(generational.clear(), int)
+    co.Repository(Company, generations="yes")  # type: ignore[arg-type]
     companies.touch(1, ttl="soon")  # type: ignore[arg-type]
     store = co.MemoryBackend()
     hits = co.Counter(store, "hits", ttl=datetime.timedelta(hours=1))

@@ -121,6 +121,8 @@ def newer_api(backend: co.Backend) -> None:
     assert_type(users.ttl_of(1), float | None)
     assert_type(users.count(), int)
     assert_type(users.scan(), Iterator[User])
+    cleared = co.Repository(User, backend=backend, ttl=60, generations=True, generation_ttl=0.5)
+    assert_type(cleared.clear(), int)
     assert_type(co.Counter(backend, "hits", ttl=60).incr(), int)
 
     @users.signals.pre_save.connect
