@@ -113,7 +113,13 @@ def _orm_side(backend: co.Backend, prefix: str) -> _Side:
     repo = co.Repository(
         BenchUser, backend=backend, serializer="json", prefix=prefix, namespace="orm", ttl=KEY_TTL
     )
-    return _Side("cacheorm", repo.create, repo.get, repo.get_many, repo.update, repo.delete)
+
+    # Like the hand-written replace, set the TTL: the default KEEP_TTL reads the
+    # remaining TTL first on memcached (two round trips), which replace does not.
+    def update(user: BenchUser) -> BenchUser:
+        return repo.update(user, ttl=co.DEFAULT)
+
+    return _Side("cacheorm", repo.create, repo.get, repo.get_many, update, repo.delete)
 
 
 def _hand_redis(client: Any, prefix: str) -> _Side:
