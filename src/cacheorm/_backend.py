@@ -179,9 +179,11 @@ class Closing:
     """Mixin: a backend is a context manager that calls ``close()`` on exit."""
 
     def close(self) -> None:
+        """Release what the object holds (each backend and repository defines it)."""
         raise NotImplementedError
 
     def __enter__(self) -> Self:
+        """The object itself; :meth:`close` runs when the ``with`` block ends."""
         return self
 
     def __exit__(
@@ -190,4 +192,5 @@ class Closing:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Call ``close()``, whatever happened in the block."""
         self.close()

@@ -14,10 +14,9 @@ import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, get_args, get_origin
 
-from cacheorm._backend import Backend
+from cacheorm._backend import Backend, Closing
 from cacheorm._codecs import Failure
 from cacheorm._errors import (
     AlreadyExists,
@@ -83,7 +82,7 @@ _DEFAULT_NAMESPACES: dict[tuple[str, str], str] = {}
 _DEFAULT_NAMESPACES_LOCK = threading.Lock()
 
 
-class Repository(Generic[T]):
+class Repository(Closing, Generic[T]):
     """Stores records of one dataclass model.
 
     Args:
@@ -355,19 +354,6 @@ class Repository(Generic[T]):
         """
         if self._owns_backend:
             self._backend.close()
-
-    def __enter__(self) -> Repository[T]:
-        """The repository itself; :meth:`close` runs when the block ends."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Call :meth:`close`."""
-        self.close()
 
     def key_for(self, pk: Any) -> str:
         """The backend key of primary key ``pk`` (a tuple for composite keys).
@@ -1143,19 +1129,15 @@ class Repository(Generic[T]):
             if not pending:
                 break
             gap = gap * 2 or 1
-        if signals is not None:
-            written = [i for i, ok in enumerate(results) if ok]
-            signals._send_post_batch(
-                "post_create",
-                "create_many",
-                [objs[i] for i in written],
-                [items[i][0] for i in written],
-                seconds,
-                lambda: self._raise_refused(
-                    items, results, AlreadyExists, "already existed", "created"
-                ),
-            )
-        self._raise_refused(items, results, AlreadyExists, "already existed", "created")
+        self._finish_batch(
+            signals,
+            "create_many",
+            objs,
+            items,
+            results,
+            seconds,
+            (AlreadyExists, "already existed", "created"),
+        )
         return objs
 
     def save_many(self, objs: Iterable[T], *, ttl: TTLArg = DEFAULT) -> list[T]:
@@ -1193,20 +1175,40 @@ class Repository(Generic[T]):
             keys = [key for key, _ in items]
             signals._send_pre("pre_update", "update_many", objs, keys, seconds)
         results = self._backend.replace_many(items, seconds)
+        self._finish_batch(
+            signals,
+            "update_many",
+            objs,
+            items,
+            results,
+            seconds,
+            (NotFound, "to update were not found", "updated"),
+        )
+        return objs
+
+    def _finish_batch(
+        self,
+        signals: RepositorySignals[T] | None,
+        operation: str,
+        objs: list[T],
+        items: list[tuple[str, bytes]],
+        results: list[bool],
+        seconds: BackendTTL,
+        refusal: tuple[type[AlreadyExists | NotFound], str, str],
+    ) -> None:
+        """Send the batch's post signal for the records written, then raise any refusal."""
+        error, why, done = refusal
         if signals is not None:
             written = [i for i, ok in enumerate(results) if ok]
             signals._send_post_batch(
-                "post_update",
-                "update_many",
+                "post_create" if operation == "create_many" else "post_update",
+                operation,
                 [objs[i] for i in written],
                 [items[i][0] for i in written],
                 seconds,
-                lambda: self._raise_refused(
-                    items, results, NotFound, "to update were not found", "updated"
-                ),
+                lambda: self._raise_refused(items, results, error, why, done),
             )
-        self._raise_refused(items, results, NotFound, "to update were not found", "updated")
-        return objs
+        self._raise_refused(items, results, error, why, done)
 
     def _raise_refused(
         self,
