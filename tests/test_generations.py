@@ -218,7 +218,7 @@ def test_text_keys_ending_like_a_suffix_stay_apart() -> None:
 
 def test_records_with_datetime_keys_compare_without_the_generation() -> None:
     stamps = co.Repository(Stamped, generations=True, namespace="stamps")
-    at = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    at = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     stamps.create(Stamped(at, 1))
     assert stamps.get(at).n == 1
     assert [s.n for s in stamps.scan()] == [1]
