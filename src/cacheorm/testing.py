@@ -359,21 +359,9 @@ class BackendContract(CapabilityContract):
         threads: how many threads the concurrency tests use.
     """
 
-    short_ttl: ClassVar[float] = 1.0
-    expiry_slack: ClassVar[float] = 0.25
+    # short_ttl, expiry_slack, threads, the `backend` fixture and wait() come
+    # from CapabilityContract.
     large_value_size: ClassVar[int] = 1_000_000
-    threads: ClassVar[int] = 8
-
-    @pytest.fixture
-    def backend(self) -> Backend:
-        """An empty backend; every subclass must override this fixture."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must define a `backend` fixture yielding an empty backend"
-        )
-
-    def wait(self, seconds: float) -> None:
-        """Let ``seconds`` pass for the backend's TTLs (a real sleep by default)."""
-        time.sleep(seconds)
 
     def wait_for_expiry(self) -> None:
         """Wait until a key written with ``short_ttl`` must have expired."""
