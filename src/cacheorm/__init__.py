@@ -18,7 +18,17 @@ a TTL::
     users.get(1)                         # -> User(id=1, name='Sam')
 """
 
-from cacheorm._backend import Backend, CasToken, CounterBackend, ScanBackend, TTLBackend
+from cacheorm._backend import (
+    AsyncBackend,
+    AsyncCounterBackend,
+    AsyncScanBackend,
+    AsyncTTLBackend,
+    Backend,
+    CasToken,
+    CounterBackend,
+    ScanBackend,
+    TTLBackend,
+)
 from cacheorm._codecs import Codec, Timestamp
 from cacheorm._counter import Counter
 from cacheorm._errors import (
@@ -77,6 +87,10 @@ __all__ = [
     "KEEP_TTL",
     "TTL",
     "AlreadyExists",
+    "AsyncBackend",
+    "AsyncCounterBackend",
+    "AsyncScanBackend",
+    "AsyncTTLBackend",
     "Backend",
     "BackendError",
     "BackendUnavailable",

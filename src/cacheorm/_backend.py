@@ -20,7 +20,7 @@ keeps working; the repository methods that need one raise
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +29,11 @@ from typing_extensions import Self
 from cacheorm._ttl import BackendTTL
 
 __all__ = [
+    "AsyncBackend",
+    "AsyncClosing",
+    "AsyncCounterBackend",
+    "AsyncScanBackend",
+    "AsyncTTLBackend",
     "Backend",
     "CasToken",
     "Closing",
@@ -194,3 +199,140 @@ class Closing:
     ) -> None:
         """Call ``close()``, whatever happened in the block."""
         self.close()
+
+
+# --- The async side -------------------------------------------------------------
+#
+# The same contract, awaited. An async backend's methods have the semantics,
+# arguments and errors of the sync ones above (read their docstrings there);
+# only ``close`` becomes ``aclose``. Cancelling a call (``task.cancel()``,
+# ``asyncio.timeout``) is an interrupted request: the call raises
+# ``CancelledError``, a write may or may not have happened, and the backend
+# stays usable -- the cancelled call's reply is never handed to another call.
+
+
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """:class:`Backend`, awaited: byte storage with TTL for :class:`~cacheorm.AsyncRepository`."""
+
+    async def get(self, key: str, /) -> bytes | None:
+        """The value under ``key``, or None if absent or expired."""
+        ...
+
+    async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
+        """The values under ``keys``, in the same order, None where absent."""
+        ...
+
+    async def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` whether or not it exists."""
+        ...
+
+    async def set_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> None:
+        """Store every ``(key, value)`` pair."""
+        ...
+
+    async def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
+        """Store only if ``key`` is absent, atomically; True if stored."""
+        ...
+
+    async def add_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``add`` for each pair, in order; a later pair sees earlier ones."""
+        ...
+
+    async def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` is present, atomically; True if stored."""
+        ...
+
+    async def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order."""
+        ...
+
+    async def delete(self, key: str, /) -> bool:
+        """Remove ``key``; True if it existed."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str], /) -> int:
+        """Remove ``keys``; the number that existed."""
+        ...
+
+    async def exists(self, key: str, /) -> bool:
+        """True if ``key`` holds a live value."""
+        ...
+
+    async def incr(self, key: str, delta: int = 1, /) -> int:
+        """Add ``delta`` to the integer under ``key`` (0 if absent) atomically; the result."""
+        ...
+
+    async def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
+        """The value and a token for :meth:`cas`, or None if absent."""
+        ...
+
+    async def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
+        """Store ``value`` only if ``key`` is unchanged since ``gets`` gave ``token``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the backend is not used after this."""
+        ...
+
+
+@runtime_checkable
+class AsyncTTLBackend(Protocol):
+    """:class:`TTLBackend`, awaited."""
+
+    async def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give the live value under ``key`` a new TTL; True if it existed."""
+        ...
+
+    async def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key, in order; one round trip per server."""
+        ...
+
+    async def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left: ``math.inf`` if it never expires, None if absent."""
+        ...
+
+
+@runtime_checkable
+class AsyncCounterBackend(Protocol):
+    """:class:`CounterBackend`, awaited."""
+
+    async def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, clamped at 0; TTL set at creation."""
+        ...
+
+
+@runtime_checkable
+class AsyncScanBackend(Protocol):
+    """:class:`ScanBackend`, as an async iterator of key batches."""
+
+    def scan(self, prefix: str, /, batch: int = 500) -> AsyncIterator[list[str]]:
+        """The live keys starting with ``prefix``, in batches of about ``batch`` keys."""
+        ...
+
+
+class AsyncClosing:
+    """Mixin: an async backend is an async context manager that awaits ``aclose()`` on exit."""
+
+    async def aclose(self) -> None:
+        """Release what the object holds (each async backend defines it)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        """The object itself; :meth:`aclose` runs when the ``async with`` block ends."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Await ``aclose()``, whatever happened in the block."""
+        await self.aclose()
