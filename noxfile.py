@@ -147,15 +147,18 @@ def bench(session: nox.Session) -> None:
     ``-- --only redis``). ``bench_codecs`` compares the stdlib and fast
     (msgspec, the ``fast`` extra that ``all`` includes) codec paths.
     ``bench_charts`` draws docs/img/bench-*.svg with ``cacheorm bench``
-    (skipped with ``--quick``).
+    (skipped with ``--quick``). ``bench_async`` sets ``AsyncRepository``
+    against redis.asyncio + hiredis and aiomcache at 1-256 concurrent tasks,
+    on uvloop and on plain asyncio (the ``bench`` dependency group).
     """
-    session.install(".[all,cli]")
+    session.install(".[all,cli]", *_group("bench"))
     session.run("python", "benchmarks/bench_core.py")
     session.run("python", "benchmarks/bench_codecs.py", *session.posargs)
     session.run("python", "benchmarks/bench_backends.py", *session.posargs)
     session.run("python", "benchmarks/bench_scaleout.py", *session.posargs)
     if "--quick" not in session.posargs:
         session.run("python", "benchmarks/bench_charts.py")
+    session.run("python", "benchmarks/bench_async.py", *session.posargs)
 
 
 @nox.session(python=["3.10", "3.11", "3.12", "3.13"])
