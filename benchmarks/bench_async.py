@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -126,6 +125,17 @@ ROLES = (BASELINE, ORM, ORM_STDLIB)
 
 class Unavailable(Exception):
     """A side this build or environment cannot run; the message says why."""
+
+
+@dataclasses.dataclass
+class Notes:
+    """What could not run: sides missing from this build, and sides that failed (bugs)."""
+
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def fail(self, what: str, exc: BaseException) -> None:
+        self.failed[what] = f"{type(exc).__name__}: {exc}"
 
 
 def check(ok: bool, message: str) -> None:
@@ -403,23 +413,43 @@ FACTORIES: dict[str, dict[str, Factory]] = {
 
 
 async def build_sides(
-    servers: Servers, server: str, concurrency: int, unavailable: dict[str, str]
+    servers: Servers, server: str, concurrency: int, notes: Notes
 ) -> dict[str, Side]:
-    """The sides of ``server`` that can run; the others' reasons go to ``unavailable``."""
+    """The sides of ``server`` that can run; why the others cannot goes to ``notes``."""
     sides: dict[str, Side] = {}
     for role, factory in FACTORIES[server].items():
         if role == ORM_STDLIB and not fast_path_installed():
             continue  # the fast contender is the stdlib one already
         try:
             sides[role] = await factory(servers, concurrency)
-        except (Unavailable, ImportError, AttributeError) as exc:
-            unavailable[f"{TITLES[server]}: {role}"] = str(exc)
+        except (Unavailable, ImportError) as exc:
+            notes.unavailable[f"{TITLES[server]}: {role}"] = str(exc)
+        except Exception as exc:
+            notes.fail(f"{TITLES[server]}: {role} (building it, C={concurrency})", exc)
     return sides
 
 
-async def close_all(sides: dict[str, Side]) -> None:
-    for side in sides.values():
-        await side.aclose()
+async def close_all(sides: dict[Any, Side], notes: Notes) -> None:
+    """Close every side, each within 30 s; a failure to close is noted, not raised."""
+    for key, side in list(sides.items()):
+        del sides[key]
+        try:
+            await asyncio.wait_for(side.aclose(), 30.0)
+        except Exception as exc:
+            notes.fail(f"{side.name}: aclose", exc)
+
+
+async def attempt(
+    sides: dict[Any, Side], key: Any, what: str, notes: Notes, body: Awaitable[None]
+) -> bool:
+    """Await ``body``; if it fails, note it, close the side and drop it from ``sides``."""
+    try:
+        await body
+    except Exception as exc:
+        notes.fail(what, exc)
+        await close_all({key: sides.pop(key)}, notes)
+        return False
+    return True
 
 
 def fast_path_installed() -> bool:
@@ -443,9 +473,15 @@ class Block:
 
 
 async def timed_block(
-    op: Callable[[Any], Awaitable[Any]], args: Sequence[Any], concurrency: int
+    op: Callable[[Any], Awaitable[Any]],
+    args: Sequence[Any],
+    concurrency: int,
+    profiler: cProfile.Profile | None = None,
 ) -> tuple[Block, list[Any]]:
-    """Run ``op`` on every one of ``args`` from ``concurrency`` tasks; the time and results."""
+    """Run ``op`` on every one of ``args`` from ``concurrency`` tasks; the time and results.
+
+    ``profiler`` is on while the tasks run (the garbage collection before is not profiled).
+    """
     results: list[Any] = [None] * len(args)
     work = iter(enumerate(args))
 
@@ -456,15 +492,23 @@ async def timed_block(
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    tasks: list[asyncio.Task[None]] = []
     try:
+        if profiler is not None:
+            profiler.enable()
         cpu, start = time.process_time_ns(), time.perf_counter_ns()
-        await asyncio.wait_for(
-            asyncio.gather(*(worker() for _ in range(concurrency))), BLOCK_TIMEOUT
-        )
+        tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
+        await asyncio.wait_for(asyncio.gather(*tasks), BLOCK_TIMEOUT)
         wall, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu
     finally:
+        if profiler is not None:
+            profiler.disable()
         if gc_was_enabled:
             gc.enable()
+        # A failed or timed-out block: stop the other tasks before the error goes up.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return Block(len(args), wall, cpu), results
 
 
@@ -529,101 +573,136 @@ def fresh_records(role: str, n: int) -> list[User]:
 
 
 async def measure_server(
-    servers: Servers, server: str, cfg: Config, unavailable: dict[str, str]
+    servers: Servers, server: str, cfg: Config, notes: Notes
 ) -> dict[tuple[str, int], Measured]:
-    """get and create at each concurrency on one server; checked outside the timed blocks."""
+    """get and create at each concurrency on one server."""
     out: dict[tuple[str, int], Measured] = {}
     for concurrency in cfg.concurrency:
         servers.flush(server)
-        sides = await build_sides(servers, server, concurrency, unavailable)
-        try:
-            names = list(sides)
-            n = block_ops(cfg, concurrency)
-            created, read = Measured(), Measured()
-            out["create", concurrency], out["get", concurrency] = created, read
-            # warm-up: connections, caches, lazy imports (untimed)
-            for name in names:
-                warm = fresh_records(name, min(n, 2 * concurrency))
-                await timed_block(sides[name].create, warm, concurrency)
-                await timed_block(sides[name].get, [u.id for u in warm], concurrency)
-            for round_ in range(cfg.rounds):
-                order = rotated(names, round_)
-                records = {name: fresh_records(name, n) for name in names}
-                for name in order:
-                    block, results = await timed_block(
-                        sides[name].create, records[name], concurrency
-                    )
-                    created.add(name, block)
-                    what = f"{TITLES[server]}: {sides[name].name} create, C={concurrency}"
-                    check(results == records[name], f"{what}: returned other records")
-                    keys = [f"user:{u.id}" for u in records[name]]
-                    present = servers.count_present(server, keys)
-                    check(present == n, f"{what}: {present} of {n} records stored")
-                for name in reversed(order):
-                    pks = [u.id for u in records[name]]
-                    block, results = await timed_block(sides[name].get, pks, concurrency)
-                    read.add(name, block)
-                    what = f"{TITLES[server]}: {sides[name].name} get, C={concurrency}"
-                    check(results == records[name], f"{what}: read back other records")
-        finally:
-            await close_all(sides)
+        out["create", concurrency], out["get", concurrency] = await measure_at(
+            servers, server, cfg, concurrency, notes
+        )
     servers.flush(server)
     return out
 
 
+async def measure_at(
+    servers: Servers, server: str, cfg: Config, concurrency: int, notes: Notes
+) -> tuple[Measured, Measured]:
+    """create and get with ``concurrency`` tasks; checked outside the timed blocks.
+
+    A side that fails (raises, or does not pass a check) is noted, closed and
+    left out of the table; the other sides go on.
+    """
+    sides = await build_sides(servers, server, concurrency, notes)
+    n = block_ops(cfg, concurrency)
+    created, read = Measured(), Measured()
+
+    def what(name: str, op: str) -> str:
+        return f"{TITLES[server]}: {name} {op}, C={concurrency}"
+
+    async def warm_up(name: str) -> None:
+        """Untimed: connections, caches, lazy imports."""
+        warm = fresh_records(name, min(n, 2 * concurrency))
+        await timed_block(sides[name].create, warm, concurrency)
+        _, got = await timed_block(sides[name].get, [u.id for u in warm], concurrency)
+        check(got == warm, f"{what(name, 'warm-up get')}: read back other records")
+
+    async def create(name: str, records: list[User]) -> None:
+        block, results = await timed_block(sides[name].create, records, concurrency)
+        check(results == records, f"{what(name, 'create')}: returned other records")
+        present = servers.count_present(server, [f"user:{u.id}" for u in records])
+        check(present == n, f"{what(name, 'create')}: {present} of {n} records stored")
+        created.add(name, block)
+
+    async def get(name: str, records: list[User]) -> None:
+        block, results = await timed_block(sides[name].get, [u.id for u in records], concurrency)
+        check(results == records, f"{what(name, 'get')}: read back other records")
+        read.add(name, block)
+
+    try:
+        for name in list(sides):
+            await attempt(sides, name, what(name, "warm-up"), notes, warm_up(name))
+        for round_ in range(cfg.rounds):
+            order = rotated(list(sides), round_)
+            records = {name: fresh_records(name, n) for name in order}
+            for name in order:
+                if name in sides:
+                    await attempt(
+                        sides, name, what(name, "create"), notes, create(name, records[name])
+                    )
+            for name in reversed(order):
+                if name in sides:
+                    await attempt(sides, name, what(name, "get"), notes, get(name, records[name]))
+        for measured in (created, read):  # a side that failed has no figures
+            for name in list(measured.blocks):
+                if name not in sides:
+                    del measured.blocks[name]
+    finally:
+        await close_all(sides, notes)
+    return created, read
+
+
 async def measure_many(
-    servers: Servers, chosen: list[str], cfg: Config, unavailable: dict[str, str]
+    servers: Servers, chosen: list[str], cfg: Config, notes: Notes
 ) -> dict[tuple[str, str], list[float]]:
     """get_many of MANY keys at C=1: µs per call of every side, block by block, interleaved."""
-    all_sides: dict[tuple[str, str], Side] = {}
+    sides: dict[tuple[str, str], Side] = {}
     targets = [s for s in SERVERS if s in chosen or (s == "redis" and "cluster" in chosen)]
+    quiet = Notes()  # measure_server reports what is unavailable
     for server in targets:
         servers.flush(server)
-        for role, side in (await build_sides(servers, server, 1, {})).items():
-            all_sides[server, role] = side
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in all_sides}
+        for role, side in (await build_sides(servers, server, 1, quiet)).items():
+            sides[server, role] = side
+    notes.failed.update(quiet.failed)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in sides}
+    records: dict[tuple[str, str], list[User]] = {}
+
+    def what(key: tuple[str, str]) -> str:
+        return f"{TITLES[key[0]]}: {sides[key].name} get_many"
+
+    async def fill(key: tuple[str, str]) -> None:
+        records[key] = fresh_records(key[1], MANY * min(cfg.many_calls, 10))
+        await timed_block(sides[key].create, records[key], 1)
+
+    async def call(key: tuple[str, str], i: int) -> None:
+        batch = records[key][(i % 10) * MANY : (i % 10 + 1) * MANY]
+        block, results = await timed_block(sides[key].get_many, [[u.id for u in batch]], 1)
+        check(list(results[0]) == batch, f"{what(key)}: read back other records")
+        times[key].append(block.wall_ns / 1e3)
+
     try:
-        records: dict[tuple[str, str], list[User]] = {}
-        for key, side in all_sides.items():
-            records[key] = fresh_records(key[1], MANY * min(cfg.many_calls, 10))
-            await timed_block(side.create, records[key], 1)
-        names = list(all_sides)
-        for call in range(cfg.many_calls):
-            for key in rotated(names, call):
-                batch = records[key][(call % 10) * MANY : (call % 10 + 1) * MANY]
-                pks = [u.id for u in batch]
-                block, results = await timed_block(all_sides[key].get_many, [pks], 1)
-                check(
-                    list(results[0]) == batch,
-                    f"{TITLES[key[0]]}: {all_sides[key].name} get_many read back other records",
-                )
-                times[key].append(block.wall_ns / 1e3)
+        for key in list(sides):
+            await attempt(sides, key, what(key) + " (filling)", notes, fill(key))
+        for i in range(cfg.many_calls):
+            for key in rotated(list(sides), i):
+                await attempt(sides, key, what(key), notes, call(key, i))
     finally:
-        await close_all(all_sides)  # type: ignore[arg-type]
+        await close_all(sides, notes)
         for server in targets:
             servers.flush(server)
-    del unavailable  # reported by measure_server already
-    return times
+    return {key: us for key, us in times.items() if len(us) == cfg.many_calls}
 
 
-async def profile_contender(servers: Servers, server: str, cfg: Config) -> str:
+async def profile_contender(servers: Servers, server: str, cfg: Config, notes: Notes) -> str:
     """cProfile of cacheorm's get and create at C=64: top functions by own time."""
-    sides = await build_sides(servers, server, 64, {})
+    sides = await build_sides(servers, server, 64, Notes())
     if ORM not in sides:
         return f"{TITLES[server]}: cacheorm is unavailable, nothing to profile\n"
     side = sides[ORM]
     out = io.StringIO()
     try:
         n = block_ops(cfg, 64)
+        warm = fresh_records(ORM, n)  # connections, caches, lazy imports: not profiled
+        await timed_block(side.create, warm, 64)
+        await timed_block(side.get, [u.id for u in warm], 64)
         records = fresh_records(ORM, n)
         for label, op, args in (
             ("create", side.create, records),
             ("get", side.get, [u.id for u in records]),
         ):
             profiler = cProfile.Profile()
-            profiler.enable()
-            await timed_block(op, args, 64)
-            profiler.disable()
+            await timed_block(op, args, 64, profiler)
             stats = pstats.Stats(profiler, stream=out)
             total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
             out.write(
@@ -639,8 +718,10 @@ async def profile_contender(servers: Servers, server: str, cfg: Config) -> str:
                     f"{calls / n:>9.2f}  {where}\n"
                 )
             out.write("```\n\n")
+    except Exception as exc:
+        notes.fail(f"{TITLES[server]}: cacheorm profile", exc)
     finally:
-        await close_all(sides)
+        await close_all(sides, notes)
         servers.flush(server)
     return out.getvalue()
 
@@ -748,16 +829,24 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run_on(name: str, coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` to completion on a new event loop of kind ``name`` (3.10-compatible)."""
+    """Run ``coro`` on a new event loop of kind ``name``, cleaning up as ``asyncio.run`` does.
+
+    (``asyncio.Runner`` takes a loop factory only from Python 3.11 on.)
+    """
     loop = loop_factory(name)()
     try:
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(coro)
     finally:
-        with contextlib.suppress(Exception):
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
-        asyncio.set_event_loop(None)
-        loop.close()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def version(dist: str) -> str:
@@ -768,18 +857,18 @@ def version(dist: str) -> str:
 
 
 async def bench_loop(
-    servers: Servers, chosen: list[str], cfg: Config, loop: str, unavailable: dict[str, str]
+    servers: Servers, chosen: list[str], cfg: Config, loop: str, notes: Notes
 ) -> list[tuple[str, bool]]:
     results: dict[str, dict[tuple[str, int], Measured]] = {}
     for server in chosen:
-        results[server] = await measure_server(servers, server, cfg, unavailable)
+        results[server] = await measure_server(servers, server, cfg, notes)
         report_server(server, results[server], cfg, loop)
-    times = await measure_many(servers, chosen, cfg, unavailable)
+    times = await measure_many(servers, chosen, cfg, notes)
     verdicts = verdicts_of(results, cfg) + report_many(times, loop)
     if cfg.profile:
         print(f"### Where cacheorm's time goes — {loop}\n")
         for server in chosen:
-            print(await profile_contender(servers, server, cfg))
+            print(await profile_contender(servers, server, cfg, notes))
     return verdicts
 
 
@@ -868,16 +957,21 @@ def main() -> int:
             "speedup = cacheorm ops/s / baseline ops/s (median of the per-round ratios; "
             "higher is better). CPU µs/op = client process CPU time / operations.\n"
         )
-        unavailable: dict[str, str] = {}
+        notes = Notes()
         verdicts: list[tuple[str, bool]] = []
         for loop in cfg.loops:
             verdicts += [
                 (f"[{loop}] {text}", ok)
-                for text, ok in run_on(loop, bench_loop(servers, chosen, cfg, loop, unavailable))
+                for text, ok in run_on(loop, bench_loop(servers, chosen, cfg, loop, notes))
             ]
-        if unavailable:
+        if notes.unavailable:
             print("### Unavailable sides\n")
-            for what, why in unavailable.items():
+            for what, why in notes.unavailable.items():
+                print(f"- {what}: {why}")
+            print()
+        if notes.failed:
+            print("### FAILED sides (left out of the tables)\n")
+            for what, why in notes.failed.items():
                 print(f"- {what}: {why}")
             print()
         print("### Targets\n")
@@ -888,7 +982,7 @@ def main() -> int:
         print()
     finally:
         servers.stop()
-    return 0
+    return 1 if notes.failed else 0
 
 
 if __name__ == "__main__":
