@@ -902,10 +902,10 @@ def main() -> int:
     )
     cfg = Config(
         concurrency=concurrency,
-        ops=args.ops or (300 if args.quick else 10_000),
-        per_task=4 if args.quick else 20,
+        ops=args.ops or (200 if args.quick else 10_000),
+        per_task=2 if args.quick else 20,
         rounds=args.rounds or (1 if args.quick else 3),
-        many_calls=20 if args.quick else 300,
+        many_calls=10 if args.quick else 300,
         loops=loops,
         profile=args.profile,
     )
