@@ -39,6 +39,7 @@ def test_quick_run_prints_every_table() -> None:
     out = done.stdout
     assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr}"
     assert "FAILED" not in out, out
+    assert "left running" not in out, out
     for title in ("Redis, one server", "Redis Cluster, 3 masters", "Memcached, one server"):
         assert f"### {title} — " in out, out
     # one row per concurrency and operation, with the baseline's figures in it
