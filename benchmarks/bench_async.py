@@ -905,8 +905,8 @@ def main() -> int:
     parser.add_argument("--only", choices=SERVERS, help="one server only")
     parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], help="event loop(s)")
     parser.add_argument("--concurrency", help="comma-separated task counts (default 1,16,64,256)")
-    parser.add_argument("--ops", type=int, help="operations per timed block")
-    parser.add_argument("--rounds", type=int, help="rounds (blocks per side)")
+    parser.add_argument("--ops", type=int, help="operations per timed block (default 3,000)")
+    parser.add_argument("--rounds", type=int, help="rounds: timed blocks per side (default 7)")
     parser.add_argument("--profile", action="store_true", help="cProfile cacheorm at C=64")
     # nox -s bench passes its arguments to the other scripts too: ignore theirs
     args, _ = parser.parse_known_args()
@@ -931,9 +931,9 @@ def main() -> int:
     )
     cfg = Config(
         concurrency=concurrency,
-        ops=args.ops or (200 if args.quick else 10_000),
-        per_task=2 if args.quick else 20,
-        rounds=args.rounds or (1 if args.quick else 3),
+        ops=args.ops or (200 if args.quick else 3_000),
+        per_task=2 if args.quick else 10,
+        rounds=args.rounds or (1 if args.quick else 7),
         many_calls=10 if args.quick else 300,
         loops=loops,
         profile=args.profile,
