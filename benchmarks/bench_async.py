@@ -704,9 +704,11 @@ async def measure_many(
 
 async def profile_contender(servers: Servers, server: str, cfg: Config, notes: Notes) -> str:
     """cProfile of cacheorm's get and create at C=64: top functions by own time."""
-    sides = await build_sides(servers, server, 64, Notes())
-    if ORM not in sides:
-        return f"{TITLES[server]}: cacheorm is unavailable, nothing to profile\n"
+    sides: dict[str, Side] = {}
+    try:
+        sides[ORM] = await FACTORIES[server][ORM](servers, 64)
+    except Exception as exc:
+        return f"{TITLES[server]}: cacheorm is unavailable, nothing to profile ({exc})\n"
     side = sides[ORM]
     out = io.StringIO()
     try:
