@@ -71,7 +71,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 _HERE = Path(__file__).resolve().parent
 for _path in (_HERE, _HERE.parent):  # bench_core, and the repository root for tests.servers
@@ -211,7 +211,10 @@ class Servers:
                 mc.close()
 
     def _cluster_nodes(self) -> list[redis.cluster.ClusterNode]:
-        return [redis.cluster.ClusterNode(*a.rsplit(":", 1)) for a in self.cluster_nodes]
+        return [
+            redis.cluster.ClusterNode(host, int(port))  # type: ignore[no-untyped-call]
+            for host, port in (a.rsplit(":", 1) for a in self.cluster_nodes)
+        ]
 
     def stop(self) -> None:
         for stop in self.stops:
@@ -262,6 +265,8 @@ class Side:
     aclose: Callable[[], Awaitable[object]]
 
 
+K = TypeVar("K")
+
 #: Builds one side on the started servers for C concurrent tasks (a pool of C, say).
 Factory = Callable[[Servers, int], Awaitable[Side]]
 
@@ -300,7 +305,7 @@ async def hand_redis(servers: Servers, concurrency: int) -> Side:
     client = redis.asyncio.Redis(connection_pool=pool)
 
     async def mget(keys: list[str]) -> list[bytes | None]:
-        return await client.mget(keys)  # type: ignore[no-any-return]
+        return cast("list[bytes | None]", await client.mget(keys))
 
     async def aclose() -> None:
         await client.aclose()
@@ -312,7 +317,10 @@ async def hand_redis(servers: Servers, concurrency: int) -> Side:
 
 
 async def hand_cluster(servers: Servers, concurrency: int) -> Side:
-    nodes = [redis.asyncio.cluster.ClusterNode(*a.rsplit(":", 1)) for a in servers.cluster_nodes]
+    nodes = [
+        redis.asyncio.cluster.ClusterNode(host, int(port))
+        for host, port in (a.rsplit(":", 1) for a in servers.cluster_nodes)
+    ]
     client = redis.asyncio.cluster.RedisCluster(
         startup_nodes=nodes,
         max_connections=max(concurrency, 1),
@@ -322,7 +330,7 @@ async def hand_cluster(servers: Servers, concurrency: int) -> Side:
     await client.initialize()
 
     async def mget(keys: list[str]) -> list[bytes | None]:
-        return await client.mget_nonatomic(keys)  # type: ignore[no-any-return]
+        return cast("list[bytes | None]", await client.mget_nonatomic(keys))
 
     return hand_redis_ops(f"redis.asyncio RedisCluster, {concurrency} conns/node", client, mget)
 
@@ -573,7 +581,8 @@ def block_ops(cfg: Config, concurrency: int) -> int:
     return max(cfg.ops, cfg.per_task * concurrency)
 
 
-def rotated(names: list[str], round_: int) -> list[str]:
+def rotated(names: list[K], round_: int) -> list[K]:
+    """``names`` rotated by ``round_``, reversed every other cycle: no side always goes first."""
     k = round_ % len(names)
     order = names[k:] + names[:k]
     return order[::-1] if (round_ // len(names)) % 2 else order
