@@ -715,14 +715,25 @@ class AsyncRedisBackend(AsyncClosing):
         try:
             return await self._execute(commands)
         except ConnectionLost as exc:
-            if not idempotent or isinstance(exc, RequestTimeout):
-                raise self._lost(op, keys, exc, idempotent) from exc
+            return await self._again(op, keys, commands, exc, idempotent)
         except UnicodeEncodeError as exc:
             raise ops.failed(op, keys, self._detail(exc), self._server) from exc
+
+    async def _again(
+        self,
+        op: str,
+        keys: str | Sequence[str],
+        commands: Sequence[tuple[Any, ...]],
+        exc: ConnectionLost,
+        idempotent: bool = True,
+    ) -> list[Any]:
+        """After ``exc``: send an idempotent request once more, unless it timed out; or raise."""
+        if not idempotent or isinstance(exc, RequestTimeout):
+            raise self._lost(op, keys, exc, idempotent) from exc
         try:
             return await self._execute(commands)
-        except ConnectionLost as exc:
-            raise self._lost(op, keys, exc, idempotent) from exc
+        except ConnectionLost as again:
+            raise self._lost(op, keys, again, idempotent) from again
 
     async def _one(
         self, op: str, key: str, command: tuple[Any, ...], idempotent: bool = True
@@ -795,8 +806,10 @@ class AsyncRedisBackend(AsyncClosing):
         command = ("GET", _check_key(key))
         try:
             (reply,) = await self._execute((command,))
-        except (ConnectionLost, UnicodeEncodeError):
-            (reply,) = await self._call("GET", key, (command,))
+        except ConnectionLost as exc:
+            (reply,) = await self._again("GET", key, (command,), exc)
+        except UnicodeEncodeError as exc:
+            raise ops.failed("GET", key, self._detail(exc), self._server) from exc
         if isinstance(reply, ReplyError):
             raise self._refused("GET", key, reply) from reply
         return reply  # type: ignore[return-value]
