@@ -848,11 +848,11 @@ class AsyncRedisBackend(AsyncClosing):
     async def set_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
     ) -> None:
-        """Store every pair: one MSET, or with ``ttl`` one pipeline of ``SET PX``.
+        """Store every pair: one MSET, or with ``ttl`` a ``SET PX`` per pair, in one request.
 
         Raises:
-            BatchWriteError: the connection failed part-way; says which keys
-                were written, which not, and which are unknown.
+            BatchWriteError: the connection failed part-way (``written``,
+                ``not_written``, ``unknown``).
         """
         pairs = _as_items(items)
         ms = px(ttl)
