@@ -211,6 +211,8 @@ def test_lone_surrogate_key_is_a_backend_error(redis_server: RedisServer) -> Non
             await b.get("\ud800")
         with pytest.raises(BackendError, match="MSET"):
             await b.set_many([("\ud800", b"v")])
+        with pytest.raises(BackendError, match="TYPE"):
+            await b.exists("\ud800")
 
     with_backend(redis_server.url, body)
 
