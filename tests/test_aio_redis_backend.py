@@ -569,3 +569,22 @@ def test_loading_reply_is_unavailable() -> None:
     )
     assert isinstance(error, BackendUnavailable)
     assert error.key == "k"
+
+
+def test_works_without_hiredis(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the pure-Python reader (no hiredis), every reply shape reads the same."""
+    from cacheorm import _resp
+
+    monkeypatch.setattr(_resp, "_HIREDIS", None)
+    assert isinstance(_resp.make_reader(), _resp.PyReader)
+
+    async def body(b: AsyncRedisBackend) -> None:
+        await b.set_many([("nh:a", b"1"), ("nh:b", b"2" * 100_000)])
+        assert await b.get_many(["nh:a", "nh:b", "nh:c"]) == [b"1", b"2" * 100_000, None]
+        assert await b.incr("nh:n", 5) == 5
+        assert [batch async for batch in b.scan("nh:a")] == [["nh:a"]]
+        with pytest.raises(BackendError, match="not an integer"):
+            await b.incr("nh:b")
+        assert await b.delete_many(["nh:a", "nh:b", "nh:n"]) == 3
+
+    with_backend(redis_server.url, body)

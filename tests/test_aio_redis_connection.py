@@ -481,9 +481,7 @@ def test_new_requests_wait_while_writing_is_paused(redis_server: RedisServer) ->
             await asyncio.sleep(0)
             await asyncio.sleep(0)  # flushed: 32 MB in the transport's buffer
             paused = conn._protocol is not None and conn._protocol.paused  # pyright: ignore[reportPrivateUsage]
-            later = [
-                asyncio.ensure_future(conn.execute([("STRLEN", f"bp:{i}")])) for i in range(8)
-            ]
+            later = [asyncio.ensure_future(conn.execute([("STRLEN", f"bp:{i}")])) for i in range(8)]
             assert await asyncio.gather(*first) == [[b"OK"]] * 8
             lengths = await asyncio.gather(*later)
             await conn.execute([("DEL", *[f"bp:{i}" for i in range(8)])])
@@ -494,3 +492,21 @@ def test_new_requests_wait_while_writing_is_paused(redis_server: RedisServer) ->
     paused, right = run(main)
     assert paused == 1
     assert right == 8
+
+
+def test_a_connection_used_from_a_new_event_loop_reconnects(redis_server: RedisServer) -> None:
+    """One RedisConnection used by two asyncio.run calls: the second connects again in its own
+    loop, and closes the socket the first loop left open."""
+    conn = connect(redis_server)
+
+    async def ping() -> list[object]:
+        return await conn.execute([("PING",)])
+
+    assert asyncio.run(ping()) == [b"PONG"]
+    assert asyncio.run(ping()) == [b"PONG"]
+    assert conn.connects == 2
+
+    async def close() -> None:
+        await conn.aclose()
+
+    asyncio.run(close())

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib
 import math
+import socket
 import ssl as _ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
@@ -41,6 +42,8 @@ from cacheorm._errors import BackendError, BackendUnavailable, ConfigurationErro
 from cacheorm._redis_ops import key_list, mask, masked_url, px, type_name, url_password
 from cacheorm._resp import Arg, ProtocolError, Reader, ReplyError, encode, make_reader
 from cacheorm._ttl import BackendTTL
+
+_running_loop = asyncio.get_running_loop
 
 __all__ = ["AsyncRedisBackend", "ConnectionLost", "RedisConnection", "RequestTimeout"]
 
@@ -333,15 +336,40 @@ class RedisConnection:
         """
         data = encode(commands)
         protocol = self._protocol
-        while protocol is None or not protocol.alive or protocol.paused:
-            if protocol is None or not protocol.alive:
+        loop = _running_loop()
+        while (
+            protocol is None or not protocol.alive or protocol.paused or protocol.loop is not loop
+        ):
+            if protocol is not None and protocol.loop is not loop:
+                self._abandon(protocol)
+                protocol = None
+            elif protocol is None or not protocol.alive:
                 protocol = await self._connect()
             else:
                 await protocol.drained()
                 protocol = self._protocol
-        future: asyncio.Future[list[object]] = protocol.loop.create_future()
+        future: asyncio.Future[list[object]] = loop.create_future()
         protocol.push(data, _Request(future, len(commands)))
         return await future
+
+    def _abandon(self, protocol: _Protocol) -> None:
+        """Drop a connection made in another event loop (an ``asyncio.run`` per test, say),
+        which that loop alone can serve; the next request connects in the running loop."""
+        self.forget(protocol)
+        self._connecting = None
+        protocol.alive = False
+        transport = protocol.transport
+        if transport is None:
+            return
+        if not protocol.loop.is_closed():
+            protocol.loop.call_soon_threadsafe(transport.abort)
+            return
+        # A closed loop runs no callback: close the socket here (asyncio's selector
+        # transports keep it in ``_sock``), and tell the transport it is gone.
+        sock = getattr(transport, "_sock", None)
+        if isinstance(sock, socket.socket):
+            sock.close()
+            setattr(transport, "_sock", None)  # noqa: B010
 
     async def _connect(self) -> _Protocol:
         """The open connection, made by the first task that needs it and shared by the others."""
@@ -443,6 +471,9 @@ class RedisConnection:
             await asyncio.sleep(0)  # let its done-callback run
         protocol, self._protocol = self._protocol, None
         if protocol is None:
+            return
+        if protocol.loop is not _running_loop():
+            self._abandon(protocol)
             return
         if protocol.alive:
             protocol.fail("the connection was closed by aclose()")
