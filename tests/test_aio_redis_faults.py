@@ -426,3 +426,24 @@ def test_cancellations_through_a_cutting_proxy(
     assert counts["cancelled"] + counts["timed_out"] >= 2000
     assert counts["completed"] >= 1000
     assert counts["connects"] > 1
+
+
+def test_uvloop(redis_server: RedisServer) -> None:
+    """On uvloop: every operation, pipelining and a cancellation storm with 0 wrong values."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> dict[str, int]:
+        async with AsyncRedisBackend.from_url(redis_server.url) as backend:
+            for call in _calls(backend).values():
+                await call()
+            connection = backend._connection  # pyright: ignore[reportPrivateUsage]
+            before = connection.writes
+            await asyncio.gather(*[backend.get(f"uv:{i}") for i in range(500)])
+            counts = await _cancellation_storm(backend, 10, 300, seed=3, proxy=None)
+            counts["writes"] = connection.writes - before
+            return counts
+
+    counts = uvloop.run(main())
+    print(f"[aredis] uvloop: {counts}")
+    assert counts["wrong"] == 0
+    assert counts["cancelled"] + counts["timed_out"] >= 1000

@@ -164,6 +164,7 @@ class _Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self._last = self._loop.time()  # the server is reading: it is alive
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         self._drain = None
@@ -549,6 +550,11 @@ class AsyncRedisBackend(AsyncClosing):
     :class:`~cacheorm.OutcomeUnknown`. A batch write that fails part-way
     raises :class:`~cacheorm.BatchWriteError` (``written`` / ``not_written``
     / ``unknown``).
+
+    **Event loops.** asyncio, and uvloop (the connection is a plain asyncio
+    ``Protocol``); trio needs an asyncio loop (anyio on its asyncio backend).
+    The connection belongs to the loop that made it: a backend then used from
+    another loop (a second ``asyncio.run``) connects again in that one.
 
     **Cancellation** is an interrupted request: the call raises
     ``CancelledError`` (a write may or may not have happened), its reply is
