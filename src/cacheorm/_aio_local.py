@@ -8,9 +8,9 @@ backend's own, written once. :class:`AsyncMemoryBackend` runs the call inline
 :class:`AsyncFileSystemBackend` runs it in a worker thread.
 """
 
-from __future__ import annotations
-
 # pyright: reportPrivateUsage=false
+
+from __future__ import annotations
 
 import asyncio
 import concurrent.futures

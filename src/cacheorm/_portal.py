@@ -6,9 +6,9 @@ into a blocking proxy whose every awaited call runs on the portal's one loop,
 from whichever thread calls it.
 """
 
-from __future__ import annotations
-
 # pyright: reportPrivateUsage=false
+
+from __future__ import annotations
 
 import asyncio
 import inspect
