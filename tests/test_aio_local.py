@@ -332,8 +332,7 @@ def test_cancelled_filesystem_writes_are_never_torn(tmp_path: Path) -> None:
     assert cancelled > started - finished  # and cancelled before a thread took them
     assert finished > 0
     assert reads > 0
-    leftovers = [p for p in tmp_path.rglob(".tmp-*")]
-    assert leftovers == []
+    assert list(tmp_path.rglob(".tmp-*")) == []
 
 
 async def _cancel_writes(
