@@ -171,12 +171,12 @@ class Portal:
 
     def close(self) -> None:
         """Cancel what still runs on the loop, finish it and stop the thread; idempotent."""
+        if threading.get_ident() == self._thread.ident:
+            raise RuntimeError("Portal.close() from the portal's own loop: close it from outside")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if threading.get_ident() == self._thread.ident:
-            raise RuntimeError("Portal.close() from the portal's own loop: close it from outside")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
