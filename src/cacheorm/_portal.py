@@ -14,10 +14,11 @@ import asyncio
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
 from typing_extensions import Self
+
+from cacheorm._backend import Closing
 
 __all__ = ["Portal"]
 
@@ -28,7 +29,7 @@ async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
-class Portal:
+class Portal(Closing):
     """An asyncio event loop running in a daemon thread, for blocking callers.
 
     ``portal.call(coro)`` runs ``coro`` on that loop and blocks the calling
@@ -179,19 +180,6 @@ class Portal:
             self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
-
-    def __enter__(self) -> Self:
-        """The portal itself; :meth:`close` runs when the ``with`` block ends."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the portal, whatever happened in the block."""
-        self.close()
 
     def __repr__(self) -> str:
         """The class, its loop and whether it is closed."""
