@@ -225,7 +225,7 @@ class AsyncMemoryBackend(_AsyncAdapter[MemoryBackend]):
 
     Every call runs inline on the event loop: the store is a dictionary under
     a lock, so a call never waits on I/O, and a cancelled call either did not
-    start or completed. It implements :class:`~cacheorm.AsyncBackend` and the
+    start or completed. It implements ``AsyncBackend`` and the
     TTL, counter and scan capabilities, with the sync backend's semantics and
     errors. ``AsyncMemoryBackend.wrap(memory_backend)`` shares an existing
     :class:`~cacheorm.MemoryBackend` (say, one that sync code in the same
@@ -265,7 +265,7 @@ class AsyncFileSystemBackend(_AsyncAdapter[FileSystemBackend]):
     ``concurrent.futures.ThreadPoolExecutor`` that this backend owns (not the
     loop's default executor), so the event loop never waits on the disk;
     ``scan`` fetches each batch that way too. Calls need a running asyncio
-    loop (uvloop works); see :func:`~cacheorm._aio.require_asyncio`.
+    loop (uvloop works): under trio they raise :class:`~cacheorm.ConfigurationError`.
 
     Cancelling a call (``task.cancel()``, a timeout) cancels the wait, not the
     write: a call that has started in its thread runs to its end, and since
