@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import random
 import threading
@@ -226,6 +227,36 @@ def test_leaving_a_scan_early_closes_the_sync_scan(tmp_path: Path) -> None:
             break
         await scan.aclose()  # type: ignore[attr-defined]
         assert open_fds() == before
+        await store.aclose()
+
+    run(main())
+
+
+def test_cancelling_a_scan_mid_batch_is_clean(tmp_path: Path) -> None:
+    """A task cancelled while its scan lists a shard in a worker thread gets
+    CancelledError; the thread finishes, the directory is closed, the store works."""
+    clock = BlockingClock()
+
+    async def main() -> None:
+        store = co.AsyncFileSystemBackend(tmp_path, clock=clock)
+        await store.set_many([(f"s:{i}", b"v") for i in range(50)])
+        before = open_fds()
+        clock.gate.clear()
+        clock.reading.clear()
+
+        async def listing() -> list[list[str]]:
+            return [keys async for keys in store.scan("s:", 10)]
+
+        task = asyncio.ensure_future(listing())
+        await asyncio.get_running_loop().run_in_executor(None, clock.reading.wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        clock.gate.set()
+        await store.aclose()  # the cancelled pull has finished in its thread
+        gc.collect()
+        assert open_fds() == before
+        assert sum(len(keys) for keys in [keys async for keys in store.scan("s:")]) == 50
         await store.aclose()
 
     run(main())

@@ -202,15 +202,20 @@ class _AsyncAdapter(AsyncClosing, Generic[_S]):
         thread); leaving the loop early closes the sync scan.
         """
         batches = await self._call(self._sync.scan, prefix, batch)
+        pulling = False
         try:
             while True:
+                pulling = True
                 keys = await self._call(_next_batch, batches)
+                pulling = False
                 if keys is None:
                     return
                 yield keys
         finally:
+            # A pull cancelled mid-flight may still be running the sync scan in its
+            # thread: closing it now would collide; it is closed when dropped instead.
             close = getattr(batches, "close", None)
-            if close is not None:
+            if close is not None and not pulling:
                 await self._call(close)
 
     # -- extras -------------------------------------------------------------------
