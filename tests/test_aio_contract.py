@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from cacheorm.testing import AsyncBackendContract
+import cacheorm as co
+from cacheorm.testing import AsyncBackendContract, Portal
 from tests.conftest import FakeClock, async_backend_maker
 
 
@@ -189,3 +190,14 @@ def test_make_backend_must_be_given_and_build_an_async_backend(pytester: pytest.
             "*TestSync.make_backend built a MemoryBackend, which is not an AsyncBackend*",
         ]
     )
+
+
+def test_the_async_backend_fixture_gives_an_empty_backend_on_the_portal(
+    async_backend: co.AsyncBackend, portal: Portal
+) -> None:
+    """``async_backend`` (tests/conftest.py) is empty and usable on ``portal``'s loop."""
+    backend = portal.wrap(async_backend)
+    assert backend.get_many(["k", "counter"]) == [None, None]
+    backend.set("k", b"v")
+    assert backend.get("k") == b"v"
+    assert portal.call(async_backend.incr("counter", 3)) == 3
