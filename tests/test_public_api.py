@@ -12,6 +12,8 @@ DOCUMENTED = {
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncFileSystemBackend",
+    "AsyncMemoryBackend",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",
