@@ -14,6 +14,7 @@ DOCUMENTED = {
     "AsyncCounterBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
+    "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",

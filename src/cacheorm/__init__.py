@@ -19,6 +19,7 @@ a TTL::
 """
 
 from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
+from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
     AsyncBackend,
     AsyncCounterBackend,
@@ -92,6 +93,7 @@ __all__ = [
     "AsyncCounterBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
+    "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",

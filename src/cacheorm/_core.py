@@ -128,6 +128,9 @@ class RepositoryCore(Generic[T]):
     run the operations defined here with their driver.
     """
 
+    #: True for AsyncRepository: it awaits what user functions return.
+    _awaits = False
+
     def __init__(
         self,
         model: type[T],

@@ -175,7 +175,9 @@ def instrument(repo: RepositoryCore[Any], hooks: Sequence[Hook]) -> None:
     namespace = repo.namespace
     system = system_of(repo._backend)  # pyright: ignore[reportPrivateUsage]
     for name, (batch, reads) in _OPERATIONS.items():
-        method = getattr(repo, name)
+        method = getattr(repo, name, None)
+        if method is None:  # an operation AsyncRepository does not have
+            continue
         setattr(
             repo,
             name,

@@ -188,13 +188,14 @@ class Signal(Generic[T]):
 
         Raises:
             ConfigurationError: ``receiver`` is not callable, or is an async
-                function (a sync repository calls receivers synchronously).
+                function connected to a sync ``Repository`` (it calls receivers
+                synchronously; an ``AsyncRepository`` awaits them).
         """
         _check_receiver(receiver, self.name)
-        if inspect.iscoroutinefunction(receiver):
+        if inspect.iscoroutinefunction(receiver) and not self._owner._repository._awaits:
             raise ConfigurationError(
                 f"{self.name}.connect({_name(receiver)}): an async receiver cannot run on a "
-                "sync Repository; connect a plain function"
+                "sync Repository; connect a plain function, or use AsyncRepository"
             )
         with _LOCK:
             if not any(fn == receiver for _, fn in self._own):
