@@ -303,3 +303,50 @@ def test_cancelling_writes_never_corrupts_or_mixes_records(tmp_path: Path) -> No
         await items.backend.aclose()
 
     run(main())
+
+
+@dataclasses.dataclass
+class Post:
+    id: Annotated[int, co.Field(primary_key=True)]
+    author: Annotated[int | None, co.Ref(Item)]
+
+
+def test_keyspace_operations_references_and_migration_run_async(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = co.AsyncFileSystemBackend(tmp_path)
+        items = co.AsyncRepository(Item, backend=backend, ttl=100)
+        await items.save_many([Item(i, f"n{i}") for i in range(25)])
+        assert await items.count(batch=7) == 25
+        assert sorted([item.id async for item in items.scan(batch=4)]) == list(range(25))
+        assert await items.touch(3, ttl=50)
+        assert not await items.touch(99)
+        assert await items.touch_many([1, 99], ttl=None) == [True, False]
+        assert await items.ttl_of(1) is None
+        left = await items.ttl_of(3)
+        assert left is not None
+        assert 40 < left <= 50
+        with pytest.raises(co.NotFound):
+            await items.ttl_of(99)
+        posts = co.AsyncRepository(Post, backend=backend)
+        await posts.save_many([Post(1, 2), Post(2, None), Post(3, 2), Post(4, 77)])
+        found = await posts.load_related(await posts.get_many([1, 2, 3]), "author", items)
+        assert found == {2: Item(2, "n2")}
+        with pytest.raises(co.NotFound, match="author"):
+            await posts.load_related(await posts.get_many([4]), "author", items)
+        assert await posts.load_related([None], "author", items, missing="none") == {}
+        v2 = co.AsyncRepository(
+            Item,
+            backend=backend,
+            version=2,
+            upgrades={1: lambda d: {**d, "name": d["name"].upper()}},
+        )
+        report = await v2.migrate(batch=10)
+        assert (report.scanned, report.rewritten) == (25, 25)
+        assert (await items.get(4)).name == "N4"
+        assert await items.clear(batch=6) == 25
+        assert await items.count() == 0
+        with pytest.raises(co.ConfigurationError, match="errors must be"):
+            items.scan(errors="bogus")  # type: ignore[arg-type]
+        await backend.aclose()
+
+    run(main())

@@ -14,11 +14,21 @@ ones, not a copy of them.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+import typing
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from typing_extensions import Unpack
 
+from cacheorm import _keyspace
 from cacheorm._backend import AsyncBackend, AsyncClosing
 from cacheorm._core import (
     LOCK_TIMEOUT,
@@ -31,11 +41,14 @@ from cacheorm._errors import ConfigurationError
 from cacheorm._flight import AsyncSingleFlight
 from cacheorm._ops import Op, adrive
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTLArg, UpdateTTLArg
+from cacheorm._versions import MigrationReport
 
 __all__ = ["AsyncRepository"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: The referenced model of :meth:`AsyncRepository.load_related`.
+U = TypeVar("U")
 
 
 class AsyncRepository(RepositoryCore[T], AsyncClosing):
@@ -319,6 +332,110 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
             NotFound: some records were absent (``.keys``); the others were updated.
         """
         return await self._run(self._op_update_many(objs, ttl))
+
+    # -- references, TTL and namespace operations, migrations (shared with Repository) --
+
+    @typing.overload
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["raise"] = "raise",
+    ) -> dict[Any, U]: ...
+
+    @typing.overload
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["none"],
+    ) -> dict[Any, U | None]: ...
+
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["raise", "none"] = "raise",
+    ) -> dict[Any, U] | dict[Any, U | None]:
+        """The ``target`` records that ``field`` of ``records`` refers to, by primary key.
+
+        One ``await target.get_many(...)`` for the whole batch; see
+        :meth:`Repository.load_related <cacheorm.Repository.load_related>`.
+
+        Raises:
+            NotFound: ``missing="raise"`` and referenced records are not stored.
+            ConfigurationError, ModelDefinitionError, ValidationError: a bad
+                field, target or reference; nothing was read.
+        """
+        from cacheorm._refs import plan_related
+
+        plan = plan_related(self, records, field, target, missing)
+        return plan.finish(await target.get_many(plan.pks)) if plan.pks else {}
+
+    async def touch(self, pk: Any, *, ttl: TTLArg = DEFAULT) -> bool:
+        """Give the record under ``pk`` a new TTL (the repository's by default); True if found."""
+        return await self._run(_keyspace.touch(self, pk, self._resolve_ttl(ttl)))
+
+    async def touch_many(self, pks: Iterable[Any], *, ttl: TTLArg = DEFAULT) -> list[bool]:
+        """:meth:`touch` for each primary key, in one backend call; which were found."""
+        return await self._run(_keyspace.touch_many(self, list(pks), self._resolve_ttl(ttl)))
+
+    async def ttl_of(self, pk: Any) -> float | None:
+        """Seconds until the record under ``pk`` expires, or None if it never does.
+
+        Raises:
+            NotFound: no record under ``pk``.
+            ConfigurationError: the backend lacks the TTL capability.
+        """
+        return await self._run(_keyspace.ttl_of(self, pk))
+
+    async def clear(self, *, batch: int = 500) -> int:
+        """Delete every record of this repository, ``batch`` keys at a time; how many.
+
+        Raises:
+            ConfigurationError: the backend cannot enumerate keys (memcached),
+                or the key scheme is a key function.
+        """
+        return await self._run(_keyspace.clear(self, batch))
+
+    async def count(self, *, batch: int = 500) -> int:
+        """How many records this repository holds, by a key scan."""
+        return await self._run(_keyspace.count(self, batch))
+
+    def scan(
+        self, *, batch: int = 500, errors: typing.Literal["raise", "skip"] = "raise"
+    ) -> AsyncIterator[T]:
+        """Every record of this repository, an async iterator with bounded memory.
+
+        ``async for record in repo.scan(): ...``; arguments and capability are
+        checked at the call, the records come a batch (one ``get_many``) at a time.
+        """
+        return self._scan(_keyspace.records(self, batch, errors))
+
+    async def _scan(self, next_batch: Callable[[], Op[list[T] | None]]) -> AsyncIterator[T]:
+        while (found := await self._run(next_batch())) is not None:
+            for record in found:
+                yield record
+
+    async def migrate(
+        self,
+        *,
+        batch: int = 500,
+        progress: Callable[[MigrationReport], object] | None = None,
+    ) -> MigrationReport:
+        """Rewrite every stale record of the namespace by compare-and-set; the report.
+
+        See :meth:`Repository.migrate <cacheorm.Repository.migrate>`.
+        """
+        from cacheorm._migrate import migrate
+
+        return await self._run(migrate(self, batch, progress))
 
 
 _ASYNC_METHODS = (
