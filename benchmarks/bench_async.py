@@ -713,7 +713,10 @@ async def measure_many(
 
 
 async def profile_contender(servers: Servers, server: str, cfg: Config, notes: Notes) -> str:
-    """cProfile of cacheorm's get and create at C=64: top functions by own time."""
+    """cProfile of cacheorm's get and create at C=64, and get_many of MANY keys at C=1.
+
+    Top functions by own time, per operation (per get_many call).
+    """
     sides: dict[str, Side] = {}
     try:
         sides[ORM] = await FACTORIES[server][ORM](servers, 64)
@@ -727,23 +730,27 @@ async def profile_contender(servers: Servers, server: str, cfg: Config, notes: N
         await timed_block(side.create, warm, 64)
         await timed_block(side.get, [u.id for u in warm], 64)
         records = fresh_records(ORM, n)
-        for label, op, args in (
-            ("create", side.create, records),
-            ("get", side.get, [u.id for u in records]),
+        stored = fresh_records(ORM, MANY * min(100, cfg.many_calls))  # for get_many
+        await timed_block(side.create, stored, 64)
+        for label, op, args, concurrency in (
+            ("create", side.create, records, 64),
+            ("get", side.get, [u.id for u in records], 64),
+            (f"get_many of {MANY}", side.get_many, list(chunks([u.id for u in stored], MANY)), 1),
         ):
+            n = len(args)
             # Wall time (cProfile's default): a process_time timer costs a system
             # call per event and drowns the figures; run on a quiet machine.
             profiler = cProfile.Profile()
-            await timed_block(op, args, 64, profiler)
+            await timed_block(op, args, concurrency, profiler)
             stats = pstats.Stats(profiler, stream=out)
             total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
             out.write(
-                f"#### {TITLES[server]}: cacheorm {label}, C=64, {n:,} ops, "
-                f"profiled {total / n * 1e6:.1f} µs/op (cProfile inflates small calls)"
+                f"#### {TITLES[server]}: cacheorm {label}, C={concurrency}, {n:,} calls, "
+                f"profiled {total / n * 1e6:.1f} µs/call (cProfile inflates small calls)"
                 "\n\n```\n"
             )
             rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
-            out.write(f"{'own µs/op':>10} {'cum µs/op':>10} {'calls/op':>9}  function\n")
+            out.write(f"{'own µs':>10} {'cum µs':>10} {'calls':>9}  function (per call)\n")
             for (path, line, func), (_cc, calls, tottime, cumtime, _callers) in rows[:25]:
                 where = f"{Path(path).name}:{line}({func})" if line else func
                 out.write(
