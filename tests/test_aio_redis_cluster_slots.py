@@ -327,3 +327,21 @@ def test_failed_nodes_and_unserved_slots() -> None:
     plain = Route([350], lambda reply: reply if isinstance(reply, str) else None)
     plain.settle(plain.plan(table, KeyError)[0], ["CLUSTERDOWN down"])
     assert isinstance(plain.failures[0][1], RuntimeError)
+
+
+def test_a_failed_job_is_resent_once_when_the_caller_allows() -> None:
+    """With resend=True a failed job's commands are planned again, once; failing again
+    they end as a failure like any other."""
+    route = Route([5, 150], message)
+    jobs = route.plan(two_nodes(), KeyError)
+    lost = OSError("lost")
+    route.settle(jobs[0], None, lost, sent=False, resend=True)
+    route.settle(jobs[1], [b"ok"])
+    assert (route.failures, route.pending, route.refresh) == ([], [0], True)
+    assert route.advance() is True
+    jobs = route.plan(two_nodes(), KeyError)
+    assert jobs == [Job("a:1", False, [0])]
+    route.settle(jobs[0], None, lost, sent=True, resend=True)
+    assert route.failures == [("a:1", lost)]
+    assert route.outcome == [Outcome.UNKNOWN, b"ok"]
+    assert route.advance() is False

@@ -336,6 +336,7 @@ class Route:
         "_error_message",
         "_max",
         "_pending",
+        "_resent",
         "_round",
         "_slots",
         "failures",
@@ -358,6 +359,7 @@ class Route:
         self._round = 0
         self._pending: list[int] = list(range(len(slots)))
         self._asks: dict[int, str] = {}
+        self._resent: set[int] = set()
         self.outcome: list[object] = [Outcome.NOT_SENT] * len(slots)
         self.failures: list[tuple[str, BaseException]] = []
         self.refresh = False
@@ -395,18 +397,24 @@ class Route:
         error: BaseException | None = None,
         sent: bool = True,
         table: SlotTable | None = None,
+        resend: bool = False,
     ) -> None:
         """File ``job``'s replies (in order, without ASKING's), or its failure.
 
         ``error`` (with ``replies`` None) is the node's failure; ``sent``
         says whether the commands may have reached it (UNKNOWN) or certainly
-        did not (NOT_SENT). A MOVED reply updates ``table``, if given, and the
+        did not (NOT_SENT); with ``resend`` (the caller knows resending is
+        safe) the commands are planned again instead, once. A MOVED reply updates ``table``, if given, and the
         command is planned again; so is an ASK (to its target) and a TRYAGAIN.
         """
         if replies is None:
             assert error is not None
-            self.failures.append((job.node, error))
             self.refresh = True  # a failover may have moved the node's slots
+            if resend and self._resent.isdisjoint(job.indices):
+                self._resent.update(job.indices)
+                self._pending.extend(job.indices)
+                return
+            self.failures.append((job.node, error))
             lost = Outcome.UNKNOWN if sent else Outcome.NOT_SENT
             for i in job.indices:
                 self.outcome[i] = lost
