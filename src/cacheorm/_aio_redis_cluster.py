@@ -1,0 +1,1053 @@
+"""An asyncio Redis Cluster backend on cacheorm's own auto-pipelined connections.
+
+One :class:`~cacheorm._aio_redis.RedisConnection` per primary, shared by
+every task; the slot map comes from ``CLUSTER SHARDS`` (``CLUSTER SLOTS``
+before Redis 7) on first use, and the routing decisions (slots, grouping,
+``MOVED`` / ``ASK`` / ``TRYAGAIN``) are the sans-I/O ones of
+:mod:`cacheorm._slots`. A batch goes to every node at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import ssl as _ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from cacheorm._aio_redis import ConnectionLost, RedisConnection, RequestTimeout
+from cacheorm._backend import AsyncClosing, CasToken
+from cacheorm._checks import as_bytes as _as_bytes
+from cacheorm._checks import as_items as _as_items
+from cacheorm._checks import check_batch as _check_batch
+from cacheorm._checks import check_delta as _check_delta
+from cacheorm._checks import check_key as _check_key
+from cacheorm._errors import (
+    BackendError,
+    BackendUnavailable,
+    BatchWriteError,
+    ConfigurationError,
+    InvalidTTL,
+    OutcomeUnknown,
+    describe_keys,
+    safe_repr,
+)
+from cacheorm._observe import get_logger
+from cacheorm._redis import (
+    _CAS_SCRIPT,
+    _CAS_SHA,
+    _COUNTER_SCRIPT,
+    _COUNTER_SHA,
+    _FOREIGN_HINT,
+    _GLOB,
+    _TOKEN,
+    _TOUCH_SCRIPT,
+    _TOUCH_SHA,
+    _TTL_SCRIPT,
+    _TTL_SHA,
+    _describe,
+    _expiry,
+    _key_list,
+    _masked_url,
+    _px,
+    _type_name,
+)
+from cacheorm._resp import ReplyError
+from cacheorm._slots import (
+    Job,
+    Outcome,
+    Route,
+    SlotTable,
+    by_slot,
+    cluster_error,
+    node_name,
+    parse_shards,
+    parse_slots,
+    slots_of,
+    split_node,
+)
+from cacheorm._ttl import BackendTTL
+
+__all__ = ["AsyncRedisClusterBackend", "cluster_from_url"]
+
+_log = get_logger("redis")
+
+#: How many MOVED / ASK / TRYAGAIN rounds one batch follows before giving up.
+_MAX_REDIRECTS = 5
+#: How long to wait before resending after TRYAGAIN (a slot being migrated).
+_TRYAGAIN_DELAY = 0.05
+
+_NOT_SENT = Outcome.NOT_SENT
+_UNKNOWN = Outcome.UNKNOWN
+
+
+class _Unrouted(Exception):
+    """The cluster could not route a command: no slot map, an unserved slot, endless redirects."""
+
+
+def _message(reply: object) -> str | None:
+    """The message of an error reply, None for any other reply."""
+    return reply.message if isinstance(reply, ReplyError) else None
+
+
+class AsyncRedisClusterBackend(AsyncClosing):
+    """Stores bytes in a Redis Cluster, from asyncio: the cluster twin of ``AsyncRedisBackend``.
+
+    The operations, their arguments, TTL rules (``KEEP_TTL`` included),
+    retries and errors are those of :class:`~cacheorm.RedisBackend` on a
+    cluster. Keys are routed by hash slot (``{tags}`` included); a batch
+    groups its keys by node and sends one pipeline to every node at once, so
+    it costs about one round trip. Each node gets one connection, shared by
+    every task and pipelined automatically.
+
+    **Topology.** Nothing connects when the backend is built. The first
+    operation asks the startup nodes for ``CLUSTER SHARDS`` (``CLUSTER
+    SLOTS`` on Redis < 7). A ``MOVED`` reply (not applied) sends the command
+    to the new owner and reloads the slot map; ``ASK`` sends it, after
+    ``ASKING``, to the importing node without changing the map; ``TRYAGAIN``
+    waits 50 ms and resends. At most five such rounds, then the commands
+    left are reported as not applied. A node that fails has the slot map
+    reloaded in the background.
+
+    **Retries.** A command that certainly did not reach its node (the
+    connection could not be made) is resent once, after a reload of the
+    slot map. So is an idempotent one (``get``, ``set``, ``replace``,
+    ``delete``, the reads and their batches) whose connection broke,
+    unless it timed out. ``add``, ``add_many``, ``incr``, ``cas`` and
+    ``counter_add`` are never resent once sent: a lost reply is
+    :class:`~cacheorm.OutcomeUnknown`. A batch write that fails part-way
+    raises :class:`~cacheorm.BatchWriteError` with ``written`` /
+    ``not_written`` / ``unknown``.
+
+    **Cancellation.** Cancelling a call is an interrupted request: its
+    replies are read and dropped by the connection, never handed to
+    another call.
+
+    Args:
+        nodes: ``"host:port"`` of one or more cluster nodes (one string is one node).
+        connect_timeout: seconds to connect to a node (TLS and AUTH included).
+        timeout: seconds a request may wait for its node's reply.
+        username: the ACL user (with ``password``).
+        password: the password sent with ``AUTH`` to every node.
+        ssl_context: a TLS context: every node is reached over TLS.
+
+    Raises:
+        ValueError: no node, or a node that is not ``host:port``.
+        InvalidTTL: a timeout that is not a positive number.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[str] | str,
+        *,
+        connect_timeout: float = 5.0,
+        timeout: float = 5.0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_context: _ssl.SSLContext | None = None,
+    ) -> None:
+        if isinstance(nodes, str):
+            nodes = [nodes]
+        startup = [node_name(*split_node(node)) for node in nodes]
+        if not startup:
+            raise ValueError("AsyncRedisClusterBackend needs at least one 'host:port' node")
+        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf
+            ):
+                raise InvalidTTL(f"{name} must be a positive number of seconds, not {value!r}")
+        self._startup = list(dict.fromkeys(startup))
+        self._server = "cluster " + ",".join(self._startup)
+        self._options: dict[str, Any] = {
+            "connect_timeout": float(connect_timeout),
+            "timeout": float(timeout),
+            "username": username,
+            "password": password,
+            "ssl": ssl_context,
+        }
+        self._password = password or None
+        self._table: SlotTable | None = None
+        self._connections: dict[str, RedisConnection] = {}
+        self._refreshing: asyncio.Task[SlotTable] | None = None
+        self._suspects: set[str] = set()
+        self._closed = False
+
+    @classmethod
+    def from_cluster(cls, nodes: Sequence[str] | str, **options: Any) -> AsyncRedisClusterBackend:
+        """A backend on the cluster that ``nodes`` (``"host:port"``) belong to.
+
+        Args:
+            nodes: one or more cluster nodes; the others are discovered.
+            **options: ``connect_timeout``, ``timeout``, ``username``,
+                ``password``, ``ssl_context``.
+
+        Raises:
+            ValueError: no node, or a node that is not ``host:port``.
+            TypeError: an unknown option.
+        """
+        return cls(nodes, **options)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AsyncRedisClusterBackend:
+        """A backend on the cluster that the node in ``url`` belongs to: :func:`cluster_from_url`."""
+        return cluster_from_url(url, **options)
+
+    @property
+    def server(self) -> str:
+        """``"cluster "`` and the startup nodes' ``host:port``, comma-separated."""
+        return self._server
+
+    def __repr__(self) -> str:
+        """The class and the startup nodes; never a password."""
+        return f"AsyncRedisClusterBackend(cluster={self._server.removeprefix('cluster ')!r})"
+
+    # -- topology --------------------------------------------------------------------
+
+    def _connection(self, node: str) -> RedisConnection:
+        """The connection to ``node``, made on first use."""
+        connection = self._connections.get(node)
+        if connection is None:
+            if self._closed:
+                raise ConnectionLost(
+                    f"this AsyncRedisClusterBackend ({self._server}) is closed",
+                    sent=False,
+                    server=node,
+                )
+            host, port = split_node(node)
+            connection = self._connections[node] = RedisConnection(host, port, **self._options)
+        return connection
+
+    async def _slot_table(self, op: str, keys: str | Sequence[str]) -> SlotTable:
+        """The slot map, loaded on first use.
+
+        Raises:
+            BackendUnavailable: no node answered, or the backend is closed.
+        """
+        table = self._table
+        if table is not None:
+            return table
+        try:
+            return await self._refresh()
+        except (_Unrouted, ConnectionLost) as exc:
+            raise self._fail(op, keys, exc, self._server) from exc
+
+    def _refresh(self) -> asyncio.Future[SlotTable]:
+        """Reload the slot map: one reload at a time, shared by every caller that needs it.
+
+        The reload runs in its own task, so a caller that is cancelled does
+        not cancel it for the others.
+        """
+        if self._closed:
+            raise ConnectionLost(
+                f"this AsyncRedisClusterBackend ({self._server}) is closed",
+                sent=False,
+                server=self._server,
+            )
+        task = self._refreshing
+        if task is None:
+            task = self._refreshing = asyncio.ensure_future(self._discover())
+            task.add_done_callback(self._refreshed)
+        return asyncio.shield(task)
+
+    def _refreshed(self, task: asyncio.Task[SlotTable]) -> None:
+        if self._refreshing is task:
+            self._refreshing = None
+        if not task.cancelled() and task.exception() is None:
+            self._table = task.result()
+
+    async def _discover(self) -> SlotTable:
+        """Ask the known nodes, then the startup nodes (the ones that just failed last)."""
+        known = self._table.nodes if self._table is not None else []
+        candidates = list(dict.fromkeys([*known, *self._startup]))
+        candidates.sort(key=lambda node: node in self._suspects)
+        errors: list[str] = []
+        last: BaseException | None = None
+        for node in candidates:
+            try:
+                table = await self._ask_topology(node)
+            except (ConnectionLost, ValueError, _Unrouted) as exc:
+                errors.append(f"{node}: {self._detail(exc)}")
+                last = exc
+                continue
+            self._suspects.clear()
+            return table
+        raise _Unrouted(
+            f"no node gave the cluster's slot map ({'; '.join(errors)})"
+        ) from last
+
+    async def _ask_topology(self, node: str) -> SlotTable:
+        """``node``'s slot map: CLUSTER SHARDS, or CLUSTER SLOTS where that is unknown."""
+        connection = self._connection(node)
+        host = split_node(node)[0]
+        tls = self._options["ssl"] is not None
+        reply = (await connection.execute([("CLUSTER", "SHARDS")]))[0]
+        if isinstance(reply, ReplyError):
+            reply = (await connection.execute([("CLUSTER", "SLOTS")]))[0]
+            if isinstance(reply, ReplyError):
+                raise _Unrouted(f"CLUSTER SLOTS was refused: {reply.message}")
+            table = parse_slots(reply, host)
+        else:
+            table = parse_shards(reply, host, tls=tls)
+        if not table.nodes:
+            raise _Unrouted("the node serves no slot: is it part of a cluster?")
+        return table
+
+    def _suspect(self, nodes: Sequence[str]) -> None:
+        """Nodes failed: reload the slot map in the background, asking them last."""
+        self._suspects.update(nodes)
+        if self._closed or self._refreshing is not None:
+            return
+        with contextlib.suppress(ConnectionLost):
+            self._refresh().add_done_callback(_retrieve)
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send(self, job: Job, commands: Sequence[tuple[Any, ...]]) -> list[object]:
+        """One job's commands on its node's connection (each after ASKING when asked)."""
+        connection = self._connection(job.node)
+        if job.asking:
+            batch = [part for i in job.indices for part in (("ASKING",), commands[i])]
+            return (await connection.execute(batch))[1::2]
+        return await connection.execute([commands[i] for i in job.indices])
+
+    async def _batch(
+        self,
+        op: str,
+        keys: str | Sequence[str],
+        commands: Sequence[tuple[Any, ...]],
+        slots: Sequence[int],
+        idempotent: bool,
+    ) -> Route:
+        """Run ``commands`` (``slots[i]`` is command i's slot): one pipeline per node, at once.
+
+        The route's ``outcome`` holds each command's reply (an error reply as
+        a ReplyError; NOT_SENT / UNKNOWN where there was none) and its
+        ``failures`` the nodes that failed.
+        """
+        table = await self._slot_table(op, keys)
+        route = Route(slots, _message, self._server, _MAX_REDIRECTS)
+        failed: list[str] = []
+        while True:
+            jobs = route.plan(table, self._unserved)
+            if len(jobs) == 1:
+                results: list[list[object] | BaseException] = [
+                    await _attempt(self._send(jobs[0], commands))
+                ]
+            else:
+                results = await asyncio.gather(*(_attempt(self._send(j, commands)) for j in jobs))
+            for job, result in zip(jobs, results, strict=True):
+                if isinstance(result, ConnectionLost):
+                    failed.append(job.node)
+                    resend = not result.sent or (
+                        idempotent and not isinstance(result, RequestTimeout)
+                    )
+                    route.settle(job, None, result, result.sent, resend=resend)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    route.settle(job, result, table=table)
+            if not route.advance():
+                break
+            if route.refresh:
+                try:
+                    table = await self._refresh()
+                except (_Unrouted, ConnectionLost) as exc:
+                    route.failures.append((self._server, exc))
+                    break
+            if route.wait:
+                await asyncio.sleep(_TRYAGAIN_DELAY)
+        if failed:
+            self._suspect(failed)
+        return route
+
+    def _unserved(self, slot: int) -> BaseException:
+        return _Unrouted(f"hash slot {slot} is not served by any node of the slot map")
+
+    async def _read(
+        self,
+        op: str,
+        keys: Sequence[str],
+        commands: Sequence[tuple[Any, ...]],
+        slots: Sequence[int],
+    ) -> list[Any]:
+        """Run idempotent read ``commands``; their replies, or the error of the first failure.
+
+        ``keys[i]`` names command i in an error reply's message.
+        """
+        route = await self._batch(op, keys, commands, slots, idempotent=True)
+        if route.failures:
+            node, exc = route.failures[0]
+            raise self._fail(op, keys, exc, node) from exc
+        for key, reply in zip(keys, route.outcome, strict=True):
+            if isinstance(reply, ReplyError):
+                raise self._fail(op, key, reply) from reply
+        return route.outcome
+
+    async def _once(
+        self,
+        op: str,
+        key: str,
+        command: tuple[Any, ...],
+        fallback: tuple[Any, ...] | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """Run one command on ``key``'s node (following redirects); its reply.
+
+        ``fallback`` is sent instead if the node answers NOSCRIPT (the script
+        did not run, so sending EVAL cannot apply it twice).
+
+        Raises:
+            BackendUnavailable: nothing was applied (node down, slot unserved).
+            OutcomeUnknown: the command was sent and its reply lost (never resent
+                unless ``idempotent``).
+            BackendError: the node's error reply.
+        """
+        slot = self._slots(op, [key])
+        route = await self._batch(op, key, [command], slot, idempotent)
+        reply = route.outcome[0]
+        if fallback is not None and isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
+            route = await self._batch(op, key, [fallback], slot, idempotent)
+            reply = route.outcome[0]
+        if route.failures:
+            node, exc = route.failures[0]
+            if reply is _UNKNOWN:
+                raise self._unknown(op, key, exc, node) from exc
+            raise self._fail(op, key, exc, node) from exc
+        if isinstance(reply, ReplyError):
+            raise self._fail(op, key, reply) from reply
+        return reply
+
+    async def _one(self, op: str, key: str, command: tuple[Any, ...]) -> Any:
+        """An idempotent single-key command: straight to its node, the general path on
+        anything but a plain reply."""
+        table = self._table
+        if table is not None and type(key) is str:
+            try:
+                node = table.owners[slots_of([key])[0]]
+            except UnicodeEncodeError as exc:
+                raise self._fail(op, key, exc) from exc
+            if node is not None:
+                connection = self._connections.get(node)
+                if connection is not None:
+                    try:
+                        reply = (await connection.execute([command]))[0]
+                    except ConnectionLost:
+                        pass  # resent on the general path
+                    else:
+                        if not isinstance(reply, ReplyError):
+                            return reply
+                        if cluster_error(reply.message, node) is None:
+                            raise self._fail(op, key, reply, node) from reply
+        return await self._once(op, key, command, idempotent=True)
+
+    def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
+        """Each key's hash slot; BackendError for a key that is not UTF-8."""
+        try:
+            return slots_of(keys)
+        except UnicodeEncodeError as exc:
+            raise self._fail(op, keys, exc) from exc
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _detail(self, exc: BaseException) -> str:
+        """The error's message, any password masked."""
+        detail = exc.message if isinstance(exc, ReplyError) else str(exc)
+        detail = detail or type(exc).__name__
+        if self._password:
+            detail = detail.replace(self._password, "***")
+        return detail
+
+    def _node_of(self, key: str | None) -> str:
+        """The node that serves ``key`` per the slot map, else the cluster's name."""
+        table = self._table
+        if key is None or table is None:
+            return self._server
+        with contextlib.suppress(UnicodeEncodeError):
+            node = table.owners[slots_of([key])[0]]
+            if node is not None:
+                return node
+        return self._server
+
+    def _fail(
+        self, op: str, keys: str | Sequence[str], exc: BaseException, server: str | None = None
+    ) -> Exception:
+        """The cacheorm exception for ``exc`` during ``op`` on ``keys``."""
+        what, key = _describe(keys)
+        detail = self._detail(exc)
+        if server is None:
+            server = self._node_of(key)
+        unavailable = isinstance(exc, (ConnectionLost, _Unrouted, OSError)) or (
+            isinstance(exc, ReplyError) and exc.code == "CLUSTERDOWN"
+        )
+        if unavailable:
+            _log.warning("redis %s: server %s is unavailable (%s)", op, server, type(exc).__name__)
+            _log.debug("redis %s on %s failed: %s", op, server, detail)
+            return BackendUnavailable(
+                f"redis {op} of {what} failed: server {server} is unavailable: {detail}",
+                key=key,
+                server=server,
+            )
+        if isinstance(exc, ReplyError) and "invalid expire time" in detail:
+            return InvalidTTL(f"redis {op} of {what} refused the ttl on {server}: {detail}", key=key)
+        if isinstance(exc, ReplyError) and exc.code == "WRONGTYPE":
+            return BackendError(
+                f"redis {op} of {what} failed on {server}: the key holds another Redis type, "
+                f"not a string value; {_FOREIGN_HINT} ({detail})",
+                key=key,
+                server=server,
+            )
+        return BackendError(
+            f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
+        )
+
+    def _foreign(self, op: str, key: str, kind: str) -> BackendError:
+        """BackendError: ``key`` holds a Redis ``kind`` (a hash, a list...), not a string."""
+        server = self._node_of(key)
+        return BackendError(
+            f"redis {op} of key {safe_repr(key)}: the key holds a Redis {kind}, not a string "
+            f"value, on {server}; {_FOREIGN_HINT}",
+            key=key,
+            server=server,
+        )
+
+    def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
+        """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
+        _log.warning(
+            "redis %s: the connection to %s failed after the command was sent (%s); "
+            "its outcome is unknown and it is not resent",
+            op,
+            server,
+            type(exc).__name__,
+        )
+        return OutcomeUnknown(
+            f"redis {op} of key {safe_repr(key)} was sent to {server}, then the connection "
+            f"failed before the reply ({self._detail(exc)}): the write may or may not have "
+            "been applied; cacheorm does not resend it. Read the key to find out.",
+            key=key,
+            server=server,
+        )
+
+    def _batch_error(
+        self,
+        op: str,
+        command_keys: Sequence[Sequence[str]],
+        route: Route,
+        conditional: bool = False,
+    ) -> Exception:
+        """BatchWriteError for a write batch whose commands ended as ``route.outcome``.
+
+        A command whose reply arrived wrote its keys, unless ``conditional``
+        and the reply is nil (NX / XX did not hold); those, an error reply
+        and a command never sent did not; one sent without a reply is unknown.
+        """
+        written: list[str] = []
+        not_written: list[str] = []
+        unknown: list[str] = []
+        for keys, reply in zip(command_keys, route.outcome, strict=True):
+            if reply is _UNKNOWN:
+                unknown.extend(keys)
+            elif (
+                reply is _NOT_SENT
+                or isinstance(reply, ReplyError)
+                or (conditional and reply is None)
+            ):
+                not_written.extend(keys)
+            else:
+                written.extend(keys)
+        every = [key for keys in command_keys for key in keys]
+        what, key = _describe(every)
+        servers = ", ".join(
+            dict.fromkeys(f"{name} ({self._detail(exc)})" for name, exc in route.failures)
+        )
+        parts = [f"{len(written)} written", f"{len(not_written)} not written"]
+        parts.append(f"{len(unknown)} unknown (sent, reply lost)")
+        if unknown:
+            parts[-1] += f": {describe_keys(unknown)}"
+        return BatchWriteError(
+            f"redis {op} batch of {what} failed part-way: {', '.join(parts)}; "
+            f"unavailable: {servers}",
+            written=written,
+            not_written=not_written,
+            unknown=unknown,
+            key=key,
+            server=route.failures[0][0] if route.failures else self._server,
+        )
+
+    def _check_write(
+        self,
+        op: str,
+        command_keys: Sequence[Sequence[str]],
+        route: Route,
+        conditional: bool = False,
+    ) -> None:
+        """Raise for a write batch with failures, or for its first error reply."""
+        if route.failures:
+            raise self._batch_error(op, command_keys, route, conditional) from route.failures[0][1]
+        for keys, reply in zip(command_keys, route.outcome, strict=True):
+            if isinstance(reply, ReplyError):
+                raise self._fail(op, keys[0], reply) from reply
+
+    # -- the AsyncBackend protocol -------------------------------------------------------
+
+    async def get(self, key: str, /) -> bytes | None:
+        """The value under ``key`` (GET), or None if absent or expired."""
+        _check_key(key)
+        value: bytes | None = await self._one("GET", key, ("GET", key))
+        return value
+
+    async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
+        """The values under ``keys``: a GET or MGET per slot, pipelined per node, nodes at once."""
+        keys = _key_list(keys)
+        if not keys:
+            return []
+        groups = list(by_slot(self._slots("MGET", keys)).items())
+        # A slot with one key (most of them, in a big batch) gets a GET, whose
+        # reply is cheaper to parse than a one-element MGET array.
+        commands = [
+            ("GET", keys[ix[0]]) if len(ix) == 1 else ("MGET", *[keys[i] for i in ix])
+            for _, ix in groups
+        ]
+        firsts = [keys[ix[0]] for _, ix in groups]
+        route = await self._batch("MGET", keys, commands, [slot for slot, _ in groups], True)
+        if route.failures:
+            node, exc = route.failures[0]
+            raise self._fail("MGET", keys, exc, node) from exc
+        values: list[bytes | None] = [None] * len(keys)
+        for (_, indices), first, reply in zip(groups, firsts, route.outcome, strict=True):
+            if isinstance(reply, ReplyError):
+                raise self._fail("MGET", first, reply) from reply
+            if len(indices) == 1:
+                values[indices[0]] = reply  # type: ignore[assignment]
+                continue
+            for i, value in zip(indices, reply, strict=True):  # type: ignore[call-overload]
+                values[i] = value
+        if None in values:
+            await self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
+        return values
+
+    async def _foreign_misses(self, keys: list[str]) -> None:
+        """Raise BackendError if a key MGET answered nil for holds another Redis type.
+
+        One EXISTS per slot of the misses; only if some exists are their types read.
+        """
+        keys = list(dict.fromkeys(keys))
+        groups = list(by_slot(self._slots("EXISTS", keys)).items())
+        commands = [("EXISTS", *[keys[i] for i in ix]) for _, ix in groups]
+        replies = await self._read(
+            "EXISTS", [keys[ix[0]] for _, ix in groups], commands, [s for s, _ in groups]
+        )
+        if sum(replies):
+            await self._refuse_foreign("TYPE", keys)
+
+    async def _refuse_foreign(self, op: str, keys: list[str]) -> None:
+        """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
+        commands = [("TYPE", key) for key in keys]
+        replies = await self._read(op, keys, commands, self._slots(op, keys))
+        for key, reply in zip(keys, replies, strict=True):
+            kind = _type_name(reply)
+            if kind not in ("string", "none"):
+                raise self._foreign(op, key, kind)
+
+    async def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` (SET, with PX when ``ttl``), replacing any value and TTL."""
+        data = _as_bytes(_check_key(key), value)
+        px = _px(ttl)
+        command = ("SET", key, data) if px is None else ("SET", key, data, "PX", px)
+        await self._one("SET", key, command)
+
+    async def set_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> None:
+        """Store every pair: an MSET per slot, or a ``SET PX`` per key; pipelined per node.
+
+        Raises:
+            BatchWriteError: a node failed part-way; says which keys were
+                written, which not, and which are unknown.
+        """
+        pairs = _as_items(items)
+        px = _px(ttl)
+        if not pairs:
+            return
+        keys = [key for key, _ in pairs]
+        slots = self._slots("SET", keys)
+        commands: list[tuple[Any, ...]]
+        if px is None:
+            op = "MSET"
+            groups = list(by_slot(slots).items())
+            commands = [("MSET", *[part for i in ix for part in pairs[i]]) for _, ix in groups]
+            slots = [slot for slot, _ in groups]
+            command_keys = [[keys[i] for i in ix] for _, ix in groups]
+        else:
+            op = "SET"
+            commands = [("SET", key, data, "PX", px) for key, data in pairs]
+            command_keys = [[key] for key in keys]
+        route = await self._batch(op, keys, commands, slots, idempotent=True)
+        self._check_write(op, command_keys, route)
+
+    async def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
+        """Store only if ``key`` is absent (``SET NX``, expiry included); True if stored.
+
+        Never resent once sent.
+
+        Raises:
+            BackendUnavailable: the node could not be reached; nothing was written.
+            OutcomeUnknown: the command was sent and its reply lost.
+        """
+        data = _as_bytes(_check_key(key), value)
+        px = _px(ttl)
+        options: tuple[Any, ...] = () if px is None else ("PX", px)
+        reply = await self._once("SET NX", key, ("SET", key, data, "NX", *options))
+        if reply is not None:
+            return True
+        await self._refused_add_check([key])
+        return False
+
+    async def _refused_add_check(self, keys: list[str]) -> None:
+        """After SET NX refused ``keys``: BackendError if one holds another Redis type.
+
+        If that read fails, the refusal stands: nothing was written either way.
+        """
+        with contextlib.suppress(BackendUnavailable):
+            await self._refuse_foreign("SET NX", keys)
+
+    async def add_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
+    ) -> list[bool]:
+        """``add`` for each pair, in order, pipelined per node; a later pair sees earlier ones.
+
+        Never resent once sent, like ``add``.
+
+        Raises:
+            BatchWriteError: a node failed part-way.
+        """
+        pairs = _as_items(items)
+        px = _px(ttl)
+        options: tuple[Any, ...] = () if px is None else ("PX", px)
+        return await self._write_many("NX", pairs, options, idempotent=False)
+
+    async def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
+        """Store only if ``key`` holds a string value (``SET XX GET``); True if stored.
+
+        Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
+        """
+        data = _as_bytes(_check_key(key), value)
+        command = ("SET", key, data, "XX", "GET", *_expiry(ttl))
+        return await self._one("SET XX", key, command) is not None
+
+    async def replace_many(
+        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
+    ) -> list[bool]:
+        """``replace`` for each pair, in order, pipelined per node (``KEEP_TTL`` too).
+
+        Raises:
+            BatchWriteError: a node failed part-way, or a key holds another
+                Redis type while other pairs were written.
+            BackendError: a key holds another Redis type (nothing written).
+        """
+        pairs = _as_items(items)
+        return await self._write_many("XX", pairs, ("GET", *_expiry(ttl)), idempotent=True)
+
+    async def _write_many(
+        self,
+        condition: str,
+        pairs: list[tuple[str, bytes]],
+        options: tuple[Any, ...],
+        idempotent: bool,
+    ) -> list[bool]:
+        """``SET key value NX|XX [options]`` for each pair; which pairs were stored."""
+        if not pairs:
+            return []
+        op = f"SET {condition}"
+        keys = [key for key, _ in pairs]
+        commands = [("SET", key, data, condition, *options) for key, data in pairs]
+        route = await self._batch(op, keys, commands, self._slots(op, keys), idempotent)
+        if route.failures:
+            raise self._batch_error(op, [[key] for key in keys], route, True) from route.failures[
+                0
+            ][1]
+        replies = route.outcome
+        stored = [reply is not None and not isinstance(reply, ReplyError) for reply in replies]
+        errors = [i for i, reply in enumerate(replies) if isinstance(reply, ReplyError)]
+        if errors:
+            error = replies[errors[0]]
+            assert isinstance(error, ReplyError)
+            raise self._partly_written(
+                op, keys, stored, self._fail(op, keys[errors[0]], error)
+            ) from error
+        if condition == "NX" and not all(stored):
+            try:
+                await self._refused_add_check(
+                    [k for k, ok in zip(keys, stored, strict=True) if not ok]
+                )
+            except BackendError as exc:
+                raise self._partly_written(op, keys, stored, exc) from None
+        return stored
+
+    def _partly_written(
+        self, op: str, keys: list[str], stored: list[bool], exc: Exception
+    ) -> Exception:
+        """``exc``, or BatchWriteError if other pairs were stored."""
+        written = [key for key, ok in zip(keys, stored, strict=True) if ok]
+        if not written:
+            return exc
+        not_written = [key for key, ok in zip(keys, stored, strict=True) if not ok]
+        return BatchWriteError(
+            f"{exc}; the other pairs of the {op} batch were applied: {len(written)} written, "
+            f"{len(not_written)} not written",
+            written=written,
+            not_written=not_written,
+            unknown=[],
+            key=getattr(exc, "key", None),
+            server=getattr(exc, "server", None),
+        )
+
+    async def delete(self, key: str, /) -> bool:
+        """Remove ``key`` (DEL); True if it existed."""
+        _check_key(key)
+        removed: int = await self._one("DEL", key, ("DEL", key))
+        return removed > 0
+
+    async def delete_many(self, keys: Sequence[str], /) -> int:
+        """Remove ``keys`` (a DEL per slot, pipelined per node); the number that existed.
+
+        Raises:
+            BatchWriteError: a node failed part-way; ``written`` lists the keys
+                confirmed removed (or absent).
+        """
+        keys = _key_list(keys)
+        if not keys:
+            return 0
+        groups = list(by_slot(self._slots("DEL", keys)).items())
+        commands = [("DEL", *[keys[i] for i in ix]) for _, ix in groups]
+        route = await self._batch("DEL", keys, commands, [s for s, _ in groups], True)
+        self._check_write("DEL", [[keys[i] for i in ix] for _, ix in groups], route)
+        return sum(int(reply) for reply in route.outcome)  # type: ignore[call-overload]
+
+    async def exists(self, key: str, /) -> bool:
+        """True if ``key`` holds a live value (TYPE).
+
+        Raises:
+            BackendError: the key holds another Redis type (a hash, a list...).
+        """
+        _check_key(key)
+        kind = _type_name(await self._one("TYPE", key, ("TYPE", key)))
+        if kind == "string":
+            return True
+        if kind == "none":
+            return False
+        raise self._foreign("TYPE", key, kind)
+
+    async def incr(self, key: str, delta: int = 1, /) -> int:
+        """Add ``delta`` to the counter under ``key`` (INCRBY), from 0; the new value.
+
+        Never resent once sent.
+
+        Raises:
+            TypeError: ``delta`` is not an int.
+            BackendError: the stored value is not an integer Redis accepts.
+            OutcomeUnknown: the command was sent and its reply lost.
+        """
+        _check_key(key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
+        result: int = await self._once("INCRBY", key, ("INCRBY", key, delta))
+        return result
+
+    async def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
+        """The value (GET) and a token for :meth:`cas` (its SHA-1), or None if absent."""
+        _check_key(key)
+        value: bytes | None = await self._one("GET", key, ("GET", key))
+        if value is None:
+            return None
+        return value, hashlib.sha1(value, usedforsecurity=False).hexdigest()
+
+    async def cas(
+        self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None
+    ) -> bool:
+        """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
+
+        One Lua script on the key's node (EVALSHA, EVAL on NOSCRIPT). Never resent.
+
+        Raises:
+            BackendError: the key holds another Redis type.
+            OutcomeUnknown: the script was sent and its reply lost.
+        """
+        data = _as_bytes(_check_key(key), value)
+        expiry = _expiry(ttl)
+        if type(token) is not str or _TOKEN.fullmatch(token) is None:
+            return False
+        args: tuple[Any, ...] = (key, token, data, *expiry)
+        stored = await self._once(
+            "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
+        )
+        return bool(stored == 1)
+
+    # -- optional capabilities ------------------------------------------------------------
+
+    async def _each_key(
+        self,
+        op: str,
+        commands: list[tuple[Any, ...]],
+        keys: list[str],
+        fallbacks: list[tuple[Any, ...]],
+    ) -> list[Any]:
+        """One idempotent script call per key, pipelined per node; NOSCRIPT ones resent as EVAL."""
+        route = await self._batch(op, keys, commands, self._slots(op, keys), idempotent=True)
+        if route.failures:
+            node, exc = route.failures[0]
+            raise self._fail(op, keys, exc, node) from exc
+        replies = route.outcome
+        redo = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
+        ]
+        if redo and commands is not fallbacks:
+            again = [fallbacks[i] for i in redo]
+            sent_again = await self._each_key(op, again, [keys[i] for i in redo], again)
+            for i, reply in zip(redo, sent_again, strict=True):
+                replies[i] = reply
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, ReplyError):
+                raise self._fail(op, key, reply) from reply
+        return replies
+
+    async def touch(self, key: str, /, ttl: float | None = None) -> bool:
+        """Give ``key`` a new TTL (PEXPIRE; PERSIST for None); True if it existed."""
+        return (await self.touch_many([key], ttl))[0]
+
+    async def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
+        """``touch`` each key: a script per key, pipelined per node, nodes at once."""
+        keys = _key_list(keys)
+        px = _px(ttl)
+        if not keys:
+            return []
+        arg = "" if px is None else px
+        commands = [("EVALSHA", _TOUCH_SHA, 1, key, arg) for key in keys]
+        fallbacks = [("EVAL", _TOUCH_SCRIPT, 1, key, arg) for key in keys]
+        return [reply == 1 for reply in await self._each_key("touch", commands, keys, fallbacks)]
+
+    async def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent."""
+        _check_key(key)
+        left = (
+            await self._each_key(
+                "PTTL", [("EVALSHA", _TTL_SHA, 1, key)], [key], [("EVAL", _TTL_SCRIPT, 1, key)]
+            )
+        )[0]
+        if left == -2:
+            return None
+        return math.inf if left < 0 else int(left) / 1000
+
+    async def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
+        """Add ``delta`` to the counter under ``key``, never below 0; the new value.
+
+        One Lua script (the sync backend's). Never resent once sent.
+        """
+        _check_key(key)
+        _check_delta(delta)
+        px = _px(ttl)
+        args: tuple[Any, ...] = (key, delta, "" if px is None else px)
+        value = await self._once(
+            "counter script",
+            key,
+            ("EVALSHA", _COUNTER_SHA, 1, *args),
+            ("EVAL", _COUNTER_SCRIPT, 1, *args),
+        )
+        return int(value)
+
+    def scan(self, prefix: str, /, batch: int = 500) -> AsyncIterator[list[str]]:
+        """The string keys starting with ``prefix``, every primary in turn (SCAN ... TYPE string)."""
+        _check_key(prefix)
+        _check_batch(batch)
+        return self._scan(prefix, batch)
+
+    async def _scan(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
+        pattern = _GLOB.sub(r"\\\1", prefix) + "*"
+        table = await self._slot_table("SCAN", prefix)
+        for node in list(table.nodes):
+            cursor: Any = 0
+            while True:
+                command = ("SCAN", cursor, "MATCH", pattern, "COUNT", batch, "TYPE", "string")
+                try:
+                    reply = (await self._connection(node).execute([command]))[0]
+                except ConnectionLost as exc:
+                    raise self._fail("SCAN", prefix, exc, node) from exc
+                if isinstance(reply, ReplyError):
+                    raise self._fail("SCAN", prefix, reply, node) from reply
+                cursor, found = reply  # type: ignore[misc]
+                keys: list[str] = []
+                for raw in found:
+                    try:
+                        keys.append(raw.decode())
+                    except UnicodeDecodeError:
+                        continue
+                if keys:
+                    yield keys
+                if int(cursor) == 0:
+                    break
+
+    async def aclose(self) -> None:
+        """Close every node's connection; the backend is not used after this."""
+        self._closed = True
+        refreshing = self._refreshing
+        if refreshing is not None and not refreshing.done():
+            refreshing.cancel()
+            await asyncio.wait([refreshing])
+        connections = list(self._connections.values())
+        self._connections.clear()
+        await asyncio.gather(*(connection.aclose() for connection in connections))
+
+
+async def _attempt(call: Any) -> Any:
+    """Await ``call``; its result, or the ConnectionLost it raised."""
+    try:
+        return await call
+    except ConnectionLost as exc:
+        return exc
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a background future's failure as seen (it is reported where it matters)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def cluster_from_url(url: str, **options: Any) -> AsyncRedisClusterBackend:
+    """An :class:`AsyncRedisClusterBackend` on the cluster of the node in ``url``.
+
+    ``redis://[[user]:[password]@]host[:port]`` or ``rediss://...`` (TLS, with
+    ``ssl_context`` or a default context that verifies the server); a database
+    other than 0 is refused (a cluster has only db 0). User and password in
+    the URL are used unless given as options.
+
+    Raises:
+        ConfigurationError: not a ``redis://`` / ``rediss://`` URL, or one
+            naming a database other than 0 (the message masks the password).
+    """
+    shown = _masked_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigurationError(f"cluster URL {shown!r} cannot be parsed: {exc}") from None
+    if parts.scheme.lower() not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigurationError(
+            f"cluster URL {shown!r}: expected redis://host:port or rediss://host:port"
+        )
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(f"cluster URL {shown!r}: a Redis Cluster has only database 0")
+    if parts.username and "username" not in options:
+        options["username"] = urllib.parse.unquote(parts.username)
+    if parts.password and "password" not in options:
+        options["password"] = urllib.parse.unquote(parts.password)
+    if parts.scheme.lower() == "rediss" and options.get("ssl_context") is None:
+        options["ssl_context"] = _ssl.create_default_context()
+    return AsyncRedisClusterBackend([node_name(parts.hostname, port)], **options)
