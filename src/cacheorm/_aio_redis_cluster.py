@@ -15,7 +15,7 @@ import hashlib
 import math
 import ssl as _ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from cacheorm._aio_redis import ConnectionLost, RedisConnection, RequestTimeout
@@ -80,6 +80,9 @@ _MAX_REDIRECTS = 5
 #: How long to wait before resending after TRYAGAIN (a slot being migrated).
 _TRYAGAIN_DELAY = 0.05
 
+#: The command that gives the slot map (CLUSTER SLOTS is asked where it is unknown).
+_SHARDS = ("CLUSTER", "SHARDS")
+
 _NOT_SENT = Outcome.NOT_SENT
 _UNKNOWN = Outcome.UNKNOWN
 
@@ -133,6 +136,9 @@ class AsyncRedisClusterBackend(AsyncClosing):
         username: the ACL user (with ``password``).
         password: the password sent with ``AUTH`` to every node.
         ssl_context: a TLS context: every node is reached over TLS.
+        address_remap: maps a node's ``(host, port)``, as the cluster names
+            it, to the address to connect to (a NAT, a proxy, a container
+            network), as redis-py's ``address_remap`` does.
 
     Raises:
         ValueError: no node, or a node that is not ``host:port``.
@@ -148,6 +154,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         username: str | None = None,
         password: str | None = None,
         ssl_context: _ssl.SSLContext | None = None,
+        address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
     ) -> None:
         if isinstance(nodes, str):
             nodes = [nodes]
@@ -171,6 +178,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             "ssl": ssl_context,
         }
         self._password = password or None
+        self._remap = address_remap
         self._table: SlotTable | None = None
         self._connections: dict[str, RedisConnection] = {}
         self._refreshing: asyncio.Task[SlotTable] | None = None
@@ -219,6 +227,8 @@ class AsyncRedisClusterBackend(AsyncClosing):
                     server=node,
                 )
             host, port = split_node(node)
+            if self._remap is not None:
+                host, port = self._remap((host, port))
             connection = self._connections[node] = RedisConnection(host, port, **self._options)
         return connection
 
@@ -285,7 +295,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         connection = self._connection(node)
         host = split_node(node)[0]
         tls = self._options["ssl"] is not None
-        reply = (await connection.execute([("CLUSTER", "SHARDS")]))[0]
+        reply = (await connection.execute([_SHARDS]))[0]
         if isinstance(reply, ReplyError):
             reply = (await connection.execute([("CLUSTER", "SLOTS")]))[0]
             if isinstance(reply, ReplyError):
