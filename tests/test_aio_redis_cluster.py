@@ -476,3 +476,257 @@ def test_nodes_are_called_concurrently(redis_cluster: RedisClusterServer) -> Non
     assert single >= DELAY
     for name, elapsed in timings.items():
         assert DELAY <= elapsed < 2 * DELAY, (name, elapsed)
+
+
+# -- redirections --------------------------------------------------------------------------------
+
+
+def node_ids(nodes: dict[str, redis.Redis]) -> dict[str, str]:
+    """Each node's cluster id, by address."""
+    return {address: client.cluster("MYID").decode() for address, client in nodes.items()}
+
+
+def move_slot(nodes: dict[str, redis.Redis], slot: int, source: str, target: str) -> None:
+    """Give an empty ``slot`` from ``source`` to ``target`` (SETSLOT, as resharding does)."""
+    ids = node_ids(nodes)
+    nodes[target].cluster("SETSLOT", slot, "IMPORTING", ids[source])
+    nodes[source].cluster("SETSLOT", slot, "MIGRATING", ids[target])
+    for address in [target, source, *[a for a in nodes if a not in (source, target)]]:
+        nodes[address].cluster("SETSLOT", slot, "NODE", ids[target])
+
+
+def wait_for_slot(nodes: dict[str, redis.Redis], slot: int, target: str) -> None:
+    """Wait until every node agrees that ``target`` owns ``slot``."""
+    host, port = target.rsplit(":", 1)
+    deadline = time.monotonic() + 10
+    while True:
+        found = set()
+        for client in nodes.values():
+            for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    found.add((primary[0].decode(), int(primary[1])))
+        if found == {(host, int(port))}:
+            return
+        assert time.monotonic() < deadline, f"slot {slot} owners: {found}"
+        time.sleep(0.02)
+
+
+def first_key(nodes: dict[str, redis.Redis], prefix: str, node: str, other: bool = False) -> str:
+    """The first key ``prefix0, prefix1...`` that ``node`` owns (or, with ``other``, does not)."""
+    table = owners(nodes)
+    return next(
+        f"{prefix}{i}"
+        for i in range(10_000)
+        if (table[key_slot(f"{prefix}{i}".encode())] == node) != other
+    )
+
+
+def test_moved_and_ask_redirect_every_write_once(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """After a slot moves, the stale slot map sends writes to the old owner: MOVED (not
+    applied) is followed to the new one, once, and the map reloaded. During a migration,
+    ASK is followed with ASKING. add, incr, cas and add_many each apply exactly once."""
+    a, b = redis_cluster.startup_nodes[0], redis_cluster.startup_nodes[1]
+    moved_key, ask_key = first_key(nodes, "m", a), first_key(nodes, "a", a)
+    moved_slot, ask_slot = key_slot(moved_key.encode()), key_slot(ask_key.encode())
+    ids = node_ids(nodes)
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            assert await store.get(moved_key) is None  # loads the slot map
+            table = store._table  # pyright: ignore[reportPrivateUsage]
+            assert table is not None
+            move_slot(nodes, moved_slot, a, b)
+            wait_for_slot(nodes, moved_slot, b)
+            assert table.node_of(moved_slot) == a  # the backend's map is stale
+            assert await store.add(moved_key, b"1") is True
+            assert await store.incr("{" + moved_key + "}n", 5) == 5
+            got = await store.gets(moved_key)
+            assert got is not None
+            assert await store.cas(moved_key, b"2", got[1]) is True
+            assert await store.add_many([(moved_key, b"x"), ("{" + moved_key + "}2", b"y")]) == [
+                False,
+                True,
+            ]
+            table = store._table  # pyright: ignore[reportPrivateUsage]
+            assert table is not None
+            assert table.node_of(moved_slot) == b  # reloaded after the MOVED reply
+            # cas: EVALSHA (NOSCRIPT on this node), then EVAL, whose script runs GET and SET;
+            # the refused add of add_many is checked with a TYPE
+            expected = {"set": 4, "incrby": 1, "evalsha": 1, "eval": 1, "get": 2, "type": 1}
+            assert calls(nodes[b]) == expected
+            assert nodes[b].get("{" + moved_key + "}n") == b"5"
+
+            nodes[b].cluster("SETSLOT", ask_slot, "IMPORTING", ids[a])
+            nodes[a].cluster("SETSLOT", ask_slot, "MIGRATING", ids[b])
+            nodes[b].config_resetstat()
+            assert await store.add(ask_key, b"asked") is True
+            assert await store.incr("{" + ask_key + "}n") == 1
+            assert await store.add_many([("{" + ask_key + "}2", b"y"), (ask_key, b"z")]) == [
+                True,
+                False,
+            ]
+            # the refused add's TYPE check is asked (ASK) to the importing node too
+            assert calls(nodes[b]) == {"asking": 5, "set": 3, "incrby": 1, "type": 1}
+            assert calls(nodes[a]).get("set", 0) == 0
+            assert store._table is table  # pyright: ignore[reportPrivateUsage]
+            assert table.node_of(ask_slot) == a  # ASK changes no map
+
+    try:
+        run(main())
+    finally:
+        for slot in (moved_slot, ask_slot):
+            for client in nodes.values():
+                found = client.cluster("GETKEYSINSLOT", slot, 100)
+                if found:
+                    client.execute_command("ASKING")
+                    client.delete(*found)
+        for address in nodes:
+            nodes[address].cluster("SETSLOT", ask_slot, "STABLE")
+        move_slot(nodes, moved_slot, b, a)
+        wait_for_slot(nodes, moved_slot, a)
+        wait_for_slot(nodes, ask_slot, a)
+        redis_cluster.wait_ok()
+
+
+def test_a_slot_in_migration_gives_tryagain_until_the_batch_gives_up(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """An MSET / MGET over a slot being migrated, with one key moved and one not, is
+    answered TRYAGAIN: retried a few times, then reported as not written (nothing of it
+    was applied) while the other slots' keys are written."""
+    a, b = redis_cluster.startup_nodes[0], redis_cluster.startup_nodes[1]
+    tag = first_key(nodes, "t", a).join("{}")
+    moving = [f"{tag}1", f"{tag}2"]
+    slot = key_slot(moving[0].encode())
+    others = [k for k in (f"o{i}" for i in range(50)) if key_slot(k.encode()) != slot]
+    nodes[a].set(moving[0], b"old")
+    ids = node_ids(nodes)
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            nodes[b].cluster("SETSLOT", slot, "IMPORTING", ids[a])
+            nodes[a].cluster("SETSLOT", slot, "MIGRATING", ids[b])
+            start = time.monotonic()
+            with pytest.raises(co.BatchWriteError, match="redirect") as info:
+                await store.set_many(
+                    [(moving[0], b"x"), *[(k, b"v") for k in others], (moving[1], b"y")]
+                )
+            assert time.monotonic() - start < 2
+            assert info.value.written == others
+            assert info.value.not_written == moving
+            assert info.value.unknown == []
+            with pytest.raises(co.BackendUnavailable):
+                await store.get_many([*moving, others[0]])
+            assert nodes[a].get(moving[0]) == b"old"
+            for address in (a, b):
+                nodes[address].cluster("SETSLOT", slot, "STABLE")
+            assert await store.get_many(others) == [b"v"] * len(others)
+
+    try:
+        run(main())
+    finally:
+        for address in (a, b):
+            nodes[address].cluster("SETSLOT", slot, "STABLE")
+        nodes[a].delete(moving[0])
+
+
+def test_a_slot_its_node_no_longer_serves_is_unavailable(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """A node that answers CLUSTERDOWN for a slot did not apply the command: a write there
+    is BackendUnavailable (never OutcomeUnknown) and a batch lists its keys as not written.
+    A slot map without the slot says so before sending anything."""
+    a = redis_cluster.startup_nodes[0]
+    key = first_key(nodes, "d", a)
+    other = first_key(nodes, "e", a, other=True)
+    slot = key_slot(key.encode())
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            assert await store.get(key) is None  # the slot map, with the slot
+            nodes[a].config_set("cluster-require-full-coverage", "no")
+            nodes[a].cluster("DELSLOTS", slot)
+            for write in (lambda: store.add(key, b"v"), lambda: store.incr(key)):
+                with pytest.raises(co.BackendUnavailable, match="not served") as info:
+                    await write()
+                assert not isinstance(info.value, co.OutcomeUnknown)
+                assert info.value.server == a
+            with pytest.raises(co.BatchWriteError) as batch:
+                await store.add_many([(key, b"v"), (other, b"w")])
+            assert (batch.value.written, batch.value.not_written) == ([other], [key])
+            fresh = AsyncRedisClusterBackend(redis_cluster.startup_nodes)
+            try:
+                with pytest.raises(co.BackendUnavailable, match="not served by any node"):
+                    await fresh.set(key, b"v")
+            finally:
+                await fresh.aclose()
+
+    try:
+        run(main())
+    finally:
+        nodes[a].cluster("ADDSLOTS", slot)
+        nodes[a].config_set("cluster-require-full-coverage", "yes")
+    wait_for_slot(nodes, slot, a)
+    redis_cluster.wait_ok()
+
+
+def test_a_refused_expiry_is_invalid_ttl(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reply inside a cross-node batch is the error of its first key."""
+    import cacheorm._aio_redis_cluster as module
+
+    monkeypatch.setattr(module, "_px", lambda ttl: None if ttl is None else 2**63 - 1000)
+    keys = [f"k{i}" for i in range(20)]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            for write in (
+                lambda: store.set_many([(k, b"v") for k in keys], ttl=5),
+                lambda: store.add_many([(k, b"v") for k in keys], ttl=5),
+                lambda: store.add(keys[0], b"v", ttl=5),
+                lambda: store.set(keys[0], b"v", ttl=5),
+            ):
+                with pytest.raises(co.InvalidTTL, match="invalid expire time") as info:
+                    await write()
+                assert info.value.key == keys[0]
+            assert await store.get_many(keys) == [None] * 20
+
+    run(main())
+
+
+def test_cluster_slots_is_asked_where_cluster_shards_is_unknown(
+    redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that refuses CLUSTER SHARDS (Redis < 7) gives its map by CLUSTER SLOTS; one
+    that refuses both is not a cluster node, and no slot map means BackendUnavailable."""
+    import cacheorm._aio_redis_cluster as module
+
+    monkeypatch.setattr(module, "_SHARDS", ("CLUSTER", "NO-SUCH-SUBCOMMAND"))
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes[:1]) as store:
+            keys = [f"s{i}" for i in range(30)]
+            await store.set_many([(k, b"v") for k in keys])
+            assert await store.get_many(keys) == [b"v"] * 30
+            table = store._table  # pyright: ignore[reportPrivateUsage]
+            assert table is not None
+            assert sorted(table.nodes) == sorted(redis_cluster.startup_nodes)
+            assert await store.delete_many(keys) == 30
+
+    run(main())
+
+
+def test_a_server_that_is_not_a_cluster_node_is_unavailable(redis_server: Any) -> None:
+    """A plain Redis server answers neither CLUSTER SHARDS nor SLOTS: BackendUnavailable."""
+    address = redis_server.url.removeprefix("redis://").partition("/")[0]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend([address]) as store:
+            with pytest.raises(co.BackendUnavailable, match="slot map") as info:
+                await store.get("k")
+            assert "cluster" in str(info.value).lower()
+
+    run(main())

@@ -15,6 +15,7 @@ from cacheorm._slots import (
     Moved,
     Outcome,
     Route,
+    RoutingError,
     SlotTable,
     TryAgain,
     by_slot,
@@ -326,7 +327,7 @@ def test_failed_nodes_and_unserved_slots() -> None:
     assert route.advance() is False
     plain = Route([350], lambda reply: reply if isinstance(reply, str) else None)
     plain.settle(plain.plan(table, KeyError)[0], ["CLUSTERDOWN down"])
-    assert isinstance(plain.failures[0][1], RuntimeError)
+    assert isinstance(plain.failures[0][1], RoutingError)
 
 
 def test_a_failed_job_is_resent_once_when_the_caller_allows() -> None:

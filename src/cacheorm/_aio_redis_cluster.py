@@ -60,6 +60,7 @@ from cacheorm._slots import (
     Job,
     Outcome,
     Route,
+    RoutingError,
     SlotTable,
     by_slot,
     cluster_error,
@@ -85,10 +86,6 @@ _SHARDS = ("CLUSTER", "SHARDS")
 
 _NOT_SENT = Outcome.NOT_SENT
 _UNKNOWN = Outcome.UNKNOWN
-
-
-class _Unrouted(Exception):
-    """The cluster could not route a command: no slot map, an unserved slot, endless redirects."""
 
 
 def _message(reply: object) -> str | None:
@@ -243,7 +240,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             return table
         try:
             return await self._refresh()
-        except (_Unrouted, ConnectionLost) as exc:
+        except (RoutingError, ConnectionLost) as exc:
             raise self._fail(op, keys, exc, self._server) from exc
 
     def _refresh(self) -> asyncio.Future[SlotTable]:
@@ -280,13 +277,13 @@ class AsyncRedisClusterBackend(AsyncClosing):
         for node in candidates:
             try:
                 table = await self._ask_topology(node)
-            except (ConnectionLost, ValueError, _Unrouted) as exc:
+            except (ConnectionLost, ValueError, RoutingError) as exc:
                 errors.append(f"{node}: {self._detail(exc)}")
                 last = exc
                 continue
             self._suspects.clear()
             return table
-        raise _Unrouted(
+        raise RoutingError(
             f"no node gave the cluster's slot map ({'; '.join(errors)})"
         ) from last
 
@@ -299,12 +296,12 @@ class AsyncRedisClusterBackend(AsyncClosing):
         if isinstance(reply, ReplyError):
             reply = (await connection.execute([("CLUSTER", "SLOTS")]))[0]
             if isinstance(reply, ReplyError):
-                raise _Unrouted(f"CLUSTER SLOTS was refused: {reply.message}")
+                raise RoutingError(f"CLUSTER SLOTS was refused: {reply.message}")
             table = parse_slots(reply, host)
         else:
             table = parse_shards(reply, host, tls=tls)
         if not table.nodes:
-            raise _Unrouted("the node serves no slot: is it part of a cluster?")
+            raise RoutingError("the node serves no slot: is it part of a cluster?")
         return table
 
     def _suspect(self, nodes: Sequence[str]) -> None:
@@ -366,7 +363,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             if route.refresh:
                 try:
                     table = await self._refresh()
-                except (_Unrouted, ConnectionLost) as exc:
+                except (RoutingError, ConnectionLost) as exc:
                     route.failures.append((self._server, exc))
                     break
             if route.wait:
@@ -376,7 +373,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         return route
 
     def _unserved(self, slot: int) -> BaseException:
-        return _Unrouted(f"hash slot {slot} is not served by any node of the slot map")
+        return RoutingError(f"hash slot {slot} is not served by any node of the slot map")
 
     async def _read(
         self,
@@ -492,7 +489,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         detail = self._detail(exc)
         if server is None:
             server = self._node_of(key)
-        unavailable = isinstance(exc, (ConnectionLost, _Unrouted, OSError)) or (
+        unavailable = isinstance(exc, (ConnectionLost, RoutingError, OSError)) or (
             isinstance(exc, ReplyError) and exc.code == "CLUSTERDOWN"
         )
         if unavailable:

@@ -25,6 +25,7 @@ __all__ = [
     "Moved",
     "Outcome",
     "Route",
+    "RoutingError",
     "SlotTable",
     "TryAgain",
     "by_slot",
@@ -294,6 +295,11 @@ def cluster_error(message: str, origin: str) -> Moved | Ask | TryAgain | Cluster
 # -- one batch, round by round ----------------------------------------------------------
 
 
+class RoutingError(Exception):
+    """The cluster could not route a command: no slot map, no node for its slot, or
+    redirections without end. Nothing was applied."""
+
+
 class Outcome(enum.Enum):
     """What happened to a command that got no reply."""
 
@@ -452,7 +458,7 @@ class Route:
         if not self._pending:
             return False
         if self._round >= self._max:
-            error = RuntimeError(f"still redirected after {self._max} redirections")
+            error = RoutingError(f"still redirected after {self._max} redirections")
             self.failures.append((self._cluster, error))
             self._pending = []
             return False
@@ -469,4 +475,4 @@ def _as_exception(reply: object, message: str) -> BaseException:
     """``reply`` if it is an exception, else one with its message."""
     if isinstance(reply, BaseException):
         return reply
-    return RuntimeError(message)
+    return RoutingError(message)
