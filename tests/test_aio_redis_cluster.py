@@ -730,3 +730,157 @@ def test_a_server_that_is_not_a_cluster_node_is_unavailable(redis_server: Any) -
             assert "cluster" in str(info.value).lower()
 
     run(main())
+
+
+# -- a node that stops ------------------------------------------------------------------------
+
+
+def test_a_paused_node_leaves_its_keys_unknown_and_never_gets_a_resend(
+    own_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """A node that stops answering: a batch writes the other nodes' keys and reports the
+    silent node's keys as unknown after one timeout; an incr there is OutcomeUnknown and,
+    once the node wakes up, counted exactly once."""
+    victim = own_cluster.startup_nodes[0]
+    process = node_process(own_cluster, victim)
+    grouped = keys_by_node(nodes, 30)
+    items = [(f"k{i}", b"v") for i in range(30)]
+    healthy = [k for k, _ in items if k not in grouped[victim]]
+    counter = first_key(nodes, "n", victim)
+    paused = False
+
+    async def main() -> None:
+        nonlocal paused
+        async with short_timeout_backend(own_cluster.startup_nodes) as backend:
+            await backend.get_many([k for k, _ in items])  # connect to every node first
+            process.pause()
+            paused = True
+            start = time.monotonic()
+            with pytest.raises(co.BatchWriteError) as info:
+                await backend.set_many(items, ttl=60)
+            elapsed = time.monotonic() - start
+            process.resume()
+            paused = False
+            exc = info.value
+            assert exc.written == healthy
+            assert exc.unknown == grouped[victim]
+            assert exc.not_written == []
+            assert exc.server == victim
+            assert victim in str(exc)
+            assert elapsed < 4 * TIMEOUT
+            assert [nodes[victim].get(k) for k in grouped[victim]] == [b"v"] * len(
+                grouped[victim]
+            )
+
+            assert await backend.get(counter) is None  # a fresh connection to the node
+            process.pause()
+            paused = True
+            with pytest.raises(co.OutcomeUnknown, match=victim) as unknown:
+                await backend.incr(counter)
+            assert unknown.value.key == counter
+            with pytest.raises(co.BackendUnavailable, match=victim) as read:
+                await backend.get(counter)  # a read that timed out is not resent either
+            assert not isinstance(read.value, co.OutcomeUnknown)
+            process.resume()
+            paused = False
+            assert nodes[victim].get(counter) == b"1"
+            assert await backend.incr(counter) == 2
+
+    try:
+        run(main())
+    finally:
+        if paused:
+            process.resume()
+
+
+def test_a_killed_node_fails_its_keys_and_not_the_others(
+    own_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """Kill one node mid-run: its keys raise BackendUnavailable naming it (nothing sent, so
+    never OutcomeUnknown) within the timeout, the other nodes keep working, a batch spanning
+    it writes the others and lists its keys as not written; restarted, it works again with
+    the same backend."""
+    victim = own_cluster.startup_nodes[2]
+    process = node_process(own_cluster, victim)
+    grouped = keys_by_node(nodes, 30)
+    mine = grouped[victim][0]
+    others = [k for a, ks in grouped.items() if a != victim for k in ks]
+    counter = first_key(nodes, "n", victim, other=True)
+    items = [(f"k{i}", b"new") for i in range(30)]
+    for client in nodes.values():  # the other nodes keep serving their slots meanwhile
+        client.config_set("cluster-require-full-coverage", "no")
+    killed = False
+
+    async def main() -> None:
+        nonlocal killed
+        async with short_timeout_backend(own_cluster.startup_nodes) as backend:
+            await backend.set_many([(k, b"old") for ks in grouped.values() for k in ks])
+            process.kill()
+            killed = True
+            single_ops: list[Callable[[], Awaitable[object]]] = [
+                lambda: backend.get(mine),
+                lambda: backend.set(mine, b"v"),
+                lambda: backend.add(mine, b"v"),
+                lambda: backend.incr(mine),
+                lambda: backend.cas(mine, b"v", "0" * 40),
+                lambda: backend.delete(mine),
+                lambda: backend.replace(mine, b"v"),
+                lambda: backend.gets(mine),
+                lambda: backend.exists(mine),
+                lambda: backend.ttl_of(mine),
+                lambda: backend.counter_add(mine, 1),
+                lambda: backend.add_many([(mine, b"v")]),
+            ]
+            for op in single_ops:
+                start = time.monotonic()
+                with pytest.raises(co.BackendUnavailable) as info:
+                    await op()
+                assert time.monotonic() - start < 5
+                assert not isinstance(info.value, co.OutcomeUnknown)
+                assert info.value.server == victim
+                assert info.value.key == mine
+            assert await backend.get(others[0]) == b"old"
+            assert await backend.add(others[0], b"new") is False
+            assert await backend.replace(others[0], b"new") is True
+            assert await backend.incr(counter) == 1
+            every = [k for k, _ in items]
+            healthy = [k for k in every if k not in grouped[victim]]
+            for write, written in (
+                (lambda: backend.set_many(items, ttl=60), healthy),
+                (lambda: backend.set_many(items), healthy),
+                (lambda: backend.replace_many(items), healthy),
+                (lambda: backend.add_many(items), []),  # the others exist: refused
+            ):
+                with pytest.raises(co.BatchWriteError) as batch:
+                    await write()
+                assert batch.value.written == written
+                assert batch.value.not_written == [k for k in every if k not in written]
+                assert batch.value.unknown == []
+                assert batch.value.server == victim
+            with pytest.raises(co.BackendUnavailable, match=victim):
+                await backend.get_many([k for k, _ in items])
+            with pytest.raises(co.BackendUnavailable, match=victim):
+                await backend.touch_many([k for k, _ in items], 10)
+            with pytest.raises(co.BatchWriteError):
+                await backend.delete_many([k for k, _ in items])
+            assert await backend.get_many(others) == [None] * len(others)
+            with pytest.raises(co.BackendUnavailable, match=victim):
+                async for _ in backend.scan("k"):
+                    pass
+
+            process.restart()
+            killed = False
+            own_cluster.wait_ok()
+            assert await backend.add(mine, b"back") is True  # the node restarted empty
+            assert await backend.incr("{" + mine + "}n") == 1
+            await backend.set_many(items)
+            assert await backend.get_many([k for k, _ in items]) == [b"new"] * 30
+
+    try:
+        run(main())
+    finally:
+        if killed:
+            process.restart()
+            own_cluster.wait_ok()
+        for client in nodes.values():
+            client.config_set("cluster-require-full-coverage", "yes")

@@ -423,7 +423,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             reply = route.outcome[0]
         if route.failures:
             node, exc = route.failures[0]
-            if reply is _UNKNOWN:
+            if reply is _UNKNOWN and not idempotent:
                 raise self._unknown(op, key, exc, node) from exc
             raise self._fail(op, key, exc, node) from exc
         if isinstance(reply, ReplyError):
