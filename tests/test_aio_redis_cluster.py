@@ -884,3 +884,179 @@ def test_a_killed_node_fails_its_keys_and_not_the_others(
             own_cluster.wait_ok()
         for client in nodes.values():
             client.config_set("cluster-require-full-coverage", "yes")
+
+
+# -- cancellation ----------------------------------------------------------------------------------
+
+
+def value_of(key: str) -> bytes:
+    """The value every cancellation test stores under ``key``: a wrong reply shows."""
+    return b"value of " + key.encode()
+
+
+class Tally:
+    """What the random tasks of a cancellation test saw."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.failed = 0
+        self.wrong: list[tuple[object, object]] = []
+
+    def check(self, got: object, expected: object) -> None:
+        if got != expected:
+            self.wrong.append((got, expected))
+
+
+async def random_operation(
+    backend: AsyncRedisClusterBackend, keys: list[str], rng: random.Random, tally: Tally
+) -> None:
+    """One random read (or same-value write) whose reply says whose key it answers."""
+    key = rng.choice(keys)
+    kind = rng.randrange(7)
+    try:
+        if kind == 0:
+            tally.check(await backend.get(key), value_of(key))
+        elif kind == 1:
+            chosen = rng.sample(keys, rng.randint(1, 40))
+            tally.check(await backend.get_many(chosen), [value_of(k) for k in chosen])
+        elif kind == 2:
+            got = await backend.gets(key)
+            tally.check(got and got[0], value_of(key))
+        elif kind == 3:
+            await backend.set(key, value_of(key))
+        elif kind == 4:
+            tally.check(await backend.exists(key), True)
+        elif kind == 5:
+            tally.check(await backend.ttl_of(key), math.inf)
+        else:
+            chosen = rng.sample(keys, rng.randint(1, 20))
+            await backend.set_many([(k, value_of(k)) for k in chosen])
+    except co.BackendUnavailable:
+        tally.failed += 1
+        return
+    tally.done += 1
+
+
+async def cancel_at_random(
+    backend: AsyncRedisClusterBackend,
+    keys: list[str],
+    rng: random.Random,
+    cancellations: int,
+    between_rounds: Callable[[], None] = lambda: None,
+) -> tuple[int, Tally]:
+    """Start rounds of up to 64 random operations and cancel some of them at random
+    moments (task.cancel(), or a wait_for timeout) until ``cancellations`` were cut off."""
+    tally = Tally()
+    cut = 0
+    while cut < cancellations:
+        between_rounds()
+        tasks = [
+            asyncio.ensure_future(random_operation(backend, keys, random.Random(rng.random()), tally))
+            for _ in range(rng.randint(1, 64))
+        ]
+        timed = [
+            asyncio.ensure_future(
+                asyncio.wait_for(
+                    random_operation(backend, keys, random.Random(rng.random()), tally),
+                    rng.random() * 0.002,
+                )
+            )
+            for _ in range(rng.randint(0, 8))
+        ]
+        if rng.random() < 0.5:
+            for _ in range(rng.randint(0, 6)):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(rng.random() * 0.002)
+        victims = [task for task in tasks if not task.done() and rng.random() < 0.5]
+        for task in victims:
+            task.cancel()
+        results = await asyncio.gather(*tasks, *timed, return_exceptions=True)
+        cut += sum(task.cancelled() for task in victims)
+        cut += sum(isinstance(result, asyncio.TimeoutError) for result in results[len(tasks) :])
+    return cut, tally
+
+
+def test_random_cancellations_never_hand_a_reply_to_another_task(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """Thousands of reads and writes over every node, 2,000+ of them cancelled at random
+    moments (task.cancel() and wait_for timeouts): every reply that arrives is the one for
+    its own keys, and the data is intact afterwards."""
+    flush(redis_cluster)
+    keys = [f"c{i}" for i in range(300)]
+
+    async def main() -> tuple[int, Tally]:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as backend:
+            await backend.set_many([(k, value_of(k)) for k in keys])
+            result = await cancel_at_random(backend, keys, random.Random(2026), 2000)
+            assert await backend.get_many(keys) == [value_of(k) for k in keys]
+            return result
+
+    cut, tally = run(main())
+    print(f"\n{cut} cancellations, {tally.done} operations completed, {len(tally.wrong)} wrong")
+    assert tally.wrong == []
+    assert cut >= 2000
+    assert tally.done > 2000
+    assert tally.failed == 0
+
+
+def test_cancellations_and_broken_connections_never_mix_replies(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """The same, with every node behind a fault proxy that, now and then, cuts the
+    connections mid-reply or resets them: operations fail (BackendUnavailable), are
+    cancelled or succeed, and a reply is never another task's."""
+    from tests.proxy import FaultProxy
+
+    flush(redis_cluster)
+    keys = [f"f{i}" for i in range(200)]
+    proxies: dict[tuple[str, int], FaultProxy] = {}
+    for address in redis_cluster.startup_nodes:
+        host, _, port = address.rpartition(":")
+        proxies[(host, int(port))] = FaultProxy(host, int(port))
+
+    def through_proxy(address: tuple[str, int]) -> tuple[str, int]:
+        proxy = proxies.get(address)
+        return address if proxy is None else (proxy.host, proxy.port)
+
+    rng = random.Random(12)
+    faults = 0
+
+    def maybe_break() -> None:
+        nonlocal faults
+        for proxy in proxies.values():
+            if proxy.mode != "pass":
+                proxy.pass_through()
+        if rng.random() < 0.3:
+            proxy = rng.choice(list(proxies.values()))
+            if rng.random() < 0.5:
+                proxy.cut_replies_after(rng.randint(0, 400))
+            else:
+                proxy.reset()
+            faults += 1
+
+    async def main() -> tuple[int, Tally]:
+        async with AsyncRedisClusterBackend(
+            redis_cluster.startup_nodes, address_remap=through_proxy, timeout=2
+        ) as backend:
+            await backend.set_many([(k, value_of(k)) for k in keys])
+            result = await cancel_at_random(backend, keys, rng, 2000, maybe_break)
+            for proxy in proxies.values():
+                proxy.pass_through()
+            assert await backend.get_many(keys) == [value_of(k) for k in keys]
+            return result
+
+    try:
+        cut, tally = run(main())
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
+    print(
+        f"\n{cut} cancellations, {faults} faults, {tally.done} completed, "
+        f"{tally.failed} failed, {len(tally.wrong)} wrong"
+    )
+    assert tally.wrong == []
+    assert cut >= 2000
+    assert faults > 10
+    assert tally.failed > 0

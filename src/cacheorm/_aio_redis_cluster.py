@@ -314,13 +314,19 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _send(self, job: Job, commands: Sequence[tuple[Any, ...]]) -> list[object]:
-        """One job's commands on its node's connection (each after ASKING when asked)."""
-        connection = self._connection(job.node)
-        if job.asking:
-            batch = [part for i in job.indices for part in (("ASKING",), commands[i])]
-            return (await connection.execute(batch))[1::2]
-        return await connection.execute([commands[i] for i in job.indices])
+    async def _send(
+        self, job: Job, commands: Sequence[tuple[Any, ...]]
+    ) -> list[object] | ConnectionLost:
+        """One job's commands on its node's connection (each after ASKING when asked);
+        their replies, or the connection's failure."""
+        try:
+            connection = self._connection(job.node)
+            if job.asking:
+                batch = [part for i in job.indices for part in (("ASKING",), commands[i])]
+                return (await connection.execute(batch))[1::2]
+            return await connection.execute([commands[i] for i in job.indices])
+        except ConnectionLost as exc:
+            return exc
 
     async def _batch(
         self,
@@ -342,11 +348,9 @@ class AsyncRedisClusterBackend(AsyncClosing):
         while True:
             jobs = route.plan(table, self._unserved)
             if len(jobs) == 1:
-                results: list[list[object] | BaseException] = [
-                    await _attempt(self._send(jobs[0], commands))
-                ]
+                results = [await self._send(jobs[0], commands)]
             else:
-                results = await asyncio.gather(*(_attempt(self._send(j, commands)) for j in jobs))
+                results = await asyncio.gather(*[self._send(job, commands) for job in jobs])
             for job, result in zip(jobs, results, strict=True):
                 if isinstance(result, ConnectionLost):
                     failed.append(job.node)
@@ -354,8 +358,6 @@ class AsyncRedisClusterBackend(AsyncClosing):
                         idempotent and not isinstance(result, RequestTimeout)
                     )
                     route.settle(job, None, result, result.sent, resend=resend)
-                elif isinstance(result, BaseException):
-                    raise result
                 else:
                     route.settle(job, result, table=table)
             if not route.advance():
@@ -1011,14 +1013,6 @@ class AsyncRedisClusterBackend(AsyncClosing):
         connections = list(self._connections.values())
         self._connections.clear()
         await asyncio.gather(*(connection.aclose() for connection in connections))
-
-
-async def _attempt(call: Any) -> Any:
-    """Await ``call``; its result, or the ConnectionLost it raised."""
-    try:
-        return await call
-    except ConnectionLost as exc:
-        return exc
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
