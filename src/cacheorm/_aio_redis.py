@@ -200,7 +200,14 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if n < written:
-                future.set_exception(error)
+                if request.replies:  # the first request may have had some replies
+                    future.set_exception(
+                        type(error)(
+                            str(error), sent=True, server=error.server, replies=request.replies
+                        )
+                    )
+                else:
+                    future.set_exception(error)
             else:
                 if unsent is None:
                     unsent = self._owner.lost(str(error), False)
