@@ -676,18 +676,19 @@ def test_a_refused_expiry_is_invalid_ttl(
     redis_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error reply inside a cross-node batch is the error of its first key."""
-    import cacheorm._aio_redis_cluster as module
+    import cacheorm._redis_ops
 
-    monkeypatch.setattr(module, "_px", lambda ttl: None if ttl is None else 2**63 - 1000)
+    monkeypatch.setattr(cacheorm._redis_ops, "MAX_TTL_MS", 2**64)
+    ttl = (2**63 - 1000) / 1000
     keys = [f"k{i}" for i in range(20)]
 
     async def main() -> None:
         async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
             for write in (
-                lambda: store.set_many([(k, b"v") for k in keys], ttl=5),
-                lambda: store.add_many([(k, b"v") for k in keys], ttl=5),
-                lambda: store.add(keys[0], b"v", ttl=5),
-                lambda: store.set(keys[0], b"v", ttl=5),
+                lambda: store.set_many([(k, b"v") for k in keys], ttl=ttl),
+                lambda: store.add_many([(k, b"v") for k in keys], ttl=ttl),
+                lambda: store.add(keys[0], b"v", ttl=ttl),
+                lambda: store.set(keys[0], b"v", ttl=ttl),
             ):
                 with pytest.raises(co.InvalidTTL, match="invalid expire time") as info:
                     await write()

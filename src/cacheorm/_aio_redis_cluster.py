@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import math
 import ssl as _ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+from cacheorm import _redis_ops as ops
 from cacheorm._aio_redis import ConnectionLost, RedisConnection, RequestTimeout
 from cacheorm._backend import AsyncClosing, CasToken
 from cacheorm._checks import as_bytes as _as_bytes
@@ -25,40 +25,10 @@ from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_batch as _check_batch
 from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
-from cacheorm._errors import (
-    BackendError,
-    BackendUnavailable,
-    BatchWriteError,
-    ConfigurationError,
-    InvalidTTL,
-    OutcomeUnknown,
-    describe_keys,
-    safe_repr,
-)
-from cacheorm._observe import get_logger
-from cacheorm._redis import (
-    _CAS_SCRIPT,
-    _CAS_SHA,
-    _COUNTER_SCRIPT,
-    _COUNTER_SHA,
-    _FOREIGN_HINT,
-    _GLOB,
-    _TOKEN,
-    _TOUCH_SCRIPT,
-    _TOUCH_SHA,
-    _TTL_SCRIPT,
-    _TTL_SHA,
-    _describe,
-    _expiry,
-    _key_list,
-    _masked_url,
-    _px,
-    _type_name,
-)
+from cacheorm._errors import BackendError, BackendUnavailable, ConfigurationError, InvalidTTL
 from cacheorm._resp import ReplyError
 from cacheorm._slots import (
     Job,
-    Outcome,
     Route,
     RoutingError,
     SlotTable,
@@ -74,8 +44,6 @@ from cacheorm._ttl import BackendTTL
 
 __all__ = ["AsyncRedisClusterBackend", "cluster_from_url"]
 
-_log = get_logger("redis")
-
 #: How many MOVED / ASK / TRYAGAIN rounds one batch follows before giving up.
 _MAX_REDIRECTS = 5
 #: How long to wait before resending after TRYAGAIN (a slot being migrated).
@@ -84,8 +52,7 @@ _TRYAGAIN_DELAY = 0.05
 #: The command that gives the slot map (CLUSTER SLOTS is asked where it is unknown).
 _SHARDS = ("CLUSTER", "SHARDS")
 
-_NOT_SENT = Outcome.NOT_SENT
-_UNKNOWN = Outcome.UNKNOWN
+_UNKNOWN = ops.UNKNOWN
 
 
 def _message(reply: object) -> str | None:
@@ -199,7 +166,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncRedisClusterBackend:
-        """A backend on the cluster that the node in ``url`` belongs to: :func:`cluster_from_url`."""
+        """A backend on the cluster of the node in ``url``: see :func:`cluster_from_url`."""
         return cluster_from_url(url, **options)
 
     @property
@@ -283,9 +250,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
                 continue
             self._suspects.clear()
             return table
-        raise RoutingError(
-            f"no node gave the cluster's slot map ({'; '.join(errors)})"
-        ) from last
+        raise RoutingError(f"no node gave the cluster's slot map ({'; '.join(errors)})") from last
 
     async def _ask_topology(self, node: str) -> SlotTable:
         """``node``'s slot map: CLUSTER SHARDS, or CLUSTER SLOTS where that is unknown."""
@@ -380,19 +345,22 @@ class AsyncRedisClusterBackend(AsyncClosing):
     async def _read(
         self,
         op: str,
-        keys: Sequence[str],
+        names: Sequence[str],
         commands: Sequence[tuple[Any, ...]],
         slots: Sequence[int],
+        keys: Sequence[str] | None = None,
     ) -> list[Any]:
         """Run idempotent read ``commands``; their replies, or the error of the first failure.
 
-        ``keys[i]`` names command i in an error reply's message.
+        ``names[i]`` is the key that names command i in an error reply's
+        message; ``keys`` (default ``names``) the keys a failed node's error names.
         """
-        route = await self._batch(op, keys, commands, slots, idempotent=True)
+        every = names if keys is None else keys
+        route = await self._batch(op, every, commands, slots, idempotent=True)
         if route.failures:
             node, exc = route.failures[0]
-            raise self._fail(op, keys, exc, node) from exc
-        for key, reply in zip(keys, route.outcome, strict=True):
+            raise self._fail(op, every, exc, node) from exc
+        for key, reply in zip(names, route.outcome, strict=True):
             if isinstance(reply, ReplyError):
                 raise self._fail(op, key, reply) from reply
         return route.outcome
@@ -420,7 +388,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         slot = self._slots(op, [key])
         route = await self._batch(op, key, [command], slot, idempotent)
         reply = route.outcome[0]
-        if fallback is not None and isinstance(reply, ReplyError) and reply.code == "NOSCRIPT":
+        if fallback is not None and _no_script(reply):
             route = await self._batch(op, key, [fallback], slot, idempotent)
             reply = route.outcome[0]
         if route.failures:
@@ -467,10 +435,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
     def _detail(self, exc: BaseException) -> str:
         """The error's message, any password masked."""
         detail = exc.message if isinstance(exc, ReplyError) else str(exc)
-        detail = detail or type(exc).__name__
-        if self._password:
-            detail = detail.replace(self._password, "***")
-        return detail
+        return ops.mask(detail or type(exc).__name__, self._password)
 
     def _node_of(self, key: str | None) -> str:
         """The node that serves ``key`` per the slot map, else the cluster's name."""
@@ -486,61 +451,26 @@ class AsyncRedisClusterBackend(AsyncClosing):
     def _fail(
         self, op: str, keys: str | Sequence[str], exc: BaseException, server: str | None = None
     ) -> Exception:
-        """The cacheorm exception for ``exc`` during ``op`` on ``keys``."""
-        what, key = _describe(keys)
+        """The cacheorm exception for ``exc`` during ``op`` on ``keys``.
+
+        A connection failure, a routing failure and CLUSTERDOWN (refused
+        unapplied) are :class:`~cacheorm.BackendUnavailable`; an error reply
+        is what :func:`~cacheorm._redis_ops.refused` makes of it.
+        """
         detail = self._detail(exc)
         if server is None:
-            server = self._node_of(key)
-        unavailable = isinstance(exc, (ConnectionLost, RoutingError, OSError)) or (
-            isinstance(exc, ReplyError) and exc.code == "CLUSTERDOWN"
-        )
-        if unavailable:
-            _log.warning("redis %s: server %s is unavailable (%s)", op, server, type(exc).__name__)
-            _log.debug("redis %s on %s failed: %s", op, server, detail)
-            return BackendUnavailable(
-                f"redis {op} of {what} failed: server {server} is unavailable: {detail}",
-                key=key,
-                server=server,
-            )
-        if isinstance(exc, ReplyError) and "invalid expire time" in detail:
-            return InvalidTTL(f"redis {op} of {what} refused the ttl on {server}: {detail}", key=key)
-        if isinstance(exc, ReplyError) and exc.code == "WRONGTYPE":
-            return BackendError(
-                f"redis {op} of {what} failed on {server}: the key holds another Redis type, "
-                f"not a string value; {_FOREIGN_HINT} ({detail})",
-                key=key,
-                server=server,
-            )
-        return BackendError(
-            f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
-        )
+            server = self._node_of(ops.describe(keys)[1])
+        if isinstance(exc, ReplyError):
+            if exc.code == "CLUSTERDOWN":
+                return ops.unavailable(op, keys, detail, server, exc.code)
+            return ops.refused(op, keys, detail, server)
+        if isinstance(exc, (ConnectionLost, RoutingError)):
+            return ops.unavailable(op, keys, detail, server, type(exc).__name__)
+        return ops.failed(op, keys, detail, server)  # a key that is not UTF-8
 
-    def _foreign(self, op: str, key: str, kind: str) -> BackendError:
-        """BackendError: ``key`` holds a Redis ``kind`` (a hash, a list...), not a string."""
-        server = self._node_of(key)
-        return BackendError(
-            f"redis {op} of key {safe_repr(key)}: the key holds a Redis {kind}, not a string "
-            f"value, on {server}; {_FOREIGN_HINT}",
-            key=key,
-            server=server,
-        )
-
-    def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
+    def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> BackendError:
         """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
-        _log.warning(
-            "redis %s: the connection to %s failed after the command was sent (%s); "
-            "its outcome is unknown and it is not resent",
-            op,
-            server,
-            type(exc).__name__,
-        )
-        return OutcomeUnknown(
-            f"redis {op} of key {safe_repr(key)} was sent to {server}, then the connection "
-            f"failed before the reply ({self._detail(exc)}): the write may or may not have "
-            "been applied; cacheorm does not resend it. Read the key to find out.",
-            key=key,
-            server=server,
-        )
+        return ops.unknown(op, key, self._detail(exc), server, type(exc).__name__)
 
     def _batch_error(
         self,
@@ -549,44 +479,9 @@ class AsyncRedisClusterBackend(AsyncClosing):
         route: Route,
         conditional: bool = False,
     ) -> Exception:
-        """BatchWriteError for a write batch whose commands ended as ``route.outcome``.
-
-        A command whose reply arrived wrote its keys, unless ``conditional``
-        and the reply is nil (NX / XX did not hold); those, an error reply
-        and a command never sent did not; one sent without a reply is unknown.
-        """
-        written: list[str] = []
-        not_written: list[str] = []
-        unknown: list[str] = []
-        for keys, reply in zip(command_keys, route.outcome, strict=True):
-            if reply is _UNKNOWN:
-                unknown.extend(keys)
-            elif (
-                reply is _NOT_SENT
-                or isinstance(reply, ReplyError)
-                or (conditional and reply is None)
-            ):
-                not_written.extend(keys)
-            else:
-                written.extend(keys)
-        every = [key for keys in command_keys for key in keys]
-        what, key = _describe(every)
-        servers = ", ".join(
-            dict.fromkeys(f"{name} ({self._detail(exc)})" for name, exc in route.failures)
-        )
-        parts = [f"{len(written)} written", f"{len(not_written)} not written"]
-        parts.append(f"{len(unknown)} unknown (sent, reply lost)")
-        if unknown:
-            parts[-1] += f": {describe_keys(unknown)}"
-        return BatchWriteError(
-            f"redis {op} batch of {what} failed part-way: {', '.join(parts)}; "
-            f"unavailable: {servers}",
-            written=written,
-            not_written=not_written,
-            unknown=unknown,
-            key=key,
-            server=route.failures[0][0] if route.failures else self._server,
-        )
+        """BatchWriteError for a write batch whose commands ended as ``route.outcome``."""
+        failures = [(node, self._detail(exc)) for node, exc in route.failures]
+        return ops.batch_error(op, command_keys, route.outcome, failures, self._server, conditional)
 
     def _check_write(
         self,
@@ -612,7 +507,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys``: a GET or MGET per slot, pipelined per node, nodes at once."""
-        keys = _key_list(keys)
+        keys = ops.key_list(keys)
         if not keys:
             return []
         groups = list(by_slot(self._slots("MGET", keys)).items())
@@ -623,19 +518,14 @@ class AsyncRedisClusterBackend(AsyncClosing):
             for _, ix in groups
         ]
         firsts = [keys[ix[0]] for _, ix in groups]
-        route = await self._batch("MGET", keys, commands, [slot for slot, _ in groups], True)
-        if route.failures:
-            node, exc = route.failures[0]
-            raise self._fail("MGET", keys, exc, node) from exc
+        replies = await self._read("MGET", firsts, commands, [slot for slot, _ in groups], keys)
         values: list[bytes | None] = [None] * len(keys)
-        for (_, indices), first, reply in zip(groups, firsts, route.outcome, strict=True):
-            if isinstance(reply, ReplyError):
-                raise self._fail("MGET", first, reply) from reply
+        for (_, indices), reply in zip(groups, replies, strict=True):
             if len(indices) == 1:
-                values[indices[0]] = reply  # type: ignore[assignment]
-                continue
-            for i, value in zip(indices, reply, strict=True):  # type: ignore[call-overload]
-                values[i] = value
+                values[indices[0]] = reply
+            else:
+                for i, value in zip(indices, reply, strict=True):
+                    values[i] = value
         if None in values:
             await self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
         return values
@@ -643,32 +533,26 @@ class AsyncRedisClusterBackend(AsyncClosing):
     async def _foreign_misses(self, keys: list[str]) -> None:
         """Raise BackendError if a key MGET answered nil for holds another Redis type.
 
-        One EXISTS per slot of the misses; only if some exists are their types read.
+        One EXISTS per slot of the misses (one more round trip, only for a
+        batch with misses); only if some exists are their types read.
         """
         keys = list(dict.fromkeys(keys))
         groups = list(by_slot(self._slots("EXISTS", keys)).items())
         commands = [("EXISTS", *[keys[i] for i in ix]) for _, ix in groups]
-        replies = await self._read(
-            "EXISTS", [keys[ix[0]] for _, ix in groups], commands, [s for s, _ in groups]
-        )
-        if sum(replies):
+        firsts = [keys[ix[0]] for _, ix in groups]
+        found = await self._read("EXISTS", firsts, commands, [slot for slot, _ in groups], keys)
+        if sum(found):
             await self._refuse_foreign("TYPE", keys)
 
     async def _refuse_foreign(self, op: str, keys: list[str]) -> None:
         """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
-        commands = [("TYPE", key) for key in keys]
-        replies = await self._read(op, keys, commands, self._slots(op, keys))
-        for key, reply in zip(keys, replies, strict=True):
-            kind = _type_name(reply)
-            if kind not in ("string", "none"):
-                raise self._foreign(op, key, kind)
+        replies = await self._read(op, keys, [("TYPE", key) for key in keys], self._slots(op, keys))
+        ops.first_foreign(op, keys, [ops.type_name(reply) for reply in replies], self._node_of)
 
     async def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key`` (SET, with PX when ``ttl``), replacing any value and TTL."""
+        """Store ``value`` under ``key`` (SET, PX when ``ttl``), replacing any value and TTL."""
         data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
-        command = ("SET", key, data) if px is None else ("SET", key, data, "PX", px)
-        await self._one("SET", key, command)
+        await self._one("SET", key, ops.set_command(key, data, ttl))
 
     async def set_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -680,22 +564,21 @@ class AsyncRedisClusterBackend(AsyncClosing):
                 written, which not, and which are unknown.
         """
         pairs = _as_items(items)
-        px = _px(ttl)
+        ms = ops.px(ttl)
         if not pairs:
             return
         keys = [key for key, _ in pairs]
         slots = self._slots("SET", keys)
-        commands: list[tuple[Any, ...]]
-        if px is None:
-            op = "MSET"
+        if ms is None:  # an MSET per slot
             groups = list(by_slot(slots).items())
-            commands = [("MSET", *[part for i in ix for part in pairs[i]]) for _, ix in groups]
+            op, commands = (
+                "MSET",
+                [("MSET", *[p for i in ix for p in pairs[i]]) for _, ix in groups],
+            )
             slots = [slot for slot, _ in groups]
             command_keys = [[keys[i] for i in ix] for _, ix in groups]
         else:
-            op = "SET"
-            commands = [("SET", key, data, "PX", px) for key, data in pairs]
-            command_keys = [[key] for key in keys]
+            op, commands, command_keys = ops.set_many_commands(pairs, ms)
         route = await self._batch(op, keys, commands, slots, idempotent=True)
         self._check_write(op, command_keys, route)
 
@@ -709,10 +592,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             OutcomeUnknown: the command was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
-        options: tuple[Any, ...] = () if px is None else ("PX", px)
-        reply = await self._once("SET NX", key, ("SET", key, data, "NX", *options))
-        if reply is not None:
+        if await self._once("SET NX", key, ops.add_command(key, data, ttl)) is not None:
             return True
         await self._refused_add_check([key])
         return False
@@ -736,9 +616,8 @@ class AsyncRedisClusterBackend(AsyncClosing):
             BatchWriteError: a node failed part-way.
         """
         pairs = _as_items(items)
-        px = _px(ttl)
-        options: tuple[Any, ...] = () if px is None else ("PX", px)
-        return await self._write_many("NX", pairs, options, idempotent=False)
+        ms = ops.px(ttl)
+        return await self._write_many("NX", pairs, () if ms is None else ("PX", ms), False)
 
     async def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
         """Store only if ``key`` holds a string value (``SET XX GET``); True if stored.
@@ -747,7 +626,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             BackendError: the key holds another Redis type (a hash, a list...).
         """
         data = _as_bytes(_check_key(key), value)
-        command = ("SET", key, data, "XX", "GET", *_expiry(ttl))
+        command = ops.write_many_commands("XX", [(key, data)], ("GET", *ops.expiry(ttl)))[0]
         return await self._one("SET XX", key, command) is not None
 
     async def replace_many(
@@ -761,7 +640,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             BackendError: a key holds another Redis type (nothing written).
         """
         pairs = _as_items(items)
-        return await self._write_many("XX", pairs, ("GET", *_expiry(ttl)), idempotent=True)
+        return await self._write_many("XX", pairs, ("GET", *ops.expiry(ttl)), True)
 
     async def _write_many(
         self,
@@ -775,47 +654,25 @@ class AsyncRedisClusterBackend(AsyncClosing):
             return []
         op = f"SET {condition}"
         keys = [key for key, _ in pairs]
-        commands = [("SET", key, data, condition, *options) for key, data in pairs]
+        commands = ops.write_many_commands(condition, pairs, options)
         route = await self._batch(op, keys, commands, self._slots(op, keys), idempotent)
         if route.failures:
-            raise self._batch_error(op, [[key] for key in keys], route, True) from route.failures[
-                0
-            ][1]
-        replies = route.outcome
-        stored = [reply is not None and not isinstance(reply, ReplyError) for reply in replies]
-        errors = [i for i, reply in enumerate(replies) if isinstance(reply, ReplyError)]
+            error = self._batch_error(op, [[key] for key in keys], route, conditional=True)
+            raise error from route.failures[0][1]
+        stored, errors = ops.stored_of(route.outcome)
         if errors:
-            error = replies[errors[0]]
-            assert isinstance(error, ReplyError)
-            raise self._partly_written(
-                op, keys, stored, self._fail(op, keys[errors[0]], error)
-            ) from error
+            reply = route.outcome[errors[0]]
+            assert isinstance(reply, ReplyError)
+            exc = self._fail(op, keys[errors[0]], reply)
+            raise ops.partly_written(op, keys, stored, exc) from reply
         if condition == "NX" and not all(stored):
             try:
                 await self._refused_add_check(
-                    [k for k, ok in zip(keys, stored, strict=True) if not ok]
+                    [key for key, ok in zip(keys, stored, strict=True) if not ok]
                 )
             except BackendError as exc:
-                raise self._partly_written(op, keys, stored, exc) from None
+                raise ops.partly_written(op, keys, stored, exc) from None
         return stored
-
-    def _partly_written(
-        self, op: str, keys: list[str], stored: list[bool], exc: Exception
-    ) -> Exception:
-        """``exc``, or BatchWriteError if other pairs were stored."""
-        written = [key for key, ok in zip(keys, stored, strict=True) if ok]
-        if not written:
-            return exc
-        not_written = [key for key, ok in zip(keys, stored, strict=True) if not ok]
-        return BatchWriteError(
-            f"{exc}; the other pairs of the {op} batch were applied: {len(written)} written, "
-            f"{len(not_written)} not written",
-            written=written,
-            not_written=not_written,
-            unknown=[],
-            key=getattr(exc, "key", None),
-            server=getattr(exc, "server", None),
-        )
 
     async def delete(self, key: str, /) -> bool:
         """Remove ``key`` (DEL); True if it existed."""
@@ -830,14 +687,14 @@ class AsyncRedisClusterBackend(AsyncClosing):
             BatchWriteError: a node failed part-way; ``written`` lists the keys
                 confirmed removed (or absent).
         """
-        keys = _key_list(keys)
+        keys = ops.key_list(keys)
         if not keys:
             return 0
         groups = list(by_slot(self._slots("DEL", keys)).items())
         commands = [("DEL", *[keys[i] for i in ix]) for _, ix in groups]
-        route = await self._batch("DEL", keys, commands, [s for s, _ in groups], True)
+        route = await self._batch("DEL", keys, commands, [slot for slot, _ in groups], True)
         self._check_write("DEL", [[keys[i] for i in ix] for _, ix in groups], route)
-        return sum(int(reply) for reply in route.outcome)  # type: ignore[call-overload]
+        return sum(cast("list[int]", route.outcome))
 
     async def exists(self, key: str, /) -> bool:
         """True if ``key`` holds a live value (TYPE).
@@ -846,12 +703,9 @@ class AsyncRedisClusterBackend(AsyncClosing):
             BackendError: the key holds another Redis type (a hash, a list...).
         """
         _check_key(key)
-        kind = _type_name(await self._one("TYPE", key, ("TYPE", key)))
-        if kind == "string":
-            return True
-        if kind == "none":
-            return False
-        raise self._foreign("TYPE", key, kind)
+        kind = ops.type_name(await self._one("TYPE", key, ("TYPE", key)))
+        ops.first_foreign("TYPE", [key], [kind], self._node_of)
+        return kind == "string"
 
     async def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key`` (INCRBY), from 0; the new value.
@@ -875,11 +729,9 @@ class AsyncRedisClusterBackend(AsyncClosing):
         value: bytes | None = await self._one("GET", key, ("GET", key))
         if value is None:
             return None
-        return value, hashlib.sha1(value, usedforsecurity=False).hexdigest()
+        return value, ops.token_of(value)
 
-    async def cas(
-        self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None
-    ) -> bool:
+    async def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
 
         One Lua script on the key's node (EVALSHA, EVAL on NOSCRIPT). Never resent.
@@ -889,14 +741,10 @@ class AsyncRedisClusterBackend(AsyncClosing):
             OutcomeUnknown: the script was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        expiry = _expiry(ttl)
-        if type(token) is not str or _TOKEN.fullmatch(token) is None:
+        commands = ops.cas_commands(key, data, token, ttl)
+        if commands is None:
             return False
-        args: tuple[Any, ...] = (key, token, data, *expiry)
-        stored = await self._once(
-            "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
-        )
-        return bool(stored == 1)
+        return bool(await self._once("CAS script", key, *commands) == 1)
 
     # -- optional capabilities ------------------------------------------------------------
 
@@ -913,11 +761,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             node, exc = route.failures[0]
             raise self._fail(op, keys, exc, node) from exc
         replies = route.outcome
-        redo = [
-            i
-            for i, reply in enumerate(replies)
-            if isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
-        ]
+        redo = [i for i, reply in enumerate(replies) if _no_script(reply)]
         if redo and commands is not fallbacks:
             again = [fallbacks[i] for i in redo]
             sent_again = await self._each_key(op, again, [keys[i] for i in redo], again)
@@ -934,26 +778,18 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     async def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
         """``touch`` each key: a script per key, pipelined per node, nodes at once."""
-        keys = _key_list(keys)
-        px = _px(ttl)
+        keys = ops.key_list(keys)
+        commands, fallbacks = ops.touch_commands(keys, ttl)
         if not keys:
             return []
-        arg = "" if px is None else px
-        commands = [("EVALSHA", _TOUCH_SHA, 1, key, arg) for key in keys]
-        fallbacks = [("EVAL", _TOUCH_SCRIPT, 1, key, arg) for key in keys]
         return [reply == 1 for reply in await self._each_key("touch", commands, keys, fallbacks)]
 
     async def ttl_of(self, key: str, /) -> float | None:
         """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent."""
         _check_key(key)
-        left = (
-            await self._each_key(
-                "PTTL", [("EVALSHA", _TTL_SHA, 1, key)], [key], [("EVAL", _TTL_SCRIPT, 1, key)]
-            )
-        )[0]
-        if left == -2:
-            return None
-        return math.inf if left < 0 else int(left) / 1000
+        command, fallback = ops.ttl_commands(key)
+        left = await self._each_key("PTTL", [command], [key], [fallback])
+        return ops.ttl_seconds(left[0])
 
     async def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
         """Add ``delta`` to the counter under ``key``, never below 0; the new value.
@@ -962,42 +798,29 @@ class AsyncRedisClusterBackend(AsyncClosing):
         """
         _check_key(key)
         _check_delta(delta)
-        px = _px(ttl)
-        args: tuple[Any, ...] = (key, delta, "" if px is None else px)
-        value = await self._once(
-            "counter script",
-            key,
-            ("EVALSHA", _COUNTER_SHA, 1, *args),
-            ("EVAL", _COUNTER_SCRIPT, 1, *args),
-        )
-        return int(value)
+        return int(await self._once("counter script", key, *ops.counter_commands(key, delta, ttl)))
 
     def scan(self, prefix: str, /, batch: int = 500) -> AsyncIterator[list[str]]:
-        """The string keys starting with ``prefix``, every primary in turn (SCAN ... TYPE string)."""
+        """The string keys starting with ``prefix``: SCAN (TYPE string) on every primary in turn."""
         _check_key(prefix)
         _check_batch(batch)
         return self._scan(prefix, batch)
 
     async def _scan(self, prefix: str, batch: int) -> AsyncIterator[list[str]]:
-        pattern = _GLOB.sub(r"\\\1", prefix) + "*"
+        pattern = ops.scan_pattern(prefix)
         table = await self._slot_table("SCAN", prefix)
         for node in list(table.nodes):
             cursor: Any = 0
             while True:
-                command = ("SCAN", cursor, "MATCH", pattern, "COUNT", batch, "TYPE", "string")
+                command = ops.scan_command(cursor, pattern, batch)
                 try:
                     reply = (await self._connection(node).execute([command]))[0]
                 except ConnectionLost as exc:
                     raise self._fail("SCAN", prefix, exc, node) from exc
                 if isinstance(reply, ReplyError):
                     raise self._fail("SCAN", prefix, reply, node) from reply
-                cursor, found = reply  # type: ignore[misc]
-                keys: list[str] = []
-                for raw in found:
-                    try:
-                        keys.append(raw.decode())
-                    except UnicodeDecodeError:
-                        continue
+                cursor, found = cast("list[Any]", reply)
+                keys = ops.scan_keys(found)
                 if keys:
                     yield keys
                 if int(cursor) == 0:
@@ -1013,6 +836,11 @@ class AsyncRedisClusterBackend(AsyncClosing):
         connections = list(self._connections.values())
         self._connections.clear()
         await asyncio.gather(*(connection.aclose() for connection in connections))
+
+
+def _no_script(reply: object) -> bool:
+    """Whether ``reply`` is NOSCRIPT: the script was not run (send it with EVAL)."""
+    return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -1033,7 +861,7 @@ def cluster_from_url(url: str, **options: Any) -> AsyncRedisClusterBackend:
         ConfigurationError: not a ``redis://`` / ``rediss://`` URL, or one
             naming a database other than 0 (the message masks the password).
     """
-    shown = _masked_url(url)
+    shown = ops.masked_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or 6379

@@ -13,9 +13,10 @@ and :meth:`Route.settle` files each group's replies, following ``MOVED`` and
 from __future__ import annotations
 
 import binascii
-import enum
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, cast
+
+from cacheorm._redis_ops import Outcome
 
 __all__ = [
     "SLOT_COUNT",
@@ -300,13 +301,6 @@ class RoutingError(Exception):
     redirections without end. Nothing was applied."""
 
 
-class Outcome(enum.Enum):
-    """What happened to a command that got no reply."""
-
-    NOT_SENT = "not sent"  # never reached the server, or refused unapplied
-    UNKNOWN = "unknown"  # sent, and the reply was lost
-
-
 class Job(NamedTuple):
     """Commands of one round for one node: their indices, and whether each goes after ASKING."""
 
@@ -410,8 +404,9 @@ class Route:
         ``error`` (with ``replies`` None) is the node's failure; ``sent``
         says whether the commands may have reached it (UNKNOWN) or certainly
         did not (NOT_SENT); with ``resend`` (the caller knows resending is
-        safe) the commands are planned again instead, once. A MOVED reply updates ``table``, if given, and the
-        command is planned again; so is an ASK (to its target) and a TRYAGAIN.
+        safe) the commands are planned again instead, once. A MOVED reply
+        updates ``table``, if given, and the command is planned again; so is
+        an ASK (to its target) and a TRYAGAIN.
         """
         if replies is None:
             assert error is not None
