@@ -443,3 +443,70 @@ def test_unix_socket(own_redis: RedisServer) -> None:
             await conn.aclose()
 
     run(main)
+
+
+def test_requests_not_yet_written_fail_unsent(redis_server: RedisServer) -> None:
+    """A request queued but not flushed when the connection closes never reached the server:
+    ConnectionLost(sent=False), so resending it is safe."""
+
+    async def main() -> None:
+        conn = connect(redis_server)
+        await conn.execute([("PING",)])
+        queued = asyncio.ensure_future(conn.execute([("INCR", "unsent:c")]))
+        await asyncio.sleep(0)  # the request is queued; its flush has not run yet
+        await conn.aclose()
+        with pytest.raises(ConnectionLost) as info:
+            await queued
+        assert info.value.sent is False
+        check = connect(redis_server)
+        try:
+            assert await check.execute([("GET", "unsent:c")]) == [None]
+        finally:
+            await check.aclose()
+
+    run(main)
+
+
+def test_new_requests_wait_while_writing_is_paused(redis_server: RedisServer) -> None:
+    """Requests made while the write buffer is full wait for it to drain, then go out whole."""
+
+    async def main() -> tuple[int, int]:
+        conn = connect(redis_server, timeout=30)
+        value = os.urandom(4 << 20)
+        try:
+            await conn.execute([("PING",)])
+            first = [
+                asyncio.ensure_future(conn.execute([("SET", f"bp:{i}", value)])) for i in range(8)
+            ]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # flushed: 32 MB in the transport's buffer
+            paused = conn._protocol is not None and conn._protocol.paused  # pyright: ignore[reportPrivateUsage]
+            later = [asyncio.ensure_future(conn.execute([("STRLEN", f"bp:{i}")])) for i in range(8)]
+            assert await asyncio.gather(*first) == [[b"OK"]] * 8
+            lengths = await asyncio.gather(*later)
+            await conn.execute([("DEL", *[f"bp:{i}" for i in range(8)])])
+            return int(paused), sum(reply == [len(value)] for reply in lengths)
+        finally:
+            await conn.aclose()
+
+    paused, right = run(main)
+    assert paused == 1
+    assert right == 8
+
+
+def test_a_connection_used_from_a_new_event_loop_reconnects(redis_server: RedisServer) -> None:
+    """One RedisConnection used by two asyncio.run calls: the second connects again in its own
+    loop, and closes the socket the first loop left open."""
+    conn = connect(redis_server)
+
+    async def ping() -> list[object]:
+        return await conn.execute([("PING",)])
+
+    assert asyncio.run(ping()) == [b"PONG"]
+    assert asyncio.run(ping()) == [b"PONG"]
+    assert conn.connects == 2
+
+    async def close() -> None:
+        await conn.aclose()
+
+    asyncio.run(close())

@@ -12,6 +12,7 @@ DOCUMENTED = {
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncRedisBackend",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",

@@ -1300,15 +1300,10 @@ class RedisBackend(Closing):
             replies = self._write_batch(
                 op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
             )
-        stored, errors = ops.stored_of(replies)
-        if errors:
-            error = replies[errors[0]]
-            raise ops.partly_written(
-                op, keys, stored, self._fail(op, keys[errors[0]], error)
-            ) from error
+        stored = ops.stored_of(op, keys, replies, lambda key, error: self._fail(op, key, error))
         if condition == "NX" and not all(stored):
             try:
-                self._refused_add_check([k for k, ok in zip(keys, stored, strict=True) if not ok])
+                self._refused_add_check(ops.refused_keys(keys, stored))
             except BackendError as exc:
                 raise ops.partly_written(op, keys, stored, exc) from None
         return stored
@@ -1361,11 +1356,10 @@ class RedisBackend(Closing):
             kind = type_name(self._execute("TYPE", key, keys=(key,)))
         except self._errors as exc:
             raise self._fail("TYPE", key, exc) from exc
-        if kind == "string":
-            return True
-        if kind == "none":
-            return False
-        raise self._foreign("TYPE", key, kind)
+        found = ops.exists_of(kind)
+        if found is None:
+            raise self._foreign("TYPE", key, kind)
+        return found
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key`` (INCRBY), starting from 0; the new value.
@@ -1381,10 +1375,7 @@ class RedisBackend(Closing):
             BackendUnavailable: the server could not be reached; nothing was counted.
             OutcomeUnknown: the command was sent and its reply lost.
         """
-        _check_key(key)
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
-        result: int = self._once("INCRBY", key, ("INCRBY", key, delta))
+        result: int = self._once("INCRBY", key, ops.incr_command(_check_key(key), delta))
         return result
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:

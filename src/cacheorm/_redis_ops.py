@@ -215,18 +215,52 @@ def write_many_commands(
     return [("SET", key, data, condition, *options) for key, data in pairs]
 
 
-def stored_of(replies: Sequence[Any]) -> tuple[list[bool], list[int]]:
-    """Which ``SET NX|XX`` commands stored their pair, and the indices of error replies.
+def stored_of(
+    op: str,
+    keys: Sequence[str],
+    replies: Sequence[Any],
+    fail: Callable[[str, BaseException], Exception],
+) -> list[bool]:
+    """Which ``SET NX|XX`` commands stored their pair; raise for the first error reply.
 
     A nil reply is a refusal (NX / XX did not hold); with ``GET`` among the
     options, a replace answers the old value, also not nil. An error reply
-    (WRONGTYPE, a refused expiry) wrote nothing.
+    (WRONGTYPE, a refused expiry) wrote nothing: ``fail(key, error)`` makes its
+    exception, raised as is, or as :func:`partly_written` if other pairs were stored.
     """
     stored = [reply is not None for reply in replies]
     errors = [i for i, reply in enumerate(replies) if isinstance(reply, BaseException)]
-    for i in errors:
-        stored[i] = False
-    return stored, errors
+    if errors:
+        for i in errors:
+            stored[i] = False
+        error = replies[errors[0]]
+        raise partly_written(op, keys, stored, fail(keys[errors[0]], error)) from error
+    return stored
+
+
+def refused_keys(keys: Sequence[str], stored: Sequence[bool]) -> list[str]:
+    """The keys whose pair was not stored."""
+    return [key for key, ok in zip(keys, stored, strict=True) if not ok]
+
+
+def incr_command(key: str, delta: int) -> tuple[Any, ...]:
+    """``INCRBY key delta``.
+
+    Raises:
+        TypeError: ``delta`` is not an int.
+    """
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
+    return ("INCRBY", key, delta)
+
+
+def exists_of(kind: str) -> bool | None:
+    """A TYPE reply read by ``exists``: True for a string, False for none, None for another type."""
+    if kind == "string":
+        return True
+    if kind == "none":
+        return False
+    return None
 
 
 def token_of(value: bytes) -> str:
@@ -358,6 +392,22 @@ def masked_url(url: str) -> str:
     userinfo, _, host = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+#: Error codes whose word the messages leave out (as redis-py does: "ERR value is not
+#: an integer" reads "value is not an integer"); WRONGTYPE and others stay.
+_DROPPED_CODES = frozenset(
+    {
+        "ERR", "OOM", "WRONGPASS", "EXECABORT", "LOADING", "NOSCRIPT", "READONLY", "NOAUTH",
+        "NOPERM", "ASK", "TRYAGAIN", "MOVED", "CLUSTERDOWN", "CROSSSLOT", "MASTERDOWN",
+    }
+)  # fmt: skip
+
+
+def reply_text(message: str) -> str:
+    """The text of an error reply as the messages show it: ``ERR`` and the like left out."""
+    code, _, rest = message.partition(" ")
+    return rest if code in _DROPPED_CODES else message
 
 
 def mask(detail: str, password: str | None) -> str:
