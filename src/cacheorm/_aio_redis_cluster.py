@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import ssl as _ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 from cacheorm import _redis_ops as ops
-from cacheorm._aio_redis import ConnectionLost, RedisConnection, RequestTimeout
-from cacheorm._backend import AsyncClosing, CasToken
-from cacheorm._checks import as_bytes as _as_bytes
+from cacheorm._aio_redis import (
+    AsyncRedisBackend,
+    ConnectionLost,
+    RedisConnection,
+    RequestTimeout,
+    _seconds,  # pyright: ignore[reportPrivateUsage]
+)
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_batch as _check_batch
-from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
-from cacheorm._errors import BackendError, BackendUnavailable, ConfigurationError, InvalidTTL
+from cacheorm._errors import ConfigurationError
 from cacheorm._resp import ReplyError
 from cacheorm._slots import (
     Job,
@@ -40,7 +42,6 @@ from cacheorm._slots import (
     slots_of,
     split_node,
 )
-from cacheorm._ttl import BackendTTL
 
 __all__ = ["AsyncRedisClusterBackend", "cluster_from_url"]
 
@@ -55,20 +56,26 @@ _SHARDS = ("CLUSTER", "SHARDS")
 _UNKNOWN = ops.UNKNOWN
 
 
+#: The keys an operation concerns, for its messages: one key or several.
+_Keys = str | Sequence[str]
+
+
 def _message(reply: object) -> str | None:
     """The message of an error reply, None for any other reply."""
     return reply.message if isinstance(reply, ReplyError) else None
 
 
-class AsyncRedisClusterBackend(AsyncClosing):
-    """Stores bytes in a Redis Cluster, from asyncio: the cluster twin of ``AsyncRedisBackend``.
+class AsyncRedisClusterBackend(AsyncRedisBackend):
+    """Stores bytes in a Redis Cluster, from asyncio.
 
-    The operations, their arguments, TTL rules (``KEEP_TTL`` included),
-    retries and errors are those of :class:`~cacheorm.RedisBackend` on a
-    cluster. Keys are routed by hash slot (``{tags}`` included); a batch
-    groups its keys by node and sends one pipeline to every node at once, so
-    it costs about one round trip. Each node gets one connection, shared by
-    every task and pipelined automatically.
+    An :class:`~cacheorm.AsyncRedisBackend` whose requests are routed: the
+    operations, their commands, TTL rules (``KEEP_TTL`` included), retries
+    and errors are that class's (and so :class:`~cacheorm.RedisBackend`'s on
+    a cluster); this class only decides where each command goes. Keys are
+    routed by hash slot (``{tags}`` included); a batch groups its keys by node
+    (an MGET / MSET / DEL per slot, or a command per key) and sends one
+    pipeline to every node at once, so it costs about one round trip. Each
+    node gets one connection, shared by every task and pipelined automatically.
 
     **Topology.** Nothing connects when the backend is built. The first
     operation asks the startup nodes for ``CLUSTER SHARDS`` (``CLUSTER
@@ -106,7 +113,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     Raises:
         ValueError: no node, or a node that is not ``host:port``.
-        InvalidTTL: a timeout that is not a positive number.
+        ConfigurationError: a timeout that is not a positive number.
     """
 
     def __init__(
@@ -125,23 +132,17 @@ class AsyncRedisClusterBackend(AsyncClosing):
         startup = [node_name(*split_node(node)) for node in nodes]
         if not startup:
             raise ValueError("AsyncRedisClusterBackend needs at least one 'host:port' node")
-        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not 0 < value < math.inf
-            ):
-                raise InvalidTTL(f"{name} must be a positive number of seconds, not {value!r}")
         self._startup = list(dict.fromkeys(startup))
         self._server = "cluster " + ",".join(self._startup)
         self._options: dict[str, Any] = {
-            "connect_timeout": float(connect_timeout),
-            "timeout": float(timeout),
+            "connect_timeout": _seconds("connect_timeout", connect_timeout),
+            "timeout": _seconds("timeout", timeout),
             "username": username,
             "password": password,
             "ssl": ssl_context,
         }
         self._password = password or None
+        self._db = 0
         self._remap = address_remap
         self._table: SlotTable | None = None
         self._connections: dict[str, RedisConnection] = {}
@@ -165,8 +166,14 @@ class AsyncRedisClusterBackend(AsyncClosing):
         return cls(nodes, **options)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> AsyncRedisClusterBackend:
-        """A backend on the cluster of the node in ``url``: see :func:`cluster_from_url`."""
+    def from_url(
+        cls, url: str, *, cluster: bool = True, **options: Any
+    ) -> AsyncRedisClusterBackend:
+        """A backend on the cluster of the node in ``url``: see :func:`cluster_from_url`.
+
+        ``cluster`` is accepted for symmetry with ``AsyncRedisBackend.from_url``;
+        the backend is a cluster backend either way.
+        """
         return cluster_from_url(url, **options)
 
     @property
@@ -180,7 +187,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     # -- topology --------------------------------------------------------------------
 
-    def _connection(self, node: str) -> RedisConnection:
+    def _node_connection(self, node: str) -> RedisConnection:
         """The connection to ``node``, made on first use."""
         connection = self._connections.get(node)
         if connection is None:
@@ -254,7 +261,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
 
     async def _ask_topology(self, node: str) -> SlotTable:
         """``node``'s slot map: CLUSTER SHARDS, or CLUSTER SLOTS where that is unknown."""
-        connection = self._connection(node)
+        connection = self._node_connection(node)
         host = split_node(node)[0]
         tls = self._options["ssl"] is not None
         reply = (await connection.execute([_SHARDS]))[0]
@@ -285,7 +292,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
         """One job's commands on its node's connection (each after ASKING when asked);
         their replies, or the connection's failure."""
         try:
-            connection = self._connection(job.node)
+            connection = self._node_connection(job.node)
             if job.asking:
                 batch = [part for i in job.indices for part in (("ASKING",), commands[i])]
                 return (await connection.execute(batch))[1::2]
@@ -342,100 +349,83 @@ class AsyncRedisClusterBackend(AsyncClosing):
     def _unserved(self, slot: int) -> BaseException:
         return RoutingError(f"hash slot {slot} is not served by any node of the slot map")
 
-    async def _read(
-        self,
-        op: str,
-        names: Sequence[str],
-        commands: Sequence[tuple[Any, ...]],
-        slots: Sequence[int],
-        keys: Sequence[str] | None = None,
-    ) -> list[Any]:
-        """Run idempotent read ``commands``; their replies, or the error of the first failure.
-
-        ``names[i]`` is the key that names command i in an error reply's
-        message; ``keys`` (default ``names``) the keys a failed node's error names.
-        """
-        every = names if keys is None else keys
-        route = await self._batch(op, every, commands, slots, idempotent=True)
-        if route.failures:
-            node, exc = route.failures[0]
-            raise self._fail(op, every, exc, node) from exc
-        for key, reply in zip(names, route.outcome, strict=True):
-            if isinstance(reply, ReplyError):
-                raise self._fail(op, key, reply) from reply
-        return route.outcome
-
-    async def _once(
-        self,
-        op: str,
-        key: str,
-        command: tuple[Any, ...],
-        fallback: tuple[Any, ...] | None = None,
-        *,
-        idempotent: bool = False,
-    ) -> Any:
-        """Run one command on ``key``'s node (following redirects); its reply.
-
-        ``fallback`` is sent instead if the node answers NOSCRIPT (the script
-        did not run, so sending EVAL cannot apply it twice).
-
-        Raises:
-            BackendUnavailable: nothing was applied (node down, slot unserved).
-            OutcomeUnknown: the command was sent and its reply lost (never resent
-                unless ``idempotent``).
-            BackendError: the node's error reply.
-        """
-        slot = self._slots(op, [key])
-        route = await self._batch(op, key, [command], slot, idempotent)
-        reply = route.outcome[0]
-        if fallback is not None and _no_script(reply):
-            route = await self._batch(op, key, [fallback], slot, idempotent)
-            reply = route.outcome[0]
-        if route.failures:
-            node, exc = route.failures[0]
-            if reply is _UNKNOWN and not idempotent:
-                raise self._unknown(op, key, exc, node) from exc
-            raise self._fail(op, key, exc, node) from exc
-        if isinstance(reply, ReplyError):
-            raise self._fail(op, key, reply) from reply
-        return reply
-
-    async def _one(self, op: str, key: str, command: tuple[Any, ...]) -> Any:
-        """An idempotent single-key command: straight to its node, the general path on
-        anything but a plain reply."""
-        table = self._table
-        if table is not None and type(key) is str:
-            try:
-                node = table.owners[slots_of([key])[0]]
-            except UnicodeEncodeError as exc:
-                raise self._fail(op, key, exc) from exc
-            if node is not None:
-                connection = self._connections.get(node)
-                if connection is not None:
-                    try:
-                        reply = (await connection.execute([command]))[0]
-                    except ConnectionLost:
-                        pass  # resent on the general path
-                    else:
-                        if not isinstance(reply, ReplyError):
-                            return reply
-                        if cluster_error(reply.message, node) is None:
-                            raise self._fail(op, key, reply, node) from reply
-        return await self._once(op, key, command, idempotent=True)
-
     def _slots(self, op: str, keys: Sequence[str]) -> list[int]:
         """Each key's hash slot; BackendError for a key that is not UTF-8."""
         try:
             return slots_of(keys)
         except UnicodeEncodeError as exc:
-            raise self._fail(op, keys, exc) from exc
+            raise ops.failed(op, keys, self._detail(exc), self._server) from exc
+
+    # -- the transport hooks of AsyncRedisBackend -------------------------------------
+
+    async def _call(
+        self, op: str, keys: _Keys, commands: Sequence[tuple[Any, ...]], idempotent: bool = True
+    ) -> list[Any]:
+        """Send each command to the node of its key; their replies (error replies as values).
+
+        Raises:
+            BackendUnavailable: a node failed or a slot could not be routed.
+            OutcomeUnknown: a command that must not be resent was sent and its
+                reply lost.
+        """
+        slots = self._slots(op, [_key_of(command) for command in commands])
+        route = await self._batch(op, keys, commands, slots, idempotent)
+        if route.failures:
+            node, exc = route.failures[0]
+            if not idempotent and _UNKNOWN in route.outcome:
+                key = keys if isinstance(keys, str) else ops.describe(keys)[1] or ""
+                raise ops.unknown(op, key, self._detail(exc), node, type(exc).__name__) from exc
+            raise self._fail(op, keys, exc, node) from exc
+        return route.outcome
+
+    async def _one(
+        self, op: str, key: str, command: tuple[Any, ...], idempotent: bool = True
+    ) -> Any:
+        """One command: straight to its key's node when the slot map and the connection are
+        there, the routed path (redirections, resends) on anything but a plain reply."""
+        table = self._table
+        if table is not None and idempotent and "{" not in key:
+            try:
+                node = table.owners[slots_of((key,))[0]]
+            except UnicodeEncodeError:
+                node = None  # the routed path reports it
+            connection = self._connections.get(node) if node is not None else None
+            if connection is not None:
+                try:
+                    (reply,) = await connection.execute((command,))
+                except RequestTimeout as exc:  # never resent after a timeout
+                    raise self._fail(op, key, exc, connection.server) from exc
+                except ConnectionLost:
+                    pass  # resent on the routed path
+                else:
+                    if not isinstance(reply, ReplyError):
+                        return reply
+                    if cluster_error(reply.message, connection.server) is None:
+                        raise self._refused(op, key, reply) from reply
+        return await super()._one(op, key, command, idempotent)
+
+    async def _write_batch(
+        self,
+        op: str,
+        commands: list[tuple[Any, ...]],
+        command_keys: Sequence[Sequence[str]],
+        idempotent: bool,
+        conditional: bool = False,
+    ) -> list[Any]:
+        """Run write ``commands`` (command i writes ``command_keys[i]``, all in one slot):
+        a pipeline per node, at once; their replies, or BatchWriteError saying what was
+        written."""
+        slots = self._slots(op, [keys[0] for keys in command_keys])
+        every = [key for keys in command_keys for key in keys]
+        route = await self._batch(op, every, commands, slots, idempotent)
+        if route.failures:
+            failures = [(node, self._detail(exc)) for node, exc in route.failures]
+            raise ops.batch_error(
+                op, command_keys, route.outcome, failures, self._server, conditional
+            ) from route.failures[0][1]
+        return route.outcome
 
     # -- errors --------------------------------------------------------------------------
-
-    def _detail(self, exc: BaseException) -> str:
-        """The error's message, any password masked."""
-        detail = exc.message if isinstance(exc, ReplyError) else str(exc)
-        return ops.mask(detail or type(exc).__name__, self._password)
 
     def _node_of(self, key: str | None) -> str:
         """The node that serves ``key`` per the slot map, else the cluster's name."""
@@ -443,66 +433,37 @@ class AsyncRedisClusterBackend(AsyncClosing):
         if key is None or table is None:
             return self._server
         with contextlib.suppress(UnicodeEncodeError):
-            node = table.owners[slots_of([key])[0]]
+            node = table.owners[slots_of((key,))[0]]
             if node is not None:
                 return node
         return self._server
 
+    def _refused(self, op: str, keys: str | Sequence[str], reply: BaseException) -> Exception:
+        """The cacheorm exception for an error reply, naming the node of the key."""
+        return self._fail(op, keys, reply)
+
     def _fail(
         self, op: str, keys: str | Sequence[str], exc: BaseException, server: str | None = None
     ) -> Exception:
-        """The cacheorm exception for ``exc`` during ``op`` on ``keys``.
+        """The cacheorm exception for ``exc`` during ``op`` on ``keys`` (on ``server``).
 
-        A connection failure, a routing failure and CLUSTERDOWN (refused
-        unapplied) are :class:`~cacheorm.BackendUnavailable`; an error reply
-        is what :func:`~cacheorm._redis_ops.refused` makes of it.
+        A connection failure, a routing failure and the error replies that
+        refuse a command unapplied (CLUSTERDOWN, LOADING) are
+        BackendUnavailable; any other error reply is what ``ops.refused``
+        makes of it.
         """
         detail = self._detail(exc)
         if server is None:
             server = self._node_of(ops.describe(keys)[1])
-        if isinstance(exc, ReplyError):
-            if exc.code == "CLUSTERDOWN":
-                return ops.unavailable(op, keys, detail, server, exc.code)
+        if isinstance(exc, ReplyError) and exc.code not in ("CLUSTERDOWN", "LOADING"):
             return ops.refused(op, keys, detail, server)
-        if isinstance(exc, (ConnectionLost, RoutingError)):
-            return ops.unavailable(op, keys, detail, server, type(exc).__name__)
-        return ops.failed(op, keys, detail, server)  # a key that is not UTF-8
+        return ops.unavailable(op, keys, detail, server, type(exc).__name__)
 
-    def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> BackendError:
-        """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
-        return ops.unknown(op, key, self._detail(exc), server, type(exc).__name__)
-
-    def _batch_error(
-        self,
-        op: str,
-        command_keys: Sequence[Sequence[str]],
-        route: Route,
-        conditional: bool = False,
-    ) -> Exception:
-        """BatchWriteError for a write batch whose commands ended as ``route.outcome``."""
-        failures = [(node, self._detail(exc)) for node, exc in route.failures]
-        return ops.batch_error(op, command_keys, route.outcome, failures, self._server, conditional)
-
-    def _check_write(
-        self,
-        op: str,
-        command_keys: Sequence[Sequence[str]],
-        route: Route,
-        conditional: bool = False,
-    ) -> None:
-        """Raise for a write batch with failures, or for its first error reply."""
-        if route.failures:
-            raise self._batch_error(op, command_keys, route, conditional) from route.failures[0][1]
-        for keys, reply in zip(command_keys, route.outcome, strict=True):
-            if isinstance(reply, ReplyError):
-                raise self._fail(op, keys[0], reply) from reply
-
-    # -- the AsyncBackend protocol -------------------------------------------------------
+    # -- the operations whose commands span slots ---------------------------------------
 
     async def get(self, key: str, /) -> bytes | None:
         """The value under ``key`` (GET), or None if absent or expired."""
-        _check_key(key)
-        value: bytes | None = await self._one("GET", key, ("GET", key))
+        value: bytes | None = await self._one("GET", key, ("GET", _check_key(key)))
         return value
 
     async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
@@ -510,17 +471,17 @@ class AsyncRedisClusterBackend(AsyncClosing):
         keys = ops.key_list(keys)
         if not keys:
             return []
-        groups = list(by_slot(self._slots("MGET", keys)).items())
+        groups = list(by_slot(self._slots("MGET", keys)).values())
         # A slot with one key (most of them, in a big batch) gets a GET, whose
         # reply is cheaper to parse than a one-element MGET array.
         commands = [
             ("GET", keys[ix[0]]) if len(ix) == 1 else ("MGET", *[keys[i] for i in ix])
-            for _, ix in groups
+            for ix in groups
         ]
-        firsts = [keys[ix[0]] for _, ix in groups]
-        replies = await self._read("MGET", firsts, commands, [slot for slot, _ in groups], keys)
+        replies = await self._call("MGET", keys, commands)
+        self._first_error("MGET", replies, [keys[ix[0]] for ix in groups])
         values: list[bytes | None] = [None] * len(keys)
-        for (_, indices), reply in zip(groups, replies, strict=True):
+        for indices, reply in zip(groups, replies, strict=True):
             if len(indices) == 1:
                 values[indices[0]] = reply
             else:
@@ -537,22 +498,11 @@ class AsyncRedisClusterBackend(AsyncClosing):
         batch with misses); only if some exists are their types read.
         """
         keys = list(dict.fromkeys(keys))
-        groups = list(by_slot(self._slots("EXISTS", keys)).items())
-        commands = [("EXISTS", *[keys[i] for i in ix]) for _, ix in groups]
-        firsts = [keys[ix[0]] for _, ix in groups]
-        found = await self._read("EXISTS", firsts, commands, [slot for slot, _ in groups], keys)
-        if sum(found):
+        groups = list(by_slot(self._slots("EXISTS", keys)).values())
+        replies = await self._call("EXISTS", keys, [_per_slot("EXISTS", keys, ix) for ix in groups])
+        self._first_error("EXISTS", replies, [keys[ix[0]] for ix in groups])
+        if sum(replies):
             await self._refuse_foreign("TYPE", keys)
-
-    async def _refuse_foreign(self, op: str, keys: list[str]) -> None:
-        """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
-        replies = await self._read(op, keys, [("TYPE", key) for key in keys], self._slots(op, keys))
-        ops.first_foreign(op, keys, [ops.type_name(reply) for reply in replies], self._node_of)
-
-    async def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key`` (SET, PX when ``ttl``), replacing any value and TTL."""
-        data = _as_bytes(_check_key(key), value)
-        await self._one("SET", key, ops.set_command(key, data, ttl))
 
     async def set_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -567,118 +517,16 @@ class AsyncRedisClusterBackend(AsyncClosing):
         ms = ops.px(ttl)
         if not pairs:
             return
-        keys = [key for key, _ in pairs]
-        slots = self._slots("SET", keys)
         if ms is None:  # an MSET per slot
-            groups = list(by_slot(slots).items())
-            op, commands = (
-                "MSET",
-                [("MSET", *[p for i in ix for p in pairs[i]]) for _, ix in groups],
-            )
-            slots = [slot for slot, _ in groups]
-            command_keys = [[keys[i] for i in ix] for _, ix in groups]
+            keys = [key for key, _ in pairs]
+            groups = list(by_slot(self._slots("MSET", keys)).values())
+            op = "MSET"
+            commands = [("MSET", *[part for i in ix for part in pairs[i]]) for ix in groups]
+            command_keys = [[keys[i] for i in ix] for ix in groups]
         else:
             op, commands, command_keys = ops.set_many_commands(pairs, ms)
-        route = await self._batch(op, keys, commands, slots, idempotent=True)
-        self._check_write(op, command_keys, route)
-
-    async def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
-        """Store only if ``key`` is absent (``SET NX``, expiry included); True if stored.
-
-        Never resent once sent.
-
-        Raises:
-            BackendUnavailable: the node could not be reached; nothing was written.
-            OutcomeUnknown: the command was sent and its reply lost.
-        """
-        data = _as_bytes(_check_key(key), value)
-        if await self._once("SET NX", key, ops.add_command(key, data, ttl)) is not None:
-            return True
-        await self._refused_add_check([key])
-        return False
-
-    async def _refused_add_check(self, keys: list[str]) -> None:
-        """After SET NX refused ``keys``: BackendError if one holds another Redis type.
-
-        If that read fails, the refusal stands: nothing was written either way.
-        """
-        with contextlib.suppress(BackendUnavailable):
-            await self._refuse_foreign("SET NX", keys)
-
-    async def add_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
-    ) -> list[bool]:
-        """``add`` for each pair, in order, pipelined per node; a later pair sees earlier ones.
-
-        Never resent once sent, like ``add``.
-
-        Raises:
-            BatchWriteError: a node failed part-way.
-        """
-        pairs = _as_items(items)
-        ms = ops.px(ttl)
-        return await self._write_many("NX", pairs, () if ms is None else ("PX", ms), False)
-
-    async def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
-        """Store only if ``key`` holds a string value (``SET XX GET``); True if stored.
-
-        Raises:
-            BackendError: the key holds another Redis type (a hash, a list...).
-        """
-        data = _as_bytes(_check_key(key), value)
-        command = ops.write_many_commands("XX", [(key, data)], ("GET", *ops.expiry(ttl)))[0]
-        return await self._one("SET XX", key, command) is not None
-
-    async def replace_many(
-        self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
-    ) -> list[bool]:
-        """``replace`` for each pair, in order, pipelined per node (``KEEP_TTL`` too).
-
-        Raises:
-            BatchWriteError: a node failed part-way, or a key holds another
-                Redis type while other pairs were written.
-            BackendError: a key holds another Redis type (nothing written).
-        """
-        pairs = _as_items(items)
-        return await self._write_many("XX", pairs, ("GET", *ops.expiry(ttl)), True)
-
-    async def _write_many(
-        self,
-        condition: str,
-        pairs: list[tuple[str, bytes]],
-        options: tuple[Any, ...],
-        idempotent: bool,
-    ) -> list[bool]:
-        """``SET key value NX|XX [options]`` for each pair; which pairs were stored."""
-        if not pairs:
-            return []
-        op = f"SET {condition}"
-        keys = [key for key, _ in pairs]
-        commands = ops.write_many_commands(condition, pairs, options)
-        route = await self._batch(op, keys, commands, self._slots(op, keys), idempotent)
-        if route.failures:
-            error = self._batch_error(op, [[key] for key in keys], route, conditional=True)
-            raise error from route.failures[0][1]
-        stored, errors = ops.stored_of(route.outcome)
-        if errors:
-            reply = route.outcome[errors[0]]
-            assert isinstance(reply, ReplyError)
-            exc = self._fail(op, keys[errors[0]], reply)
-            raise ops.partly_written(op, keys, stored, exc) from reply
-        if condition == "NX" and not all(stored):
-            try:
-                await self._refused_add_check(
-                    [key for key, ok in zip(keys, stored, strict=True) if not ok]
-                )
-            except BackendError as exc:
-                raise ops.partly_written(op, keys, stored, exc) from None
-        return stored
-
-    async def delete(self, key: str, /) -> bool:
-        """Remove ``key`` (DEL); True if it existed."""
-        _check_key(key)
-        removed: int = await self._one("DEL", key, ("DEL", key))
-        return removed > 0
+        replies = await self._write_batch(op, commands, command_keys, idempotent=True)
+        self._first_error(op, replies, [keys[0] for keys in command_keys])
 
     async def delete_many(self, keys: Sequence[str], /) -> int:
         """Remove ``keys`` (a DEL per slot, pipelined per node); the number that existed.
@@ -690,115 +538,12 @@ class AsyncRedisClusterBackend(AsyncClosing):
         keys = ops.key_list(keys)
         if not keys:
             return 0
-        groups = list(by_slot(self._slots("DEL", keys)).items())
-        commands = [("DEL", *[keys[i] for i in ix]) for _, ix in groups]
-        route = await self._batch("DEL", keys, commands, [slot for slot, _ in groups], True)
-        self._check_write("DEL", [[keys[i] for i in ix] for _, ix in groups], route)
-        return sum(cast("list[int]", route.outcome))
-
-    async def exists(self, key: str, /) -> bool:
-        """True if ``key`` holds a live value (TYPE).
-
-        Raises:
-            BackendError: the key holds another Redis type (a hash, a list...).
-        """
-        _check_key(key)
-        kind = ops.type_name(await self._one("TYPE", key, ("TYPE", key)))
-        ops.first_foreign("TYPE", [key], [kind], self._node_of)
-        return kind == "string"
-
-    async def incr(self, key: str, delta: int = 1, /) -> int:
-        """Add ``delta`` to the counter under ``key`` (INCRBY), from 0; the new value.
-
-        Never resent once sent.
-
-        Raises:
-            TypeError: ``delta`` is not an int.
-            BackendError: the stored value is not an integer Redis accepts.
-            OutcomeUnknown: the command was sent and its reply lost.
-        """
-        _check_key(key)
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
-        result: int = await self._once("INCRBY", key, ("INCRBY", key, delta))
-        return result
-
-    async def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
-        """The value (GET) and a token for :meth:`cas` (its SHA-1), or None if absent."""
-        _check_key(key)
-        value: bytes | None = await self._one("GET", key, ("GET", key))
-        if value is None:
-            return None
-        return value, ops.token_of(value)
-
-    async def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
-        """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
-
-        One Lua script on the key's node (EVALSHA, EVAL on NOSCRIPT). Never resent.
-
-        Raises:
-            BackendError: the key holds another Redis type.
-            OutcomeUnknown: the script was sent and its reply lost.
-        """
-        data = _as_bytes(_check_key(key), value)
-        commands = ops.cas_commands(key, data, token, ttl)
-        if commands is None:
-            return False
-        return bool(await self._once("CAS script", key, *commands) == 1)
-
-    # -- optional capabilities ------------------------------------------------------------
-
-    async def _each_key(
-        self,
-        op: str,
-        commands: list[tuple[Any, ...]],
-        keys: list[str],
-        fallbacks: list[tuple[Any, ...]],
-    ) -> list[Any]:
-        """One idempotent script call per key, pipelined per node; NOSCRIPT ones resent as EVAL."""
-        route = await self._batch(op, keys, commands, self._slots(op, keys), idempotent=True)
-        if route.failures:
-            node, exc = route.failures[0]
-            raise self._fail(op, keys, exc, node) from exc
-        replies = route.outcome
-        redo = [i for i, reply in enumerate(replies) if _no_script(reply)]
-        if redo and commands is not fallbacks:
-            again = [fallbacks[i] for i in redo]
-            sent_again = await self._each_key(op, again, [keys[i] for i in redo], again)
-            for i, reply in zip(redo, sent_again, strict=True):
-                replies[i] = reply
-        for key, reply in zip(keys, replies, strict=True):
-            if isinstance(reply, ReplyError):
-                raise self._fail(op, key, reply) from reply
-        return replies
-
-    async def touch(self, key: str, /, ttl: float | None = None) -> bool:
-        """Give ``key`` a new TTL (PEXPIRE; PERSIST for None); True if it existed."""
-        return (await self.touch_many([key], ttl))[0]
-
-    async def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
-        """``touch`` each key: a script per key, pipelined per node, nodes at once."""
-        keys = ops.key_list(keys)
-        commands, fallbacks = ops.touch_commands(keys, ttl)
-        if not keys:
-            return []
-        return [reply == 1 for reply in await self._each_key("touch", commands, keys, fallbacks)]
-
-    async def ttl_of(self, key: str, /) -> float | None:
-        """Seconds ``key`` has left (PTTL, to the ms); ``math.inf`` if none, None if absent."""
-        _check_key(key)
-        command, fallback = ops.ttl_commands(key)
-        left = await self._each_key("PTTL", [command], [key], [fallback])
-        return ops.ttl_seconds(left[0])
-
-    async def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
-        """Add ``delta`` to the counter under ``key``, never below 0; the new value.
-
-        One Lua script (the sync backend's). Never resent once sent.
-        """
-        _check_key(key)
-        _check_delta(delta)
-        return int(await self._once("counter script", key, *ops.counter_commands(key, delta, ttl)))
+        groups = list(by_slot(self._slots("DEL", keys)).values())
+        commands = [_per_slot("DEL", keys, ix) for ix in groups]
+        command_keys = [[keys[i] for i in ix] for ix in groups]
+        replies = await self._write_batch("DEL", commands, command_keys, idempotent=True)
+        self._first_error("DEL", replies, [keys[ix[0]] for ix in groups])
+        return sum(cast("list[int]", replies))
 
     def scan(self, prefix: str, /, batch: int = 500) -> AsyncIterator[list[str]]:
         """The string keys starting with ``prefix``: SCAN (TYPE string) on every primary in turn."""
@@ -814,7 +559,7 @@ class AsyncRedisClusterBackend(AsyncClosing):
             while True:
                 command = ops.scan_command(cursor, pattern, batch)
                 try:
-                    reply = (await self._connection(node).execute([command]))[0]
+                    (reply,) = await self._node_connection(node).execute([command])
                 except ConnectionLost as exc:
                     raise self._fail("SCAN", prefix, exc, node) from exc
                 if isinstance(reply, ReplyError):
@@ -838,9 +583,14 @@ class AsyncRedisClusterBackend(AsyncClosing):
         await asyncio.gather(*(connection.aclose() for connection in connections))
 
 
-def _no_script(reply: object) -> bool:
-    """Whether ``reply`` is NOSCRIPT: the script was not run (send it with EVAL)."""
-    return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
+def _key_of(command: tuple[Any, ...]) -> str:
+    """The (first) key of a command: EVAL / EVALSHA's first KEYS, else its first argument."""
+    return str(command[3] if command[0] in ("EVALSHA", "EVAL") else command[1])
+
+
+def _per_slot(name: str, keys: Sequence[str], indices: Sequence[int]) -> tuple[Any, ...]:
+    """The multi-key command ``name`` over the keys at ``indices`` (all in one slot)."""
+    return (name, *[keys[i] for i in indices])
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
