@@ -1064,3 +1064,65 @@ def test_cancellations_and_broken_connections_never_mix_replies(
     assert cut >= 2000
     assert faults > 10
     assert tally.failed > 0
+
+
+# -- hostile input and keys of other types ----------------------------------------------------
+
+
+def test_bad_keys_fail_before_any_io(redis_cluster: RedisClusterServer) -> None:
+    """A key that is not UTF-8 is a BackendError naming it (not BackendUnavailable), before
+    anything of its batch is sent."""
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            await store.get("warm-up")  # a slot map, so that get takes its direct path
+            for op in (
+                lambda: store.set_many([("ok", b"v"), ("a\ud800", b"v")]),
+                lambda: store.get_many(["ok", "a\ud800"]),
+                lambda: store.delete_many(["ok", "a\ud800"]),
+                lambda: store.add("a\ud800", b"v"),
+                lambda: store.get("a\ud800"),
+            ):
+                with pytest.raises(co.BackendError, match="ud800") as info:
+                    await op()
+                assert not isinstance(info.value, co.BackendUnavailable)
+            assert await store.get("ok") is None
+
+    run(main())
+
+
+def test_keys_of_another_redis_type_are_refused_on_their_node(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """A hash under a key: reads and conditional writes raise BackendError naming the key
+    and the node that holds it, in single and batch forms; set replaces it."""
+    grouped = keys_by_node(nodes, 30, "h")
+    node, foreign = next((address, keys[0]) for address, keys in grouped.items())
+    nodes[node].hset(foreign, "field", "value")
+    others = [k for ks in grouped.values() for k in ks if k != foreign]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            for op in (
+                lambda: store.get(foreign),
+                lambda: store.exists(foreign),
+                lambda: store.gets(foreign),
+                lambda: store.get_many([*others, foreign]),
+                lambda: store.add(foreign, b"v"),
+                lambda: store.replace(foreign, b"v"),
+                lambda: store.incr(foreign),
+                lambda: store.ttl_of(foreign),
+                lambda: store.touch_many([others[0], foreign], 10),
+            ):
+                with pytest.raises(co.BackendError) as info:
+                    await op()
+                assert not isinstance(info.value, co.BackendUnavailable)
+                assert info.value.key == foreign
+                assert node in str(info.value)
+            with pytest.raises(co.BatchWriteError) as batch:
+                await store.add_many([(others[0], b"v"), (foreign, b"v")])
+            assert (batch.value.written, batch.value.not_written) == ([others[0]], [foreign])
+            await store.set(foreign, b"mine")
+            assert await store.get(foreign) == b"mine"
+
+    run(main())
