@@ -385,8 +385,8 @@ def test_batches_across_many_slots_keep_input_order(
 def test_each_batch_is_one_write_per_node(
     redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
 ) -> None:
-    """Every batch writes once to each node's connection; the nodes run one MGET / MSET /
-    DEL per slot (a GET for a slot holding one key of a get_many), or one SET per key."""
+    """Every batch writes once to each node's connection; the nodes run one MSET / DEL per
+    slot, or one SET per key; a get_many runs one script per node that GETs its keys."""
     grouped = keys_by_node(nodes, 300)
     keys = [f"k{i}" for i in range(300)]
     slots = {a: len({key_slot(k.encode()) for k in ks}) for a, ks in grouped.items()}
@@ -422,11 +422,16 @@ def test_each_batch_is_one_write_per_node(
                 )
                 for address, node in nodes.items():
                     assert calls(node) == expected(address), address
+            assert await store.get_many(keys) == [b"v"] * 300  # loads the read script
+            for client in nodes.values():
+                client.config_resetstat()
             before = {a: connections[a].writes for a in grouped}
             assert await store.get_many(keys) == [b"v"] * 300
             assert {a: connections[a].writes - before[a] for a in grouped} == dict.fromkeys(
                 grouped, 1
             )
+            for address, node in nodes.items():  # one script per node GETs all its keys
+                assert calls(node) == {"evalsha": 1, "get": len(grouped[address])}, address
 
     run(main())
 
@@ -1124,5 +1129,70 @@ def test_keys_of_another_redis_type_are_refused_on_their_node(
             assert (batch.value.written, batch.value.not_written) == ([others[0]], [foreign])
             await store.set(foreign, b"mine")
             assert await store.get(foreign) == b"mine"
+
+    run(main())
+
+
+def test_get_many_reads_by_slot_what_a_node_script_cannot(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """A stale slot map sends a node's script a key the node no longer serves: the script
+    fails as a whole (never a miss for a key elsewhere) and its keys are read by slot,
+    following MOVED to the new owner."""
+    a, b = redis_cluster.startup_nodes[0], redis_cluster.startup_nodes[1]
+    moved_key = first_key(nodes, "gm", a)
+    slot = key_slot(moved_key.encode())
+    staying = [k for k in keys_by_node(nodes, 40, "gs")[a] if key_slot(k.encode()) != slot]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            await store.set_many([(k, k.encode()) for k in staying])
+            move_slot(nodes, slot, a, b)
+            wait_for_slot(nodes, slot, b)
+            nodes[b].set(moved_key, b"moved")
+            nodes[a].config_resetstat()
+            probe = [staying[0], moved_key, *staying[1:]]
+            expected = [staying[0].encode(), b"moved", *[k.encode() for k in staying[1:]]]
+            assert await store.get_many(probe) == expected
+            assert calls(nodes[a])["evalsha"] == 1  # tried, failed, then read by slot
+            table = store._table  # pyright: ignore[reportPrivateUsage]
+            assert table is not None
+            assert table.node_of(slot) == b
+
+    try:
+        run(main())
+    finally:
+        nodes[b].delete(moved_key)
+        move_slot(nodes, slot, b, a)
+        wait_for_slot(nodes, slot, a)
+        redis_cluster.wait_ok()
+
+
+def test_get_many_reads_by_slot_where_node_scripts_are_refused(
+    redis_cluster: RedisClusterServer,
+    nodes: dict[str, redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that refuses the script's shebang (Redis < 7) is read by slot, and no
+    script is sent again."""
+    import hashlib
+
+    import cacheorm._aio_redis_cluster as module
+
+    refused = "#!lua flags=no-such-flag\nreturn 1\n"
+    monkeypatch.setattr(module, "_GET_SCRIPT", refused)
+    monkeypatch.setattr(module, "_GET_SHA", hashlib.sha1(refused.encode()).hexdigest())
+    keys = [f"r{i}" for i in range(60)]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(redis_cluster.startup_nodes) as store:
+            await store.set_many([(k, k.encode()) for k in keys])
+            assert await store.get_many(keys) == [k.encode() for k in keys]
+            for client in nodes.values():
+                client.config_resetstat()
+            assert await store.get_many(keys) == [k.encode() for k in keys]
+            for client in nodes.values():
+                assert "evalsha" not in calls(client)
+                assert "eval" not in calls(client)
 
     run(main())

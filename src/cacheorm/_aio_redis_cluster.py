@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl as _ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,6 +50,26 @@ __all__ = ["AsyncRedisClusterBackend", "cluster_from_url"]
 _MAX_REDIRECTS = 5
 #: How long to wait before resending after TRYAGAIN (a slot being migrated).
 _TRYAGAIN_DELAY = 0.05
+
+#: get_many on one node: GET every key (ARGV, whatever its slot; the node must serve them
+#: all, else the script fails and the caller reads by slot). A key of another type
+#: reads as nil, as in MGET (the caller then checks the misses); any other error fails
+#: the script. Redis 7.0+ (the shebang flags).
+_GET_SCRIPT = """#!lua flags=no-writes,allow-cross-slot-keys
+local values = {}
+for i, key in ipairs(ARGV) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then
+    if string.sub(value.err, 1, 9) ~= 'WRONGTYPE' then
+      return value
+    end
+    value = false
+  end
+  values[i] = value
+end
+return values
+"""
+_GET_SHA = hashlib.sha1(_GET_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 #: The command that gives the slot map (CLUSTER SLOTS is asked where it is unknown).
 _SHARDS = ("CLUSTER", "SHARDS")
@@ -148,6 +169,8 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
         self._connections: dict[str, RedisConnection] = {}
         self._refreshing: asyncio.Task[SlotTable] | None = None
         self._suspects: set[str] = set()
+        #: Whether get_many reads a node's keys with one script (False on Redis < 7).
+        self._node_scripts = True
         self._closed = False
 
     @classmethod
@@ -384,23 +407,23 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
         """One command: straight to its key's node when the slot map and the connection are
         there, the routed path (redirections, resends) on anything but a plain reply."""
         table = self._table
-        if table is not None and idempotent and "{" not in key:
+        if table is not None and idempotent:
             try:
-                node = table.owners[slots_of((key,))[0]]
+                node = table.owners[slots_of((key,))[0]] or ""
             except UnicodeEncodeError:
-                node = None  # the routed path reports it
-            connection = self._connections.get(node) if node is not None else None
+                node = ""  # the routed path reports it
+            connection = self._connections.get(node)
             if connection is not None:
                 try:
                     (reply,) = await connection.execute((command,))
                 except RequestTimeout as exc:  # never resent after a timeout
-                    raise self._fail(op, key, exc, connection.server) from exc
+                    raise self._fail(op, key, exc, node) from exc
                 except ConnectionLost:
                     pass  # resent on the routed path
                 else:
                     if not isinstance(reply, ReplyError):
                         return reply
-                    if cluster_error(reply.message, connection.server) is None:
+                    if cluster_error(reply.message, node) is None:
                         raise self._refused(op, key, reply) from reply
         return await super()._one(op, key, command, idempotent)
 
@@ -467,11 +490,73 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
         return value
 
     async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
-        """The values under ``keys``: a GET or MGET per slot, pipelined per node, nodes at once."""
+        """The values under ``keys``: one script per node (Redis 7+), nodes at once.
+
+        Each node that holds two keys or more of the batch gets one read-only
+        script (EVALSHA, EVAL on NOSCRIPT) that GETs them all, whatever their
+        slots (``allow-cross-slot-keys``): three nodes cost three commands,
+        not one per slot. The keys a script could not read (a slot that moved
+        or is migrating, Redis < 7) and the nodes with one key get a GET or
+        MGET per slot, which follows MOVED / ASK / TRYAGAIN. Misses are then
+        checked with EXISTS, as on one server.
+        """
         keys = ops.key_list(keys)
         if not keys:
             return []
-        groups = list(by_slot(self._slots("MGET", keys)).values())
+        slots = self._slots("MGET", keys)
+        values: list[bytes | None] = [None] * len(keys)
+        rest = await self._get_by_node(keys, slots, values)
+        if rest:
+            await self._get_by_slot(keys, [slots[i] for i in rest], rest, values)
+        if None in values:
+            await self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
+        return values
+
+    async def _get_by_node(
+        self, keys: list[str], slots: list[int], values: list[bytes | None]
+    ) -> list[int]:
+        """Read the keys with one script per node into ``values``; the indices left to read."""
+        table = await self._slot_table("MGET", keys)
+        groups: dict[str | None, list[int]] = {}
+        owners = table.owners
+        for i, slot in enumerate(slots):
+            node = owners[slot]
+            group = groups.get(node)
+            if group is None:
+                groups[node] = [i]
+            else:
+                group.append(i)
+        scripted = [ix for node, ix in groups.items() if node is not None and len(ix) > 1]
+        if not scripted or not self._node_scripts:
+            return list(range(len(keys)))
+        rest = [i for node, ix in groups.items() if node is None or len(ix) == 1 for i in ix]
+        commands = [("EVALSHA", _GET_SHA, 0, *[keys[i] for i in ix]) for ix in scripted]
+        replies = await self._call("MGET", keys, commands)
+        redo = [
+            n
+            for n, reply in enumerate(replies)
+            if isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
+        ]
+        if redo:
+            again = [("EVAL", _GET_SCRIPT, *commands[n][2:]) for n in redo]
+            for n, reply in zip(redo, await self._call("MGET", keys, again), strict=True):
+                replies[n] = reply
+        for indices, reply in zip(scripted, replies, strict=True):
+            if isinstance(reply, ReplyError):
+                if "compil" in reply.message or "shebang" in reply.message:  # Redis < 7
+                    self._node_scripts = False
+                rest.extend(indices)  # read by slot, following redirections
+                continue
+            for i, value in zip(indices, cast("list[bytes | None]", reply), strict=True):
+                values[i] = value
+        return rest
+
+    async def _get_by_slot(
+        self, keys: list[str], slots: list[int], indices: list[int], values: list[bytes | None]
+    ) -> None:
+        """Read ``keys[i]`` for ``i`` in ``indices`` (``slots[n]`` is the slot of the n-th)
+        into ``values``: a GET or MGET per slot, routed, redirections followed."""
+        groups = [[indices[n] for n in ix] for ix in by_slot(slots).values()]
         # A slot with one key (most of them, in a big batch) gets a GET, whose
         # reply is cheaper to parse than a one-element MGET array.
         commands = [
@@ -480,16 +565,12 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
         ]
         replies = await self._call("MGET", keys, commands)
         self._first_error("MGET", replies, [keys[ix[0]] for ix in groups])
-        values: list[bytes | None] = [None] * len(keys)
-        for indices, reply in zip(groups, replies, strict=True):
-            if len(indices) == 1:
-                values[indices[0]] = reply
+        for group, reply in zip(groups, replies, strict=True):
+            if len(group) == 1:
+                values[group[0]] = reply
             else:
-                for i, value in zip(indices, reply, strict=True):
+                for i, value in zip(group, reply, strict=True):
                     values[i] = value
-        if None in values:
-            await self._foreign_misses([k for k, v in zip(keys, values, strict=True) if v is None])
-        return values
 
     async def _foreign_misses(self, keys: list[str]) -> None:
         """Raise BackendError if a key MGET answered nil for holds another Redis type.
