@@ -182,6 +182,11 @@ def test_nodes_and_options_are_checked_when_built() -> None:
         for value in (0, -1, math.inf, math.nan, True, "5"):
             with pytest.raises(co.ConfigurationError, match=option):
                 AsyncRedisClusterBackend(["h:1"], **{option: value})
+    for options in ({"db": 1}, {"socket_timeout": 1}):
+        with pytest.raises(co.ConfigurationError, match=next(iter(options))):
+            AsyncRedisClusterBackend.from_cluster(["h:1"], **options)
+        with pytest.raises(co.ConfigurationError, match=next(iter(options))):
+            co.AsyncRedisBackend.from_url("redis://h:1", cluster=True, **options)
     one = AsyncRedisClusterBackend("127.0.0.1:7000")
     assert one.server == "cluster 127.0.0.1:7000"
     v6 = AsyncRedisClusterBackend(["[::1]:7000", "::1:7000", "h:1"])
@@ -192,12 +197,16 @@ def test_from_url_reads_the_node_user_password_and_tls() -> None:
     """redis:// and rediss:// URLs name one node; user and password come from the URL unless
     given; rediss gets a verifying TLS context; other schemes, databases, ports: refused,
     the password masked."""
-    backend = cluster_from_url(f"redis://app:{PASSWORD}@127.0.0.1:7001/0")
+    backend = co.AsyncRedisBackend.from_url(
+        f"redis://app:{PASSWORD}@127.0.0.1:7001/0", cluster=True
+    )
+    assert isinstance(backend, AsyncRedisClusterBackend)
     assert backend.server == "cluster 127.0.0.1:7001"
     assert backend._options["username"] == "app"  # pyright: ignore[reportPrivateUsage]
     assert backend._options["password"] == PASSWORD  # pyright: ignore[reportPrivateUsage]
     assert backend._options["ssl"] is None  # pyright: ignore[reportPrivateUsage]
     tls = AsyncRedisClusterBackend.from_url("rediss://:other@h", password="given")
+    assert isinstance(co.AsyncRedisBackend.from_cluster(["h:1"]), AsyncRedisClusterBackend)
     assert tls.server == "cluster h:6379"
     assert tls._options["password"] == "given"  # pyright: ignore[reportPrivateUsage]
     context = tls._options["ssl"]  # pyright: ignore[reportPrivateUsage]

@@ -184,8 +184,10 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
 
         Raises:
             ValueError: no node, or a node that is not ``host:port``.
-            TypeError: an unknown option.
+            ConfigurationError: an unknown option (``db`` included: a cluster
+                has only database 0), or a bad timeout.
         """
+        _check_options("AsyncRedisClusterBackend.from_cluster", options)
         return cls(nodes, **options)
 
     @classmethod
@@ -674,6 +676,23 @@ def _per_slot(name: str, keys: Sequence[str], indices: Sequence[int]) -> tuple[A
     return (name, *[keys[i] for i in indices])
 
 
+#: What from_cluster and from_url accept.
+_OPTIONS = frozenset(
+    {"connect_timeout", "timeout", "username", "password", "ssl_context", "address_remap"}
+)
+
+
+def _check_options(where: str, options: dict[str, Any]) -> None:
+    """ConfigurationError naming the first option ``where`` does not know."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        hint = "; a Redis Cluster has only database 0" if "db" in unknown else ""
+        raise ConfigurationError(
+            f"{where}: unknown option {unknown[0]!r}; the options are "
+            f"{', '.join(sorted(_OPTIONS))}{hint}"
+        )
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a background future's failure as seen (it is reported where it matters)."""
     if not future.cancelled():
@@ -688,16 +707,23 @@ def cluster_from_url(url: str, **options: Any) -> AsyncRedisClusterBackend:
     other than 0 is refused (a cluster has only db 0). User and password in
     the URL are used unless given as options.
 
+    Args:
+        url: the URL of any node of the cluster.
+        **options: as for :meth:`AsyncRedisClusterBackend.from_cluster`.
+
     Raises:
-        ConfigurationError: not a ``redis://`` / ``rediss://`` URL, or one
-            naming a database other than 0 (the message masks the password).
+        ConfigurationError: not a ``redis://`` / ``rediss://`` URL, one naming
+            a database other than 0, or an unknown option (the message masks
+            the password).
     """
     shown = ops.masked_url(url)
+    _check_options(f"AsyncRedisClusterBackend.from_url({shown!r})", options)
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port or 6379
     except ValueError as exc:
-        raise ConfigurationError(f"cluster URL {shown!r} cannot be parsed: {exc}") from None
+        detail = ops.mask(str(exc), ops.url_password(url))
+        raise ConfigurationError(f"cluster URL {shown!r} cannot be parsed: {detail}") from None
     if parts.scheme.lower() not in ("redis", "rediss") or not parts.hostname:
         raise ConfigurationError(
             f"cluster URL {shown!r}: expected redis://host:port or rediss://host:port"
