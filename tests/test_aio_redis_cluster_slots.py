@@ -346,3 +346,20 @@ def test_a_failed_job_is_resent_once_when_the_caller_allows() -> None:
     assert route.failures == [("a:1", lost)]
     assert route.outcome == [Outcome.UNKNOWN, b"ok"]
     assert route.advance() is False
+
+
+def test_the_replies_before_a_failure_count() -> None:
+    """A job that failed after some replies: those are filed (and followed, for a MOVED),
+    the rest are lost, or planned again when resending is safe."""
+    table = two_nodes()
+    route = Route([5, 6, 7, 8], message)
+    (job,) = route.plan(table, KeyError)
+    lost = OSError("lost")
+    route.settle(job, [b"a", Err("MOVED 6 b:1")], lost, sent=True, table=table)
+    assert route.outcome == [b"a", Outcome.NOT_SENT, Outcome.UNKNOWN, Outcome.UNKNOWN]
+    assert route.failures == [("a:1", lost)]
+    assert route.pending == [1]
+    again = Route([5, 6, 7], message)
+    (job,) = again.plan(two_nodes(), KeyError)
+    again.settle(job, [b"a"], lost, sent=True, resend=True)
+    assert (again.outcome[0], again.pending, again.failures) == (b"a", [1, 2], [])

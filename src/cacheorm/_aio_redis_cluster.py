@@ -354,7 +354,8 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
                     resend = not result.sent or (
                         idempotent and not isinstance(result, RequestTimeout)
                     )
-                    route.settle(job, None, result, result.sent, resend=resend)
+                    known = result.replies[1::2] if job.asking else result.replies
+                    route.settle(job, known, result, result.sent, resend=resend)
                 else:
                     route.settle(job, result, table=table)
             if not route.advance():

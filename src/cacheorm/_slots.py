@@ -401,28 +401,38 @@ class Route:
     ) -> None:
         """File ``job``'s replies (in order, without ASKING's), or its failure.
 
-        ``error`` (with ``replies`` None) is the node's failure; ``sent``
-        says whether the commands may have reached it (UNKNOWN) or certainly
-        did not (NOT_SENT); with ``resend`` (the caller knows resending is
-        safe) the commands are planned again instead, once. A MOVED reply
-        updates ``table``, if given, and the command is planned again; so is
-        an ASK (to its target) and a TRYAGAIN.
+        With ``error`` (the node failed), ``replies`` are those that arrived
+        before it (None or a prefix) and are filed as usual; for the others
+        ``sent`` says whether they may have reached the node (UNKNOWN) or
+        certainly did not (NOT_SENT), and with ``resend`` (the caller knows
+        resending is safe) they are planned again instead, once. A MOVED
+        reply updates ``table``, if given, and the command is planned again;
+        so is an ASK (to its target) and a TRYAGAIN.
         """
-        if replies is None:
-            assert error is not None
-            self.refresh = True  # a failover may have moved the node's slots
-            if resend and self._resent.isdisjoint(job.indices):
-                self._resent.update(job.indices)
-                self._pending.extend(job.indices)
-                return
-            self.failures.append((job.node, error))
-            lost = Outcome.UNKNOWN if sent else Outcome.NOT_SENT
-            for i in job.indices:
-                self.outcome[i] = lost
+        if error is None:
+            assert replies is not None
+            self._file(job, job.indices, replies, table)
             return
+        known = list(replies or ())
+        self._file(job, job.indices[: len(known)], known, table)
+        rest = job.indices[len(known) :]
+        self.refresh = True  # a failover may have moved the node's slots
+        if resend and self._resent.isdisjoint(rest):
+            self._resent.update(rest)
+            self._pending.extend(rest)
+            return
+        self.failures.append((job.node, error))
+        lost = Outcome.UNKNOWN if sent else Outcome.NOT_SENT
+        for i in rest:
+            self.outcome[i] = lost
+
+    def _file(
+        self, job: Job, indices: Sequence[int], replies: Sequence[object], table: SlotTable | None
+    ) -> None:
+        """Record the replies of ``job``'s commands ``indices``; plan redirected ones again."""
         message_of = self._error_message
         outcome = self.outcome
-        for i, reply in zip(job.indices, replies, strict=True):
+        for i, reply in zip(indices, replies, strict=True):
             message = message_of(reply)
             if message is None:
                 outcome[i] = reply
