@@ -1088,3 +1088,50 @@ def test_get_many_reads_by_slot_where_node_scripts_are_refused(
                 assert "eval" not in calls(client)
 
     run(main())
+
+
+def test_a_connection_cut_mid_batch_counts_the_replies_that_arrived(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """One node's connection breaks after two replies of an add_many: those two keys are
+    written, its others unknown (sent, never resent: they were applied), the other nodes'
+    keys written."""
+    from tests.proxy import FaultProxy
+
+    proxies: dict[tuple[str, int], FaultProxy] = {}
+    for address in redis_cluster.startup_nodes:
+        host, _, port = address.rpartition(":")
+        proxies[(host, int(port))] = FaultProxy(host, int(port))
+
+    def through_proxy(address: tuple[str, int]) -> tuple[str, int]:
+        proxy = proxies.get(address)
+        return address if proxy is None else (proxy.host, proxy.port)
+
+    victim = redis_cluster.startup_nodes[0]
+    grouped = keys_by_node(nodes, 30, "p")
+    keys = [f"p{i}" for i in range(30)]
+    lost = grouped[victim][2:]
+
+    async def main() -> None:
+        async with AsyncRedisClusterBackend(
+            redis_cluster.startup_nodes, address_remap=through_proxy
+        ) as backend:
+            await backend.get_many(keys)  # connect to every node
+            host, _, port = victim.rpartition(":")
+            proxies[(host, int(port))].cut_replies_after(len(b"+OK\r\n") * 2)
+            with pytest.raises(co.BatchWriteError) as info:
+                await backend.add_many([(k, b"v") for k in keys])
+            for proxy in proxies.values():
+                proxy.pass_through()
+            assert info.value.written == [k for k in keys if k not in lost]
+            assert info.value.unknown == lost
+            assert info.value.not_written == []
+            assert info.value.server == victim
+            assert [nodes[victim].get(k) for k in lost] == [b"v"] * len(lost)
+            assert await backend.get_many(keys) == [b"v"] * 30
+
+    try:
+        run(main())
+    finally:
+        for proxy in proxies.values():
+            proxy.close()
