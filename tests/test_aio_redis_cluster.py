@@ -1135,3 +1135,29 @@ def test_a_connection_cut_mid_batch_counts_the_replies_that_arrived(
     finally:
         for proxy in proxies.values():
             proxy.close()
+
+
+def test_aclose_ends_a_slot_map_reload_under_way(own_cluster: RedisClusterServer) -> None:
+    """Calls waiting for the slot map from a node that does not answer fail with
+    BackendUnavailable (never CancelledError) when the backend is closed meanwhile."""
+    victim = own_cluster.startup_nodes[0]
+    process = node_process(own_cluster, victim)
+
+    async def main() -> None:
+        backend = AsyncRedisClusterBackend([victim], timeout=30)
+        process.pause()
+        try:
+            calls = [asyncio.ensure_future(backend.get(f"k{i}")) for i in range(5)]
+            await asyncio.sleep(0.2)
+            assert not any(call.done() for call in calls)
+            start = time.monotonic()
+            await backend.aclose()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert time.monotonic() - start < 2
+        finally:
+            process.resume()
+        for result in results:
+            assert isinstance(result, co.BackendUnavailable), result
+            assert victim in str(result)
+
+    run(main())

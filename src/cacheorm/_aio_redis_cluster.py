@@ -656,15 +656,15 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
                     break
 
     async def aclose(self) -> None:
-        """Close every node's connection; the backend is not used after this."""
+        """Close every node's connection; calls in flight fail, and the backend is not used
+        after this. A reload of the slot map under way fails with them."""
         self._closed = True
-        refreshing = self._refreshing
-        if refreshing is not None and not refreshing.done():
-            refreshing.cancel()
-            await asyncio.wait([refreshing])
         connections = list(self._connections.values())
         self._connections.clear()
         await asyncio.gather(*(connection.aclose() for connection in connections))
+        refreshing = self._refreshing
+        if refreshing is not None:
+            await asyncio.wait([refreshing])
 
 
 def _key_of(command: tuple[Any, ...]) -> str:
