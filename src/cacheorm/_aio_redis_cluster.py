@@ -4,7 +4,10 @@ One :class:`~cacheorm._aio_redis.RedisConnection` per primary, shared by
 every task; the slot map comes from ``CLUSTER SHARDS`` (``CLUSTER SLOTS``
 before Redis 7) on first use, and the routing decisions (slots, grouping,
 ``MOVED`` / ``ASK`` / ``TRYAGAIN``) are the sans-I/O ones of
-:mod:`cacheorm._slots`. A batch goes to every node at once.
+:mod:`cacheorm._slots`. A batch goes to every node at once. The operations
+themselves are :class:`~cacheorm.AsyncRedisBackend`'s: this class overrides
+only its transport hooks (``_call``, ``_one``, ``_write_batch``, error naming)
+and the operations whose commands span slots.
 """
 
 from __future__ import annotations
@@ -94,9 +97,15 @@ class AsyncRedisClusterBackend(AsyncRedisBackend):
     and errors are that class's (and so :class:`~cacheorm.RedisBackend`'s on
     a cluster); this class only decides where each command goes. Keys are
     routed by hash slot (``{tags}`` included); a batch groups its keys by node
-    (an MGET / MSET / DEL per slot, or a command per key) and sends one
-    pipeline to every node at once, so it costs about one round trip. Each
-    node gets one connection, shared by every task and pipelined automatically.
+    (an MSET / DEL per slot, or a command per key) and sends one pipeline to
+    every node at once, so it costs about one round trip. Each node gets one
+    connection, shared by every task and pipelined automatically.
+
+    **get_many** sends each node one read-only Lua script (Redis 7's
+    ``allow-cross-slot-keys``) that GETs all of that node's keys, instead of
+    an MGET per slot: three nodes, three commands. Keys a script cannot read
+    (a slot that moved or is migrating, a server before Redis 7) are read
+    with a GET / MGET per slot, which follows the redirections below.
 
     **Topology.** Nothing connects when the backend is built. The first
     operation asks the startup nodes for ``CLUSTER SHARDS`` (``CLUSTER
