@@ -1161,3 +1161,35 @@ def test_aclose_ends_a_slot_map_reload_under_way(own_cluster: RedisClusterServer
             assert victim in str(result)
 
     run(main())
+
+
+def test_acl_user_and_password_on_every_node(
+    redis_cluster: RedisClusterServer, nodes: dict[str, redis.Redis]
+) -> None:
+    """An ACL user authenticates on every node it reaches (the startup node and those it
+    discovers); a wrong password is BackendUnavailable naming the node, never the password."""
+    user, secret = "cacheorm-app", "acl-s3cret"
+    for client in nodes.values():
+        client.execute_command("ACL", "SETUSER", user, "on", f">{secret}", "~*", "+@all")
+
+    async def main() -> None:
+        keys = [f"acl{i}" for i in range(30)]
+        async with AsyncRedisClusterBackend(
+            redis_cluster.startup_nodes[:1], username=user, password=secret
+        ) as store:
+            await store.set_many([(k, b"v") for k in keys])
+            assert await store.get_many(keys) == [b"v"] * 30
+            connections = store._connections  # pyright: ignore[reportPrivateUsage]
+            assert sorted(connections) == sorted(redis_cluster.startup_nodes)
+        url = f"redis://{user}:wrong-{secret}@{redis_cluster.startup_nodes[0]}"
+        async with co.AsyncRedisBackend.from_url(url, cluster=True) as wrong:
+            with pytest.raises(co.BackendUnavailable) as info:
+                await wrong.get("acl0")
+            assert redis_cluster.startup_nodes[0] in str(info.value)
+            assert secret not in str(info.value)
+
+    try:
+        run(main())
+    finally:
+        for client in nodes.values():
+            client.execute_command("ACL", "DELUSER", user)
