@@ -1193,3 +1193,76 @@ def test_acl_user_and_password_on_every_node(
     finally:
         for client in nodes.values():
             client.execute_command("ACL", "DELUSER", user)
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Any) -> Iterator[tuple[list[str], str]]:
+    """3 primaries that also listen for TLS (a self-signed certificate; the cluster bus
+    speaks TLS too, so the nodes know each other's TLS ports): their TLS ``host:port``
+    and the certificate's path."""
+    import shutil
+    import subprocess
+
+    from tests.servers import (
+        _binary,  # pyright: ignore[reportPrivateUsage]
+        _cluster_ports,  # pyright: ignore[reportPrivateUsage]
+        _create_cluster,  # pyright: ignore[reportPrivateUsage]
+        _redis_process,  # pyright: ignore[reportPrivateUsage]
+        free_port,
+    )
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the TLS cluster test needs openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = _binary("redis-server", None)
+    cli = _binary("redis-cli", None, package="redis-tools")
+    tls_ports = [free_port() for _ in range(3)]
+    options = [
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no", "--tls-cluster", "yes",
+    ]  # fmt: skip
+    processes = [
+        _redis_process(server, port, "--tls-port", str(tls), *options, cluster=True)
+        for port, tls in zip(_cluster_ports(3), tls_ports, strict=True)
+    ]
+    cluster = RedisClusterServer(nodes=processes, startup_nodes=[p.address for p in processes])
+    try:
+        for process in processes:
+            process.launch()
+        for process in processes:
+            process.wait_ready()
+        _create_cluster(cli, cluster.startup_nodes)
+        cluster.wait_ok()
+        yield [f"127.0.0.1:{tls}" for tls in tls_ports], str(cert)
+    finally:
+        cluster.stop()
+
+
+def test_rediss_reaches_every_node_over_tls(tls_cluster: tuple[list[str], str]) -> None:
+    """Over TLS, the slot map's TLS ports are used for every node; a context that does not
+    trust the certificate is BackendUnavailable."""
+    import ssl
+
+    tls_nodes, cert = tls_cluster
+    context = ssl.create_default_context(cafile=cert)
+    keys = [f"tls{i}" for i in range(30)]
+
+    async def main() -> None:
+        url = f"rediss://{tls_nodes[0]}"
+        async with co.AsyncRedisBackend.from_url(url, cluster=True, ssl_context=context) as store:
+            await store.set_many([(k, b"over TLS") for k in keys])
+            assert await store.get_many(keys) == [b"over TLS"] * 30
+            connections = store._connections  # type: ignore[attr-defined]
+            assert sorted(connections) == sorted(tls_nodes)
+        async with co.AsyncRedisBackend.from_url(url, cluster=True) as untrusted:
+            with pytest.raises(co.BackendUnavailable, match=tls_nodes[0]):
+                await untrusted.get("tls0")
+
+    run(main())
