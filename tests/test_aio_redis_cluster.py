@@ -1223,26 +1223,34 @@ def tls_cluster(tmp_path: Any) -> Iterator[tuple[list[str], str]]:
     )  # fmt: skip
     server = _binary("redis-server", None)
     cli = _binary("redis-cli", None, package="redis-tools")
-    tls_ports = [free_port() for _ in range(3)]
     options = [
         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
         "--tls-auth-clients", "no", "--tls-cluster", "yes",
     ]  # fmt: skip
-    processes = [
-        _redis_process(server, port, "--tls-port", str(tls), *options, cluster=True)
-        for port, tls in zip(_cluster_ports(3), tls_ports, strict=True)
-    ]
-    cluster = RedisClusterServer(nodes=processes, startup_nodes=[p.address for p in processes])
-    try:
-        for process in processes:
-            process.launch()
-        for process in processes:
-            process.wait_ready()
-        _create_cluster(cli, cluster.startup_nodes)
-        cluster.wait_ok()
-        yield [f"127.0.0.1:{tls}" for tls in tls_ports], str(cert)
-    finally:
-        cluster.stop()
+    for attempt in range(3):  # another process may take a free port before a node does
+        tls_ports = [free_port() for _ in range(3)]
+        processes = [
+            _redis_process(server, port, "--tls-port", str(tls), *options, cluster=True)
+            for port, tls in zip(_cluster_ports(3), tls_ports, strict=True)
+        ]
+        cluster = RedisClusterServer(nodes=processes, startup_nodes=[p.address for p in processes])
+        try:
+            for process in processes:
+                process.launch()
+            for process in processes:
+                process.wait_ready()
+            _create_cluster(cli, cluster.startup_nodes)
+            cluster.wait_ok()
+        except RuntimeError:
+            cluster.stop()
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield [f"127.0.0.1:{tls}" for tls in tls_ports], str(cert)
+        finally:
+            cluster.stop()
+        return
 
 
 def test_rediss_reaches_every_node_over_tls(tls_cluster: tuple[list[str], str]) -> None:
