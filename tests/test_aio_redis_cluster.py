@@ -1208,7 +1208,6 @@ def tls_cluster(tmp_path: Any) -> Iterator[tuple[list[str], str]]:
         _cluster_ports,  # pyright: ignore[reportPrivateUsage]
         _create_cluster,  # pyright: ignore[reportPrivateUsage]
         _redis_process,  # pyright: ignore[reportPrivateUsage]
-        free_port,
     )
 
     openssl = shutil.which("openssl")
@@ -1228,10 +1227,12 @@ def tls_cluster(tmp_path: Any) -> Iterator[tuple[list[str], str]]:
         "--tls-auth-clients", "no", "--tls-cluster", "yes",
     ]  # fmt: skip
     for attempt in range(3):  # another process may take a free port before a node does
-        tls_ports = [free_port() for _ in range(3)]
+        # With tls-cluster, the bus listens on the TLS port + 10000: free as well.
+        ports = _cluster_ports(6)
+        plain_ports, tls_ports = ports[:3], ports[3:]
         processes = [
             _redis_process(server, port, "--tls-port", str(tls), *options, cluster=True)
-            for port, tls in zip(_cluster_ports(3), tls_ports, strict=True)
+            for port, tls in zip(plain_ports, tls_ports, strict=True)
         ]
         cluster = RedisClusterServer(nodes=processes, startup_nodes=[p.address for p in processes])
         try:
