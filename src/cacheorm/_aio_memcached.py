@@ -602,13 +602,15 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
     async def aclose(self) -> None:
         """Close the connections (requests still waiting fail); a later request reconnects."""
         lost: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
         for node in self._nodes:
             task, node.connecting = node.connecting, None
             if task is not None:
                 task.cancel()
             conn, node.conn = node.conn, None
-            if conn is not None and not conn.closed and conn.transport is not None:
+            if conn is not None and conn.loop is loop and not conn.closed:
                 conn.cause = Closed()
+                assert conn.transport is not None  # set before the connection was kept
                 conn.transport.close()
                 lost.append(conn.lost)
         if lost:
