@@ -108,10 +108,11 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.drain: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.last_data = loop.time()
         self.lost: asyncio.Future[None] = loop.create_future()
-        #: How many transport.write calls were made (pipelining evidence for tests).
+        #: How many transport.write calls were made, and how many replies were
+        #: read for requests no longer waiting (cancelled) and dropped.
         self.writes = 0
+        self.dropped = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -121,7 +122,6 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Read every complete reply and hand it to its request (dropped if abandoned)."""
-        self.last_data = self.loop.time()
         parser = self.parser
         parser.feed(data)
         waiters = self.waiters
@@ -138,7 +138,9 @@ class _Connection(asyncio.Protocol):
                 return
             waiters.popleft()
             future = waiter[0]
-            if not future.done():
+            if future.done():  # cancelled or timed out: the reply is read and dropped
+                self.dropped += 1
+            else:
                 future.set_result(reply)
         if parser.pending:
             self.abort(
@@ -223,20 +225,26 @@ class _Connection(asyncio.Protocol):
             await asyncio.shield(self.drain)
 
     def expire(self) -> None:
-        """Fail the requests whose time ran out; close the connection if the server is silent."""
+        """Close the connection if its oldest request waited ``timeout`` seconds for its reply.
+
+        Every request on it then fails: later replies wait behind that one, and
+        one that never comes leaves the order of the rest in doubt.
+        """
         self.timer = None
-        now = self.loop.time()
+        waiters = self.waiters
+        if not waiters:
+            return
+        deadline = waiters[0][4]
+        if deadline > self.loop.time():
+            self.timer = self.loop.call_at(deadline, self.expire)
+            return
         timeout = self.node.timeout
-        expired = False
-        for waiter in self.waiters:
-            if waiter[4] > now:
-                self.timer = self.loop.call_at(waiter[4], self.expire)
-                break
-            if not waiter[0].done():
-                expired = True
-                self._settle(waiter, TimeoutError(f"no reply within timeout={timeout:g}s"))
-        if expired and now - self.last_data >= timeout:
-            self.abort(TimeoutError(f"memcached sent nothing for timeout={timeout:g}s"))
+        _log.warning(
+            "memcached at %s: no reply within timeout=%gs; connection closed",
+            self.node.address,
+            timeout,
+        )
+        self.abort(TimeoutError(f"no reply within timeout={timeout:g}s"))
 
     def abort(self, cause: BaseException) -> None:
         """Close the connection at once; its waiting requests fail with ``cause``."""
