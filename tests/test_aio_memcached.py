@@ -30,8 +30,10 @@ from tests import test_memcached_backend as sync_checks
 from tests import test_memcached_hardening as hardening_checks
 from tests.servers import MemcachedServer, ServerProcess, closed_port, start_memcached_processes
 from tests.test_memcached_backend import small_server  # noqa: F401 - a fixture the checks use
-from tests.test_memcached_hardening import no_cas_server  # noqa: F401 - a fixture used below
-from tests.test_memcached_hardening import own_memcached
+from tests.test_memcached_hardening import (
+    no_cas_server,  # noqa: F401 - a fixture used below
+    own_memcached,
+)
 
 DAY = 24 * 3600
 
@@ -332,6 +334,10 @@ SHARED_KEYS = (
 )
 
 
+def tagged(tag: bytes, key: str) -> bytes:
+    return tag + key.encode("utf-8", "surrogatepass")
+
+
 def test_sync_and_async_pools_share_their_data(memcached_pool: MemcachedServer) -> None:
     """Written by MemcachedBackend, read by the async pool, and back, for every kind of key."""
     flush(memcached_pool.servers)
@@ -343,18 +349,16 @@ def test_sync_and_async_pools_share_their_data(memcached_pool: MemcachedServer) 
                 sync.server_for(k) for k in SHARED_KEYS
             ]
             assert len({store.server_for(k) for k in SHARED_KEYS}) == 3
-            assert await store.get_many(SHARED_KEYS) == [b"sync " + k.encode("utf-8", "surrogatepass") for k in SHARED_KEYS]
+            assert await store.get_many(SHARED_KEYS) == [tagged(b"sync ", k) for k in SHARED_KEYS]
             for key in SHARED_KEYS[::7]:
-                assert await store.get(key) == b"sync " + key.encode("utf-8", "surrogatepass")
-            await store.set_many([(k, b"async " + k.encode("utf-8", "surrogatepass")) for k in SHARED_KEYS])
+                assert await store.get(key) == tagged(b"sync ", key)
+            await store.set_many([(k, tagged(b"async ", k)) for k in SHARED_KEYS])
             await store.set("single", b"one")
 
     try:
-        sync.set_many([(k, b"sync " + k.encode("utf-8", "surrogatepass")) for k in SHARED_KEYS])
+        sync.set_many([(k, tagged(b"sync ", k)) for k in SHARED_KEYS])
         run(main())
-        assert sync.get_many(SHARED_KEYS) == [
-            b"async " + k.encode("utf-8", "surrogatepass") for k in SHARED_KEYS
-        ]
+        assert sync.get_many(SHARED_KEYS) == [tagged(b"async ", k) for k in SHARED_KEYS]
         assert sync.get("single") == b"one"
     finally:
         sync.close()
@@ -370,8 +374,9 @@ def test_a_pool_batch_goes_to_every_server_at_once(memcached_pool: MemcachedServ
             await store.set_many([(k, k.encode()) for k in keys])
             counts = {node.address: node.conn.writes for node in store._nodes}
             assert await store.get_many(keys) == [k.encode() for k in keys]
-            assert {node.address: node.conn.writes - counts[node.address] for node in store._nodes} == dict.fromkeys(counts, 1)
-            assert await store.touch_many(keys[:10] + ["nope"], ttl=100) == [True] * 10 + [False]
+            after = {node.address: node.conn.writes - counts[node.address] for node in store._nodes}
+            assert after == dict.fromkeys(counts, 1)
+            assert await store.touch_many([*keys[:10], "nope"], ttl=100) == [True] * 10 + [False]
             assert await store.delete_many(keys) == 200
             assert repr(store).startswith("AsyncMemcachedBackend(servers=")
 
@@ -492,9 +497,7 @@ def test_a_connect_that_times_out_is_unavailable() -> None:
                 fillers.append(filler)
 
             async def main() -> None:
-                store = AsyncMemcachedBackend.from_servers(
-                    f"127.0.0.1:{port}", connect_timeout=0.3
-                )
+                store = AsyncMemcachedBackend.from_servers(f"127.0.0.1:{port}", connect_timeout=0.3)
                 started = time.monotonic()
                 with pytest.raises(BackendUnavailable):
                     await store.get("k")
@@ -623,7 +626,7 @@ def test_refused_writes_send_nothing(memcached_server: MemcachedServer) -> None:
                 store.add_many([("fresh", b"new")], ttl=too_far),
                 store.touch_many(["k"], ttl=too_far),
             ):
-                with pytest.raises(Exception, match="over the 100-byte limit|2038"):
+                with pytest.raises(Exception, match=r"over the 100-byte limit|2038"):
                     await write
             assert (conn.writes, conn.queued) == before
             assert await store.get_many(["k", "fresh"]) == [b"old", None]

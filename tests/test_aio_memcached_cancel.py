@@ -64,7 +64,9 @@ class Tally:
         self.failures[name] = self.failures.get(name, 0) + 1
 
 
-async def one_request(store: AsyncMemcachedBackend, rng: random.Random, keys: list[str], tally: Tally) -> None:
+async def one_request(
+    store: AsyncMemcachedBackend, rng: random.Random, keys: list[str], tally: Tally
+) -> None:
     """A random get, get_many, set or set_many of random keys, its values checked."""
     choice = rng.random()
     size = rng.choice([10, 200, 5000, 70_000])
@@ -127,7 +129,7 @@ KEYS = [f"cancel:{n}" for n in range(400)] + [f"long key {n} " + "z" * 260 for n
 
 
 def test_random_cancellations_never_give_a_wrong_value(memcached_server: MemcachedServer) -> None:
-    """5,000+ cancellations and timeouts mid-flight: every value read is its key's, one connection."""
+    """5,000+ cancellations and timeouts in flight: each value read is its key's; one connection."""
     address = memcached_server.servers[0]
     flush(address)
     rng = random.Random(1234)
@@ -207,7 +209,8 @@ def test_lost_write_replies_are_outcome_unknown(proxy: FaultProxy) -> None:
         store = AsyncMemcachedBackend.from_servers(proxy.address, timeout=0.3)
         await store.set("k", b"1")
         proxy.drop_replies()
-        for write in (store.add("new", b"1"), store.incr("n"), store.delete("k"), store.set("k", b"2")):
+        writes = (store.add("new", b"1"), store.incr("n"), store.delete("k"), store.set("k", b"2"))
+        for write in writes:
             with pytest.raises(OutcomeUnknown, match="may or may not"):
                 await write
         with pytest.raises(BatchWriteError) as batch:

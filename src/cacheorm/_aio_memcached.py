@@ -54,7 +54,7 @@ import asyncio
 import collections
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from cacheorm._backend import AsyncClosing, CasToken
 from cacheorm._errors import ConfigurationError, MissingDependency
@@ -71,7 +71,7 @@ from cacheorm._mcproto import (
     ring_name,
     skipped_failure,
 )
-from cacheorm._memcached import _MemcachedCore, _Ops, _Step
+from cacheorm._memcached import MemcachedCore, Ops, Step
 from cacheorm._observe import get_logger
 from cacheorm._ttl import BackendTTL
 
@@ -188,7 +188,9 @@ class _Connection(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------
 
-    def request(self, request: bytes, read: Callable[[Any], Any], expect: Any) -> asyncio.Future[Any]:
+    def request(
+        self, request: bytes, read: Callable[[Any], Any], expect: Any
+    ) -> asyncio.Future[Any]:
         """Queue ``request``; the future of its reply (a :class:`Failure` if it fails)."""
         loop = self.loop
         future = loop.create_future()
@@ -276,17 +278,25 @@ class _Server:
         "connecting",
         "down_error",
         "down_until",
+        "host",
         "item_size_max",
+        "port",
         "retry_timeout",
-        "spec",
         "timeout",
     )
 
     def __init__(
-        self, spec: Any, connect_timeout: float, timeout: float, retry_timeout: float
+        self, spec: object, connect_timeout: float, timeout: float, retry_timeout: float
     ) -> None:
-        self.spec = spec
-        self.address = describe_server(spec)
+        #: The host and port, or the socket path and None.
+        self.host: str
+        self.port: int | None
+        if isinstance(spec, tuple):
+            self.host, self.port = cast("tuple[str, int]", spec)
+            self.address = describe_server((self.host, self.port))
+        else:
+            self.host, self.port = f"{spec}", None
+            self.address = describe_server(self.host)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.retry_timeout = retry_timeout
@@ -314,11 +324,10 @@ class _Server:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            if isinstance(self.spec, tuple):
-                host, port = self.spec
-                made = loop.create_connection(lambda: _Connection(self, loop), host, port)
+            if self.port is None:
+                made = loop.create_unix_connection(lambda: _Connection(self, loop), self.host)
             else:
-                made = loop.create_unix_connection(lambda: _Connection(self, loop), self.spec)
+                made = loop.create_connection(lambda: _Connection(self, loop), self.host, self.port)
             try:
                 _, conn = await asyncio.wait_for(made, self.connect_timeout)
             except asyncio.TimeoutError as exc:
@@ -340,7 +349,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
+class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
     """An asyncio backend on one memcached server or a pool, with pipelined connections.
 
     The async twin of :class:`~cacheorm.MemcachedBackend`: the same keys,
@@ -393,10 +402,7 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
             raise ConfigurationError(f"key_prefix must be bytes, not {type(key_prefix).__name__}")
         specs = parse_servers(servers, "AsyncMemcachedBackend")
         pool = len(specs) > 1
-        if pool:
-            retry = check_seconds("retry_timeout", retry_timeout)
-        else:
-            retry = 0.0
+        retry = check_seconds("retry_timeout", retry_timeout) if pool else 0.0
         nodes = [_Server(spec, connect, each, retry) for spec in specs]
         ring = {ring_name(spec): node for spec, node in zip(specs, nodes, strict=True)}
         self._setup(
@@ -442,7 +448,7 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
 
     # -- the driver: operations run on the connections ------------------------------------
 
-    async def _arun(self, ops: _Ops[_T]) -> _T:
+    async def _arun(self, ops: Ops[_T]) -> _T:
         """Run the operation ``ops``, awaiting each request it yields."""
         reply: Any = None
         failure: Failure | None = None
@@ -453,13 +459,17 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
                 result: _T = done.value
                 return result
             failure = None
-            if type(step) is tuple:
+            if isinstance(step, tuple):
                 try:
                     reply = await self._acall(*step)
                 except Failure as exc:
                     failure = exc
             else:
-                reply = await asyncio.gather(*[self._outcome(*each) for each in step])
+                reply = await self._fan_out(step)
+
+    async def _fan_out(self, steps: list[Step]) -> list[Any]:
+        """Each request (one per server) sent concurrently; the reply or the error of each."""
+        return list(await asyncio.gather(*[self._outcome(*step) for step in steps]))
 
     async def _outcome(
         self, node: _Server, request: bytes, read: Callable[[Any], Any], resend: bool, expect: Any
@@ -497,12 +507,13 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
             return reply
         _log.debug("memcached at %s: resending a request on a new connection", node.address)
         try:
-            return await (await node.connection()).request(request, read, expect)
+            again_reply: _T = await (await node.connection()).request(request, read, expect)
         except Failure as again:
             if again.sent or not first.sent:
                 raise
             # The first attempt was sent: the server may have seen it.
             raise Failure(node, again.cause, first.sent) from again.cause
+        return again_reply
 
     # -- the AsyncBackend protocol --------------------------------------------------------
 
@@ -557,9 +568,7 @@ class AsyncMemcachedBackend(_MemcachedCore, AsyncClosing):
         """
         return await self._arun(self._op_incr(key, delta))
 
-    async def cas(
-        self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None
-    ) -> bool:
+    async def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` is unwritten since :meth:`gets` gave ``token``."""
         return await self._arun(self._op_cas(key, value, token, ttl))
 

@@ -141,9 +141,11 @@ def describe_server(server: object) -> str:
 
 def ring_name(server: object) -> str:
     """The name pymemcache's ``HashClient`` gives ``server`` on its ring (``host:port``)."""
-    if isinstance(server, (list, tuple)) and len(server) == 2:
-        return "%s:%s" % tuple(server)  # noqa: UP031 - HashClient's own spelling
-    return str(server)
+    if isinstance(server, tuple):
+        pair = cast("tuple[object, ...]", server)
+        if len(pair) == 2:
+            return f"{pair[0]}:{pair[1]}"  # HashClient's own spelling
+    return f"{server}"
 
 
 def parse_servers(servers: str | Sequence[str], who: str) -> list[Any]:

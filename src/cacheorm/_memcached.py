@@ -202,6 +202,7 @@ from cacheorm._mcproto import (
     check_seconds,
     count_command,
     describe_server,
+    expire,
     failure_error,
     kept_expire,
     mark_down,
@@ -228,7 +229,6 @@ from cacheorm._mcproto import (
 )
 from cacheorm._mcproto import Closed as _Closed
 from cacheorm._mcproto import Failure as _Failure
-from cacheorm._mcproto import expire as _expire
 from cacheorm._observe import get_logger
 from cacheorm._ttl import KEEP_TTL, BackendTTL
 
@@ -244,7 +244,8 @@ _T = TypeVar("_T")
 #: How many times ``incr`` retries a compare-and-set lost to other writers.
 _INCR_ATTEMPTS = 1000
 
-#: The meta-get reader, under its old name (tests read metas with it).
+#: The expiry rule and the meta-get reader, under their old names.
+_expire = expire
 _read_meta = read_meta
 
 #: Bytes asked of the socket per receive.
@@ -484,13 +485,13 @@ class _Pool:
 # backend runs the requests on its sockets, the async one on its connections.
 
 #: One request of an operation: node, request bytes, reader, resend allowed, what was asked.
-_Step = tuple[Any, bytes, Callable[[Any], Any], bool, Any]
+Step = tuple[Any, bytes, Callable[[Any], Any], bool, Any]
 
 #: An operation: yields requests (or lists of them), returns its result.
-_Ops = Generator["_Step | list[_Step]", Any, _T]
+Ops = Generator["Step | list[Step]", Any, _T]
 
 
-class _MemcachedCore:
+class MemcachedCore:
     """What both memcached backends share: keys, placement, size checks and every operation.
 
     Subclasses set the attributes with :meth:`_setup` and drive the
@@ -597,21 +598,21 @@ class _MemcachedCore:
                 indices.append(index)
         return groups
 
-    def _check_size(self, key: str, bkey: bytes, size: int) -> _Ops[None]:
+    def _check_size(self, key: str, bkey: bytes, size: int) -> Ops[None]:
         """Raise ValueTooLarge if a ``size``-byte value cannot be stored under ``bkey``."""
         node = self._node(bkey)
         limit = yield from self._limit(node, bkey, key)
         if size > limit:
             raise too_large(key, size, limit, node.address)
 
-    def _limit(self, node: Any, bkey: bytes, key: str | None) -> _Ops[int]:
+    def _limit(self, node: Any, bkey: bytes, key: str | None) -> Ops[int]:
         """The largest value storable under ``bkey``, reading item_size_max if needed."""
         if self._max_value_size is not None:
             return self._max_value_size
         limit = yield from self._item_limit(node, key)
         return limit - len(self._prefix) - len(bkey)
 
-    def _item_limit(self, node: Any, key: str | None) -> _Ops[int]:
+    def _item_limit(self, node: Any, key: str | None) -> Ops[int]:
         """The server's ``item_size_max`` less :data:`ITEM_OVERHEAD`, read once per server."""
         if node.item_size_max is None:
             stats = yield from self._ask(node, STATS_SETTINGS, read_stats, key=key, op="stats")
@@ -624,7 +625,7 @@ class _MemcachedCore:
 
     def _pairs(
         self, items: Sequence[tuple[str, bytes]]
-    ) -> _Ops[tuple[list[tuple[str, bytes]], list[bytes]]]:
+    ) -> Ops[tuple[list[tuple[str, bytes]], list[bytes]]]:
         """Checked pairs and their memcached keys (every value size-checked)."""
         pairs = _as_items(items)
         bkeys = self._keys.bkeys([key for key, _ in pairs])
@@ -644,7 +645,7 @@ class _MemcachedCore:
         write: bool = False,
         resend: bool = True,
         expect: Any = None,
-    ) -> _Ops[_T]:
+    ) -> Ops[_T]:
         """One request, with a failure raised as the cacheorm error for ``op`` on ``key``."""
         try:
             reply: _T = yield (node, request, read, resend, expect)
@@ -660,7 +661,7 @@ class _MemcachedCore:
         size: int | None = None,
         bkey: bytes = b"",
         command: bytes = b"",
-    ) -> _Ops[BackendError]:
+    ) -> Ops[BackendError]:
         """The error for an error reply about ``key`` (reading the real limit if too large)."""
         limit = None
         if size is not None and b"too large" in line:
@@ -680,7 +681,7 @@ class _MemcachedCore:
                 failure.cause
             )
 
-    def _op_get(self, key: str) -> _Ops[bytes | None]:
+    def _op_get(self, key: str) -> Ops[bytes | None]:
         bkey = self._keys.bkey(key)
         node = self._single or self._node(bkey)
         full = self._prefix + bkey
@@ -691,7 +692,7 @@ class _MemcachedCore:
             return None
         return value
 
-    def _op_get_many(self, keys: Sequence[str]) -> _Ops[list[bytes | None]]:
+    def _op_get_many(self, keys: Sequence[str]) -> Ops[list[bytes | None]]:
         bkeys = self._keys.bkeys(keys)
         if not bkeys:
             return []
@@ -708,7 +709,7 @@ class _MemcachedCore:
             get = found.get
             return [get(full) for full in fulls]
         groups = self._group(bkeys)
-        steps: list[_Step] = []
+        steps: list[Step] = []
         for node, indices in groups.items():
             asked = [fulls[i] for i in indices]
             steps.append((node, b"get " + b" ".join(asked) + b"\r\n", read_values, True, asked))
@@ -725,7 +726,7 @@ class _MemcachedCore:
         get = found.get
         return [get(full) for full in fulls]
 
-    def _op_gets(self, key: str) -> _Ops[tuple[bytes, CasToken] | None]:
+    def _op_gets(self, key: str) -> Ops[tuple[bytes, CasToken] | None]:
         bkey = self._keys.bkey(key)
         node = self._node(bkey)
         full = self._prefix + bkey
@@ -740,19 +741,19 @@ class _MemcachedCore:
 
     # -- single writes ------------------------------------------------------------------
 
-    def _op_set(self, key: str, value: bytes, ttl: float | None) -> _Ops[None]:
+    def _op_set(self, key: str, value: bytes, ttl: float | None) -> Ops[None]:
         if not (yield from self._store_if(b"set", key, value, ttl)):
             server = self.server_for(key)
             raise BackendError(
                 f"memcached at {server} did not store key {key!r}", key=key, server=server
             )
 
-    def _op_replace(self, key: str, value: bytes, ttl: BackendTTL) -> _Ops[bool]:
+    def _op_replace(self, key: str, value: bytes, ttl: BackendTTL) -> Ops[bool]:
         if ttl is KEEP_TTL:
             return (yield from self._replace_keeping_ttl(key, value))
         return (yield from self._store_if(b"replace", key, value, ttl))
 
-    def _replace_keeping_ttl(self, key: str, value: bytes) -> _Ops[bool]:
+    def _replace_keeping_ttl(self, key: str, value: bytes) -> Ops[bool]:
         """``replace`` with the old value's remaining TTL, by meta get then ``cas``."""
         bkey = self._keys.bkey(key)
         data = _as_bytes(key, value)
@@ -784,7 +785,7 @@ class _MemcachedCore:
             server=node.address,
         )
 
-    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> _Ops[bool]:
+    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> Ops[bool]:
         """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
         bkey = self._keys.bkey(key)
         data = _as_bytes(key, value)
@@ -803,7 +804,7 @@ class _MemcachedCore:
             return False
         raise (yield from self._refusal(node, line, key, len(data), bkey, command))
 
-    def _op_delete(self, key: str) -> _Ops[bool]:
+    def _op_delete(self, key: str) -> Ops[bool]:
         bkey = self._keys.bkey(key)
         node = self._single or self._node(bkey)
         try:
@@ -816,7 +817,7 @@ class _MemcachedCore:
             return False
         raise (yield from self._refusal(node, line, key))
 
-    def _op_incr(self, key: str, delta: int) -> _Ops[int]:
+    def _op_incr(self, key: str, delta: int) -> Ops[int]:
         bkey = self._keys.bkey(key)
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
@@ -851,7 +852,7 @@ class _MemcachedCore:
             server=node.address,
         )
 
-    def _create_counter(self, node: Any, full: bytes, key: str, delta: int) -> _Ops[bytes]:
+    def _create_counter(self, node: Any, full: bytes, key: str, delta: int) -> Ops[bytes]:
         """``add`` the counter ``full`` with value ``delta`` (sent once); the reply line."""
         line: bytes = yield from self._ask(
             node,
@@ -864,9 +865,7 @@ class _MemcachedCore:
         )
         return line
 
-    def _incr_cas(
-        self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False
-    ) -> _Ops[int]:
+    def _incr_cas(self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False) -> Ops[int]:
         """``incr`` by a ``gets``/``cas`` loop on signed digits, keeping the TTL.
 
         With ``missing_ok``, a missing key stays missing (and ``delta`` is returned).
@@ -914,7 +913,7 @@ class _MemcachedCore:
             server=node.address,
         )
 
-    def _op_cas(self, key: str, value: bytes, token: CasToken, ttl: BackendTTL) -> _Ops[bool]:
+    def _op_cas(self, key: str, value: bytes, token: CasToken, ttl: BackendTTL) -> Ops[bool]:
         bkey = self._keys.bkey(key)
         data = _as_bytes(key, value)
         keep = ttl is KEEP_TTL
@@ -949,7 +948,7 @@ class _MemcachedCore:
 
     # -- batch writes -------------------------------------------------------------------
 
-    def _op_set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None) -> _Ops[None]:
+    def _op_set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None) -> Ops[None]:
         pairs, bkeys = yield from self._pairs(items)
         expire = b"%d" % _expire(ttl)
         if not pairs:
@@ -962,7 +961,7 @@ class _MemcachedCore:
 
     def _op_add_many(
         self, items: Sequence[tuple[str, bytes]], ttl: float | None
-    ) -> _Ops[list[bool]]:
+    ) -> Ops[list[bool]]:
         pairs, bkeys = yield from self._pairs(items)
         expire = b"%d" % _expire(ttl)
         if not pairs:
@@ -971,7 +970,7 @@ class _MemcachedCore:
 
     def _op_replace_many(
         self, items: Sequence[tuple[str, bytes]], ttl: BackendTTL
-    ) -> _Ops[list[bool]]:
+    ) -> Ops[list[bool]]:
         pairs, bkeys = yield from self._pairs(items)
         if ttl is KEEP_TTL:
             if not pairs:
@@ -984,7 +983,7 @@ class _MemcachedCore:
 
     def _replace_many_keeping_ttl(
         self, pairs: list[tuple[str, bytes]], bkeys: list[bytes]
-    ) -> _Ops[list[bool]]:
+    ) -> Ops[list[bool]]:
         """``replace_many`` with each old value's remaining TTL: rounds of meta gets and cas."""
         prefix = self._prefix
         fulls = [prefix + bkey for bkey in bkeys]
@@ -1040,16 +1039,14 @@ class _MemcachedCore:
         )
         raise merged(gave_up, keys, stored, settled_false, pending)
 
-    def _metas(
-        self, fulls: list[bytes], bkeys: list[bytes]
-    ) -> _Ops[list[tuple[bytes, int] | None]]:
+    def _metas(self, fulls: list[bytes], bkeys: list[bytes]) -> Ops[list[tuple[bytes, int] | None]]:
         """The CAS value and remaining TTL of each full key (None: absent); _Failure if not read.
 
         One request of meta gets per server, the servers concurrently.
         """
         metas: list[tuple[bytes, int] | None] = [None] * len(fulls)
         groups = self._group(bkeys)
-        steps: list[_Step] = []
+        steps: list[Step] = []
         for node, indices in groups.items():
             asked = [fulls[i] for i in indices]
             request = b"".join([meta_command(full) for full in asked])
@@ -1062,7 +1059,7 @@ class _MemcachedCore:
                 metas[index] = meta
         return metas
 
-    def _op_delete_many(self, keys: Sequence[str]) -> _Ops[int]:
+    def _op_delete_many(self, keys: Sequence[str]) -> Ops[int]:
         bkeys = self._keys.bkeys(keys)
         if not bkeys:
             return 0
@@ -1079,7 +1076,7 @@ class _MemcachedCore:
         expire: bytes,
         *,
         op: str,
-    ) -> _Ops[list[bool]]:
+    ) -> Ops[list[bool]]:
         """Send ``command`` for each pair; True where the server stored it."""
         prefix = self._prefix
         commands = [
@@ -1108,7 +1105,7 @@ class _MemcachedCore:
         must_store: bool = False,
         command: bytes = b"",
         confirmed: frozenset[bytes] = CONFIRMED,
-    ) -> _Ops[list[bytes]]:
+    ) -> Ops[list[bytes]]:
         """Send one write per key, one request per server, concurrently; each reply line.
 
         Raises BatchWriteError unless every reply arrived and none is an error
@@ -1119,7 +1116,7 @@ class _MemcachedCore:
         """
         replies: list[bytes | None] = [None] * len(commands)
         groups = self._group(bkeys)
-        steps: list[_Step] = [
+        steps: list[Step] = [
             (node, b"".join([commands[i] for i in indices]), read_write_replies, False, n)
             for node, indices in groups.items()
             for n in [len(indices)]
@@ -1205,7 +1202,7 @@ class _MemcachedCore:
     # -- optional capabilities: TTL and counters -------------------------------------------
     # memcached cannot enumerate its keys, so there is no ``scan``.
 
-    def _op_touch_many(self, keys: Sequence[str], ttl: float | None) -> _Ops[list[bool]]:
+    def _op_touch_many(self, keys: Sequence[str], ttl: float | None) -> Ops[list[bool]]:
         bkeys = self._keys.bkeys(keys)
         expire = b"%d" % _expire(ttl)
         if not bkeys:
@@ -1213,7 +1210,7 @@ class _MemcachedCore:
         prefix = self._prefix
         touched: list[bool] = [False] * len(bkeys)
         groups = self._group(bkeys)
-        steps: list[_Step] = [
+        steps: list[Step] = [
             (
                 node,
                 b"".join([touch_command(prefix + bkeys[i], expire) for i in indices]),
@@ -1236,7 +1233,7 @@ class _MemcachedCore:
                 touched[index] = found
         return touched
 
-    def _op_ttl_of(self, key: str) -> _Ops[float | None]:
+    def _op_ttl_of(self, key: str) -> Ops[float | None]:
         bkey = self._keys.bkey(key)
         try:
             meta = (yield from self._metas([self._prefix + bkey], [bkey]))[0]
@@ -1247,7 +1244,7 @@ class _MemcachedCore:
         remaining = meta[1]
         return math.inf if remaining < 0 else float(remaining)
 
-    def _op_counter_add(self, key: str, delta: int, ttl: float | None) -> _Ops[int]:
+    def _op_counter_add(self, key: str, delta: int, ttl: float | None) -> Ops[int]:
         bkey = self._keys.bkey(key)
         _check_delta(delta)
         expire = b"%d" % _expire(ttl)
@@ -1301,7 +1298,7 @@ class _MemcachedCore:
         )
 
 
-class MemcachedBackend(_MemcachedCore, Closing):
+class MemcachedBackend(MemcachedCore, Closing):
     """A backend on one memcached server or a pool of them, through pymemcache's clients.
 
     Keys that memcached cannot take as they are get a deterministic mapped key,
@@ -1353,7 +1350,7 @@ class MemcachedBackend(_MemcachedCore, Closing):
         ring: dict[str, _Node] | None = None
         hasher: type[Any] | None = None
         if isinstance(client, pymemcache.HashClient):
-            hasher = type(client.hasher)
+            hasher = type(client.hasher)  # pyright: ignore[reportUnknownVariableType]
             ring = {}
             for name, node_client in client.clients.items():
                 ring[name] = next(n for n in nodes if n.client is node_client)
@@ -1424,13 +1421,13 @@ class MemcachedBackend(_MemcachedCore, Closing):
 
     # -- the driver: operations run on the sockets ------------------------------------------
 
-    def _run(self, ops: _Ops[_T]) -> _T:
+    def _run(self, ops: Ops[_T]) -> _T:
         """Run the operation ``ops``: each request it yields goes out by :meth:`_call`."""
         call = self._call
         try:
             step = ops.send(None)
             while True:
-                if type(step) is tuple:
+                if isinstance(step, tuple):
                     try:
                         reply = call(*step)
                     except _Failure as failure:
@@ -1564,7 +1561,7 @@ class MemcachedBackend(_MemcachedCore, Closing):
                     self._executor = executor
         return executor
 
-    def _each(self, steps: list[_Step]) -> list[Any]:
+    def _each(self, steps: list[Step]) -> list[Any]:
         """Each request (one per server) sent concurrently; the reply or the error of each."""
         call = self._call
         outcomes: list[Any] = []
