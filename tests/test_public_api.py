@@ -12,6 +12,7 @@ DOCUMENTED = {
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncMemcachedBackend",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",

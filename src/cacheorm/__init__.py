@@ -18,6 +18,7 @@ a TTL::
     users.get(1)                         # -> User(id=1, name='Sam')
 """
 
+from cacheorm._aio_memcached import AsyncMemcachedBackend
 from cacheorm._backend import (
     AsyncBackend,
     AsyncCounterBackend,
@@ -89,6 +90,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncMemcachedBackend",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",
