@@ -185,14 +185,15 @@ def check_max_value_size(max_value_size: object) -> None:
 
 def check_seconds(name: str, value: object) -> float:
     """``value`` as a float; ConfigurationError unless it is a positive finite number."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    try:
+        _check_ttl(value)  # type: ignore[arg-type]  # checked here
+    except InvalidTTL:
+        ok = False
+    else:
+        ok = value is not None
+    if not ok:
         raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
+    return float(value)  # type: ignore[arg-type]  # a positive finite int or float
 
 
 def parse_counter(value: bytes) -> int | None:
