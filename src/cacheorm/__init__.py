@@ -18,7 +18,9 @@ a TTL::
     users.get(1)                         # -> User(id=1, name='Sam')
 """
 
+from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
 from cacheorm._aio_memcached import AsyncMemcachedBackend
+from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
     AsyncBackend,
     AsyncCounterBackend,
@@ -90,7 +92,10 @@ __all__ = [
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncFileSystemBackend",
     "AsyncMemcachedBackend",
+    "AsyncMemoryBackend",
+    "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",
