@@ -634,6 +634,22 @@ def test_refused_writes_send_nothing(memcached_server: MemcachedServer) -> None:
     run(main())
 
 
+def test_keep_ttl_batches_of_absent_keys_send_no_empty_request(
+    memcached_server: MemcachedServer,
+) -> None:
+    """replace_many KEEP_TTL whose keys are all absent answers at once (no cas round)."""
+
+    async def main() -> None:
+        async with AsyncMemcachedBackend.from_servers(memcached_server.servers, timeout=1) as store:
+            assert await store.replace_many([("absent:1", b"v"), ("absent:2", b"v")], KEEP_TTL) == [
+                False,
+                False,
+            ]
+            assert await store.get_many(["absent:1", "absent:2"]) == [None, None]
+
+    run(main())
+
+
 def test_close_and_reuse(memcached_server: MemcachedServer) -> None:
     """aclose closes the connections; using the backend again reconnects."""
 

@@ -54,7 +54,9 @@ import asyncio
 import collections
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, cast
+
+from typing_extensions import Unpack
 
 from cacheorm._backend import AsyncClosing, CasToken
 from cacheorm._errors import ConfigurationError, MissingDependency
@@ -349,6 +351,17 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+class AsyncMemcachedOptions(TypedDict, total=False):
+    """The keyword options of :class:`AsyncMemcachedBackend` (see its arguments)."""
+
+    max_value_size: int | None
+    down_server_reads_miss: bool
+    connect_timeout: float
+    timeout: float
+    key_prefix: bytes | str
+    retry_timeout: float
+
+
 class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
     """An asyncio backend on one memcached server or a pool, with pipelined connections.
 
@@ -416,18 +429,9 @@ class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
 
     @classmethod
     def from_servers(
-        cls,
-        servers: str | Sequence[str],
-        /,
-        *,
-        max_value_size: int | None = None,
-        down_server_reads_miss: bool = False,
-        connect_timeout: float = 5.0,
-        timeout: float = 5.0,
-        key_prefix: bytes | str = b"",
-        retry_timeout: float = 1.0,
+        cls, servers: str | Sequence[str], /, **options: Unpack[AsyncMemcachedOptions]
     ) -> AsyncMemcachedBackend:
-        """A backend on the server(s) at ``servers``; the arguments are the constructor's.
+        """A backend on the server(s) at ``servers``; the options are the constructor's.
 
         Nothing connects until the first request.
 
@@ -436,15 +440,7 @@ class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
                 be parsed, or a bad option.
             MissingDependency: pymemcache is not installed.
         """
-        return cls(
-            servers,
-            max_value_size=max_value_size,
-            down_server_reads_miss=down_server_reads_miss,
-            connect_timeout=connect_timeout,
-            timeout=timeout,
-            key_prefix=key_prefix,
-            retry_timeout=retry_timeout,
-        )
+        return cls(servers, **options)
 
     # -- the driver: operations run on the connections ------------------------------------
 

@@ -580,7 +580,7 @@ class ReplyParser:
         buf, pos = self.buf, self.pos
         end = buf.find(b"\r\n", pos)
         if end < 0:
-            raise NEED_MORE
+            buf, pos, end = self._more_for_line(buf, pos)
         self.pos = end + 2
         return buf[pos:end]
 
@@ -589,11 +589,19 @@ class ReplyParser:
         buf, pos = self.buf, self.pos
         end = pos + size
         if end + 2 > len(buf):
-            raise NEED_MORE
+            buf, pos, end = self._more_for_block(buf, pos, size)
         if buf[end : end + 2] != b"\r\n":
             raise bad_reply(buf[end : end + 32])
         self.pos = end + 2
         return buf[pos:end]
+
+    def _more_for_line(self, buf: bytes, pos: int) -> tuple[bytes, int, int]:
+        """The buffer, start and CRLF position once a whole line is there (NeedMore here)."""
+        raise NEED_MORE
+
+    def _more_for_block(self, buf: bytes, pos: int, size: int) -> tuple[bytes, int, int]:
+        """The buffer, start and end once ``size`` bytes and CRLF are there (NeedMore here)."""
+        raise NEED_MORE
 
 
 #: The one :class:`NeedMore` raised and returned (no allocation per incomplete reply).
@@ -756,12 +764,26 @@ def cas_disabled(server: str, key: str) -> BackendError:
     )
 
 
-def batch_counts(written: list[str], not_written: list[str], unknown: list[str]) -> str:
-    """``N written, M not written[, K unknown (...)]`` for a batch error message."""
+def batch_error(
+    what: str,
+    keys: list[str],
+    written: list[str],
+    not_written: list[str],
+    unknown: list[str],
+    server: str | None,
+) -> BatchWriteError:
+    """The BatchWriteError for a batch of ``keys`` that failed part-way (``what`` says how)."""
     counts = f"{len(written)} written, {len(not_written)} not written"
     if unknown:
         counts += f", {len(unknown)} unknown (sent, reply lost: {describe_keys(unknown)})"
-    return counts
+    return BatchWriteError(
+        f"{what}; of {len(keys)} keys {counts}",
+        written=written,
+        not_written=not_written,
+        unknown=unknown,
+        key=keys[0] if len(keys) == 1 else None,
+        server=server,
+    )
 
 
 def merged(
@@ -785,12 +807,5 @@ def merged(
         written += error.written
         not_written += error.not_written
         unknown = error.unknown
-    return BatchWriteError(
-        f"replace_many keeping TTLs failed part-way: {error}; of {len(keys)} keys "
-        f"{batch_counts(written, not_written, unknown)}",
-        written=written,
-        not_written=not_written,
-        unknown=unknown,
-        key=keys[0] if len(keys) == 1 else None,
-        server=error.server,
-    )
+    what = f"replace_many keeping TTLs failed part-way: {error}"
+    return batch_error(what, keys, written, not_written, unknown, error.server)

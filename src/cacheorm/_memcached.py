@@ -193,8 +193,8 @@ from cacheorm._mcproto import (
     STATS_SETTINGS,
     U64,
     KeyMap,
-    bad_reply,
-    batch_counts,
+    ReplyParser,
+    batch_error,
     cas_command,
     cas_disabled,
     cas_number,
@@ -307,21 +307,22 @@ def _send(sock: socket.socket, data: bytes) -> None:
                 raise _SendFailed(sent, exc) from exc
 
 
-class _Reader:
-    """Reads one request's replies from a socket: lines and data blocks.
+class _Reader(ReplyParser):
+    """Reads one request's replies from a blocking socket: lines and data blocks.
 
     ``expect`` is what the request asked for, for the readers that check the
     keys replies name: the full key, or the list of full keys in order.
-    ``progress`` is filled by batch readers, reply by reply.
+    ``progress`` is filled by batch readers, reply by reply. Where the
+    incremental parser would need more bytes, this one receives them.
     """
 
-    __slots__ = ("buf", "expect", "pos", "progress", "sock")
+    __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket, expect: Any = None) -> None:
         self.sock = sock
         self.buf = b""
         self.pos = 0
-        self.progress: list[Any] = []
+        self.progress = []
         self.expect = expect
 
     def _more(self) -> bytes:
@@ -330,39 +331,26 @@ class _Reader:
             raise _Closed()
         return data
 
-    def line(self) -> bytes:
-        """The next line, without its CRLF."""
-        buf, pos = self.buf, self.pos
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            buf = buf[pos:]
-            pos = 0
-            while end < 0:
-                start = max(len(buf) - 1, 0)
-                buf += self._more()
-                end = buf.find(b"\r\n", start)
-            self.buf = buf
-        self.pos = end + 2
-        return buf[pos:end]
+    def _more_for_line(self, buf: bytes, pos: int) -> tuple[bytes, int, int]:
+        buf = buf[pos:]
+        end = -1
+        while end < 0:
+            start = max(len(buf) - 1, 0)
+            buf += self._more()
+            end = buf.find(b"\r\n", start)
+        self.buf = buf
+        return buf, 0, end
 
-    def block(self, size: int) -> bytes:
-        """The next ``size`` bytes, which must be followed by CRLF."""
-        buf, pos = self.buf, self.pos
-        end = pos + size
-        if end + 2 > len(buf):
-            chunks = [buf[pos:]]
-            have = len(buf) - pos
-            while have < size + 2:
-                data = self._more()
-                chunks.append(data)
-                have += len(data)
-            buf = b"".join(chunks)
-            pos, end = 0, size
-            self.buf = buf
-        if buf[end : end + 2] != b"\r\n":
-            raise bad_reply(buf[end : end + 32])
-        self.pos = end + 2
-        return buf[pos:end]
+    def _more_for_block(self, buf: bytes, pos: int, size: int) -> tuple[bytes, int, int]:
+        chunks = [buf[pos:]]
+        have = len(buf) - pos
+        while have < size + 2:
+            data = self._more()
+            chunks.append(data)
+            have += len(data)
+        buf = b"".join(chunks)
+        self.buf = buf
+        return buf, 0, size
 
 
 class _Node:
@@ -584,9 +572,9 @@ class MemcachedCore:
         return node
 
     def _group(self, bkeys: Sequence[bytes]) -> dict[Any, list[int]]:
-        """The indices of ``bkeys`` by server, servers in order of first use."""
+        """The indices of ``bkeys`` by server, servers in order of first use (none if no key)."""
         if self._single is not None:
-            return {self._single: list(range(len(bkeys)))}
+            return {self._single: list(range(len(bkeys)))} if bkeys else {}
         groups: dict[Any, list[int]] = {}
         node = self._node
         for index, bkey in enumerate(bkeys):
@@ -1187,15 +1175,8 @@ class MemcachedCore:
                 servers.append(node.address)
         if len(refused) > 3:
             reasons.append(f"and {len(refused) - 3} more refusals")
-        error = BatchWriteError(
-            f"{op} failed part-way: {'; '.join(reasons)}; of {len(keys)} keys "
-            f"{batch_counts(written, not_written, unknown)}",
-            written=written,
-            not_written=not_written,
-            unknown=unknown,
-            key=keys[0] if len(keys) == 1 else None,
-            server=", ".join(servers),
-        )
+        what = f"{op} failed part-way: {'; '.join(reasons)}"
+        error = batch_error(what, keys, written, not_written, unknown, ", ".join(servers))
         error.__cause__ = causes[0]
         raise error
 
@@ -1440,17 +1421,9 @@ class MemcachedBackend(MemcachedCore, Closing):
             result: _T = done.value
             return result
 
-    def _refused(
-        self,
-        node: _Node,
-        line: bytes,
-        key: str,
-        size: int | None = None,
-        bkey: bytes = b"",
-        command: bytes = b"",
-    ) -> BackendError:
-        """The error (caused by pymemcache's) for an error reply to a request about ``key``."""
-        return self._run(self._refusal(node, line, key, size, bkey, command))
+    def _refused(self, node: _Node, line: bytes, key: str, *about: Any) -> BackendError:
+        """The error for an error reply about ``key`` (``about``: size, memcached key, command)."""
+        return self._run(self._refusal(node, line, key, *about))
 
     def _call(
         self,
