@@ -515,7 +515,11 @@ class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
 
     async def get(self, key: str, /) -> bytes | None:
         """The value under ``key``, or None if absent or expired."""
-        return await self._arun(self._op_get(key))
+        step = self._get_step(key)
+        try:
+            return await self._acall(*step)
+        except Failure as failure:
+            return self._read_miss(failure, key)
 
     async def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys`` in order (None where absent); one request per server."""
@@ -523,7 +527,7 @@ class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
 
     async def exists(self, key: str, /) -> bool:
         """Whether ``key`` holds a live value (a ``get``: the TTL is left alone)."""
-        return (await self._arun(self._op_get(key))) is not None
+        return (await self.get(key)) is not None
 
     async def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
         """The value and its CAS token for :meth:`cas`, or None if absent."""

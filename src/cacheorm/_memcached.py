@@ -669,16 +669,16 @@ class MemcachedCore:
                 failure.cause
             )
 
-    def _op_get(self, key: str) -> Ops[bytes | None]:
+    def _get_step(self, key: str) -> Step:
+        """The request of ``get(key)`` (each driver sends it and reads the value itself)."""
         bkey = self._keys.bkey(key)
-        node = self._single or self._node(bkey)
         full = self._prefix + bkey
-        try:
-            value: bytes | None = yield (node, b"get " + full + b"\r\n", read_value, True, full)
-        except _Failure as failure:
-            self._read_failed(failure, key)
-            return None
-        return value
+        return (self._single or self._node(bkey), b"get " + full + b"\r\n", read_value, True, full)
+
+    def _read_miss(self, failure: _Failure, key: str) -> bytes | None:
+        """The answer of a ``get`` that failed: None where a down server reads as a miss."""
+        self._read_failed(failure, key)
+        return None
 
     def _op_get_many(self, keys: Sequence[str]) -> Ops[list[bytes | None]]:
         bkeys = self._keys.bkeys(keys)
@@ -731,10 +731,14 @@ class MemcachedCore:
 
     def _op_set(self, key: str, value: bytes, ttl: float | None) -> Ops[None]:
         if not (yield from self._store_if(b"set", key, value, ttl)):
-            server = self.server_for(key)
-            raise BackendError(
-                f"memcached at {server} did not store key {key!r}", key=key, server=server
-            )
+            raise self._not_stored(key)
+
+    def _not_stored(self, key: str) -> BackendError:
+        """The error for a ``set`` that memcached answered NOT_STORED."""
+        server = self.server_for(key)
+        return BackendError(
+            f"memcached at {server} did not store key {key!r}", key=key, server=server
+        )
 
     def _op_replace(self, key: str, value: bytes, ttl: BackendTTL) -> Ops[bool]:
         if ttl is KEEP_TTL:
@@ -773,37 +777,66 @@ class MemcachedCore:
             server=node.address,
         )
 
-    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> Ops[bool]:
-        """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
+    def _store_step(
+        self, command: bytes, key: str, value: bytes, ttl: float | None, *, checked: bool = False
+    ) -> Step | None:
+        """The request of a ``set``/``add``/``replace``; None if the value's size must be
+        checked against its server's limit first (unless ``checked``)."""
         bkey = self._keys.bkey(key)
         data = _as_bytes(key, value)
         expire = _expire(ttl)
-        if len(data) > self._unchecked:
-            yield from self._check_size(key, bkey, len(data))
-        node = self._single or self._node(bkey)
+        if len(data) > self._unchecked and not checked:
+            return None
         request = store_command(command, self._prefix + bkey, b"%d" % expire, data)
-        try:
-            line = yield (node, request, read_line, command != b"add", None)
-        except _Failure as failure:
-            raise failure_error(failure, key, op=command.decode(), write=True) from failure.cause
+        return (self._single or self._node(bkey), request, read_line, command != b"add", None)
+
+    def _store_failed(self, failure: _Failure, key: str, command: bytes) -> BackendError:
+        """The error for a store whose request failed."""
+        return failure_error(failure, key, op=command.decode(), write=True)
+
+    def _stored(self, node: Any, line: bytes, command: bytes, key: str, value: bytes) -> Ops[bool]:
+        """What a store's reply ``line`` says: stored, not stored, or the refusal raised."""
         if line == b"STORED":
             return True
         if line == b"NOT_STORED":
             return False
-        raise (yield from self._refusal(node, line, key, len(data), bkey, command))
+        size = len(_as_bytes(key, value))
+        raise (yield from self._refusal(node, line, key, size, self._keys.bkey(key), command))
 
-    def _op_delete(self, key: str) -> Ops[bool]:
-        bkey = self._keys.bkey(key)
-        node = self._single or self._node(bkey)
+    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> Ops[bool]:
+        """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
+        step = self._store_step(command, key, value, ttl)
+        if step is None:
+            yield from self._check_size(key, self._keys.bkey(key), len(_as_bytes(key, value)))
+            step = self._store_step(command, key, value, ttl, checked=True)
+            assert step is not None
         try:
-            line = yield (node, b"delete " + self._prefix + bkey + b"\r\n", read_line, False, None)
+            line = yield step
         except _Failure as failure:
-            raise failure_error(failure, key, op="delete", write=True) from failure.cause
+            raise self._store_failed(failure, key, command) from failure.cause
+        return (yield from self._stored(step[0], line, command, key, value))
+
+    def _delete_step(self, key: str) -> Step:
+        """The request of ``delete(key)``."""
+        bkey = self._keys.bkey(key)
+        request = b"delete " + self._prefix + bkey + b"\r\n"
+        return (self._single or self._node(bkey), request, read_line, False, None)
+
+    def _deleted(self, node: Any, line: bytes, key: str) -> Ops[bool]:
+        """What a delete's reply ``line`` says: deleted, absent, or the refusal raised."""
         if line == b"DELETED":
             return True
         if line == b"NOT_FOUND":
             return False
         raise (yield from self._refusal(node, line, key))
+
+    def _op_delete(self, key: str) -> Ops[bool]:
+        step = self._delete_step(key)
+        try:
+            line = yield step
+        except _Failure as failure:
+            raise failure_error(failure, key, op="delete", write=True) from failure.cause
+        return (yield from self._deleted(step[0], line, key))
 
     def _op_incr(self, key: str, delta: int) -> Ops[int]:
         bkey = self._keys.bkey(key)
@@ -815,9 +848,10 @@ class MemcachedCore:
         full = self._prefix + bkey
         increment = count_command(full, delta)
         for _ in range(_INCR_ATTEMPTS):
-            line = yield from self._ask(
-                node, increment, read_line, key=key, op="incr", write=True, resend=False
-            )
+            try:  # not through _ask: incr is hot, and one generator less is faster
+                line = yield (node, increment, read_line, False, None)
+            except _Failure as failure:
+                raise failure_error(failure, key, op="incr", write=True) from failure.cause
             if line.isdigit():
                 result = int(line)
                 if result < delta:  # memcached wrapped around 2**64: add it back
@@ -1559,7 +1593,22 @@ class MemcachedBackend(MemcachedCore, Closing):
 
     def get(self, key: str, /) -> bytes | None:
         """The value under ``key``, or None if absent or expired."""
-        return self._run(self._op_get(key))
+        step = self._get_step(key)
+        try:
+            return self._call(*step)  # type: ignore[no-any-return]
+        except _Failure as failure:
+            return self._read_miss(failure, key)
+
+    def _store(self, command: bytes, key: str, value: bytes, ttl: float | None) -> bool:
+        """``set``/``add``/``replace`` sent directly (the common case), else by the operation."""
+        step = self._store_step(command, key, value, ttl)
+        if step is None:  # the value's size is checked first
+            return self._run(self._store_if(command, key, value, ttl))
+        try:
+            line = self._call(*step)
+        except _Failure as failure:
+            raise self._store_failed(failure, key, command) from failure.cause
+        return line == b"STORED" or self._run(self._stored(step[0], line, command, key, value))
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys``, in the same order, None where absent.
@@ -1570,7 +1619,7 @@ class MemcachedBackend(MemcachedCore, Closing):
 
     def exists(self, key: str, /) -> bool:
         """True if ``key`` holds a live value (read with ``get``, which leaves the TTL alone)."""
-        return self._run(self._op_get(key)) is not None
+        return self.get(key) is not None
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
         """The value and its CAS token (bytes of digits) for :meth:`cas`, or None if absent."""
@@ -1584,7 +1633,8 @@ class MemcachedBackend(MemcachedCore, Closing):
             ValueTooLarge: ``value`` is over the size limit; nothing was sent.
             OutcomeUnknown: the reply was lost; the value may or may not be stored.
         """
-        self._run(self._op_set(key, value, ttl))
+        if not self._store(b"set", key, value, ttl):
+            raise self._not_stored(key)
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` is absent or expired, atomically; True if stored.
@@ -1592,7 +1642,7 @@ class MemcachedBackend(MemcachedCore, Closing):
         Raises:
             OutcomeUnknown: the request was sent and its reply lost; it is not resent.
         """
-        return self._run(self._store_if(b"add", key, value, ttl))
+        return self._store(b"add", key, value, ttl)
 
     def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
         """Store only if ``key`` holds a live value, atomically; True if stored.
@@ -1609,7 +1659,9 @@ class MemcachedBackend(MemcachedCore, Closing):
                 closed kept connection).
             BackendError: with ``KEEP_TTL``, the server has CAS disabled.
         """
-        return self._run(self._op_replace(key, value, ttl))
+        if ttl is KEEP_TTL:
+            return self._run(self._replace_keeping_ttl(key, value))
+        return self._store(b"replace", key, value, ttl)
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key``; True if it held a live value.
@@ -1618,7 +1670,12 @@ class MemcachedBackend(MemcachedCore, Closing):
             OutcomeUnknown: the request was sent and its reply lost; it is not
                 resent, since a second answer would say the key was absent.
         """
-        return self._run(self._op_delete(key))
+        step = self._delete_step(key)
+        try:
+            line = self._call(*step)
+        except _Failure as failure:
+            raise failure_error(failure, key, op="delete", write=True) from failure.cause
+        return line == b"DELETED" or self._run(self._deleted(step[0], line, key))
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key``, starting from 0; the new value.
