@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -24,8 +28,10 @@ from cacheorm._errors import (
     BackendUnavailable,
     BatchWriteError,
     ConfigurationError,
+    MissingDependency,
     OutcomeUnknown,
 )
+from cacheorm._mcproto import Failure, read_value
 from tests import test_memcached_backend as sync_checks
 from tests import test_memcached_hardening as hardening_checks
 from tests.servers import MemcachedServer, ServerProcess, closed_port, start_memcached_processes
@@ -302,23 +308,26 @@ def test_a_thousand_concurrent_gets_go_out_in_a_few_writes(
 
 
 def test_a_full_transport_buffer_makes_requests_wait(memcached_server: MemcachedServer) -> None:
-    """Backpressure: many large writes at once pause the writers, and all complete."""
+    """Backpressure: requests made while the transport's buffer is full wait; all complete."""
 
     async def main() -> None:
-        store = AsyncMemcachedBackend.from_servers(memcached_server.servers)
+        store = AsyncMemcachedBackend.from_servers(memcached_server.servers, timeout=30)
         await store.get("warm")
         conn = store._single.conn
-        conn.transport.set_write_buffer_limits(high=1024)
-        big = b"b" * 200_000
-        paused = []
+        conn.transport.set_write_buffer_limits(high=64 * 1024)
+        big = b"b" * 500_000
+        paused: list[bool] = []
 
-        async def write(n: int) -> None:
-            paused.append(conn.paused)
-            await store.set(f"big:{n}", big)
+        async def writes(n: int) -> None:
+            for _ in range(3):
+                paused.append(conn.paused)
+                await store.set(f"big:{n}", big)
 
-        await asyncio.gather(*[write(n) for n in range(40)])
+        await asyncio.gather(*[writes(n) for n in range(40)])
         await store.set("after", b"1")
-        assert True in paused or conn.paused is False
+        assert True in paused  # some requests came while the buffer was full, and waited
+        assert conn.paused is False
+        assert store._single.conn is conn
         assert await store.get_many([f"big:{n}" for n in range(40)]) == [big] * 40
         await store.aclose()
 
@@ -674,3 +683,83 @@ def test_close_and_reuse(memcached_server: MemcachedServer) -> None:
 
     assert run(write_then_read("loops")) == b"1"
     assert run(write_then_read("loops again")) == b"1"  # a second loop: a new connection
+
+
+def test_a_unix_socket_server(tmp_path: Any) -> None:
+    """``unix:/path`` addresses connect over a Unix socket."""
+    binary = shutil.which("memcached")
+    assert binary is not None
+    path = str(tmp_path / "mc.sock")
+    argv = [binary, "-s", path, "-U", "0", "-m", "16"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv += ["-u", "root"]
+    process = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 5
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        async def main() -> None:
+            async with AsyncMemcachedBackend.from_servers(f"unix:{path}") as store:
+                assert store.servers == [f"unix:{path}"]
+                assert repr(store._single) == f"<memcached unix:{path}>"
+                await store.set("k", b"over a unix socket")
+                assert await store.get("k") == b"over a unix socket"
+
+        run(main())
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+def test_missing_pymemcache_raises_missing_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymemcache (its ring and address parsing) is needed: MissingDependency names the extra."""
+    monkeypatch.setitem(sys.modules, "pymemcache.client.hash", None)
+    with pytest.raises(MissingDependency, match="memcached"):
+        AsyncMemcachedBackend.from_servers("127.0.0.1:1")
+
+
+def test_aclose_while_connecting_fails_the_waiting_requests() -> None:
+    """A connection attempt stopped by aclose: its requests get BackendUnavailable."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+
+            async def main() -> None:
+                store = AsyncMemcachedBackend.from_servers(f"127.0.0.1:{port}")
+                waiting = asyncio.ensure_future(store.get("k"))
+                await asyncio.sleep(0.05)
+                await store.aclose()
+                with pytest.raises(BackendUnavailable, match="closed"):
+                    await waiting
+
+            run(main())
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_a_request_on_a_connection_already_lost_was_never_sent(
+    memcached_server: MemcachedServer,
+) -> None:
+    """A request queued on a connection that was lost meanwhile fails at once, unsent."""
+
+    async def main() -> None:
+        store = AsyncMemcachedBackend.from_servers(memcached_server.servers)
+        await store.get("warm")
+        conn = store._single.conn
+        await store.aclose()
+        assert conn.closed
+        with pytest.raises(Failure) as info:
+            await conn.request(b"get k\r\n", read_value, b"k")
+        assert info.value.sent == 0
+
+    run(main())

@@ -321,7 +321,11 @@ class _Server:
             task = asyncio.get_running_loop().create_task(self._connect())
             task.add_done_callback(_retrieve)
             self.connecting = task
-        return await asyncio.shield(task)
+        # Not cancelled with this caller (others may wait for it), nor by it.
+        await asyncio.wait([task])
+        if task.cancelled():  # aclose() stopped it
+            raise Failure(self, ConnectionAbortedError("the backend was closed"), 0)
+        return task.result()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
