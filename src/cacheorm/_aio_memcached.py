@@ -84,8 +84,8 @@ _T = TypeVar("_T")
 _log = get_logger("memcached")
 
 #: A request in a connection's queue: future, reader, what was asked, sequence number,
-#: deadline, request length.
-_Waiter = tuple["asyncio.Future[Any]", Callable[[Any], Any], Any, int, float, int]
+#: request length.
+_Waiter = tuple["asyncio.Future[Any]", Callable[[Any], Any], Any, int, int]
 
 
 class _Connection(asyncio.Protocol):
@@ -110,6 +110,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.drain: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        #: Each write: the sequence number after its last request, and when it was made.
+        self.batches: collections.deque[tuple[int, float]] = collections.deque()
         self.lost: asyncio.Future[None] = loop.create_future()
         #: How many transport.write calls were made, and how many replies were
         #: read for requests no longer waiting (cancelled) and dropped.
@@ -199,15 +201,12 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             future.set_exception(Failure(self.node, self.cause or Closed(), 0))
             return future
-        deadline = loop.time() + self.node.timeout
-        self.waiters.append((future, read, expect, self.queued, deadline, len(request)))
+        self.waiters.append((future, read, expect, self.queued, len(request)))
         self.queued += 1
         self.out.append(request)
         if not self.scheduled:
             self.scheduled = True
             loop.call_soon(self.flush)
-        if self.timer is None:
-            self.timer = loop.call_at(deadline, self.expire)
         return future
 
     def flush(self) -> None:
@@ -220,6 +219,10 @@ class _Connection(asyncio.Protocol):
         self.writes += 1
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         self.flushed = self.queued
+        now = self.loop.time()
+        self.batches.append((self.queued, now))
+        if self.timer is None:
+            self.timer = self.loop.call_at(now + self.node.timeout, self.expire)
 
     async def writable(self) -> None:
         """Wait while the transport's buffer is full."""
@@ -235,10 +238,16 @@ class _Connection(asyncio.Protocol):
         one that never comes leaves the order of the rest in doubt.
         """
         self.timer = None
-        waiters = self.waiters
+        waiters, batches = self.waiters, self.batches
         if not waiters:
+            batches.clear()
             return
-        deadline = waiters[0][4]
+        oldest = waiters[0][3]
+        while batches and batches[0][0] <= oldest:  # every request of that write was answered
+            batches.popleft()
+        if not batches:  # the oldest is not written yet: its write starts the clock
+            return
+        deadline = batches[0][1] + self.node.timeout
         if deadline > self.loop.time():
             self.timer = self.loop.call_at(deadline, self.expire)
             return
@@ -266,7 +275,7 @@ class _Connection(asyncio.Protocol):
         future = waiter[0]
         if future.done():
             return
-        sent = waiter[5] if waiter[3] < self.flushed else 0
+        sent = waiter[4] if waiter[3] < self.flushed else 0
         future.set_exception(Failure(self.node, cause, sent, partial=partial))
 
 

@@ -493,7 +493,8 @@ def read_write_replies(reader: Any) -> list[bytes]:
     memcached skips the data of a refused write, so its SERVER_ERROR keeps the
     replies in step; any other unexpected line may not, so reading stops there.
     """
-    lines: list[bytes] = reader.progress
+    lines: list[bytes] = []
+    reader.progress = lines  # a reply read again from its start starts a new list
     line = reader.line
     count: int = reader.expect
     while len(lines) < count:
@@ -558,7 +559,6 @@ class ReplyParser:
         """
         start = self.pos
         self.expect = expect
-        self.progress = []
         try:
             return read(self)
         except NeedMore:
