@@ -35,7 +35,10 @@ from cacheorm._mcproto import Failure, read_value
 from tests import test_memcached_backend as sync_checks
 from tests import test_memcached_hardening as hardening_checks
 from tests.servers import MemcachedServer, ServerProcess, closed_port, start_memcached_processes
-from tests.test_memcached_backend import small_server  # noqa: F401 - a fixture the checks use
+from tests.test_memcached_backend import (  # noqa: F401 - fixtures the checks use
+    full_server,
+    small_server,
+)
 from tests.test_memcached_hardening import (
     no_cas_server,  # noqa: F401 - a fixture used below
     own_memcached,
@@ -152,6 +155,7 @@ CHECKS = {
         "test_gets_and_cas",
         "test_cas_with_a_foreign_token_is_false",
         "test_unreachable_server_is_backend_unavailable",
+        "test_writes_a_full_server_refuses_are_errors",
     ],
     hardening_checks: [
         "test_get_many_with_repeated_keys_reads_every_reply",
@@ -203,8 +207,8 @@ def test_the_sync_backends_checks_hold(
             raw = Client((host, port), default_noreply=False, timeout=5.0)
             request.addfinalizer(raw.close)
             arguments[name] = raw
-        elif name == "small":
-            server: ServerProcess = request.getfixturevalue("small_server")
+        elif name in ("small", "full"):
+            server: ServerProcess = request.getfixturevalue(f"{name}_server")
             flush([server.address])
             arguments[name] = blocking_factory(server.address)
         elif name == "down":
@@ -609,6 +613,39 @@ def test_compare_and_set_on_a_server_without_cas_says_so(
                 with pytest.raises(BackendError, match="CAS disabled"):
                     await attempt
             assert await store.get("n") == b"5"
+
+    run(main())
+
+
+def test_a_server_out_of_memory_says_what_became_of_the_old_values(
+    full_server: ServerProcess,  # noqa: F811
+) -> None:
+    """-M: a refused set says the old value is gone (it is), a refused replace or cas kept."""
+
+    async def main() -> None:
+        flush([full_server.address])
+        async with AsyncMemcachedBackend.from_servers(full_server.address) as store:
+            for name in ("saved", "updated", "swapped"):
+                await store.set(name, b"old value of " + name.encode())
+
+            async def fill() -> None:
+                for n in range(40):
+                    await store.set(f"fill:{n}", b"x" * 300_000)
+
+            with pytest.raises(BackendError, match="out of memory"):
+                await fill()
+            big = b"y" * 300_000
+            with pytest.raises(BackendError, match=r"out of memory.*previous value.*is gone"):
+                await store.set("saved", big)
+            assert await store.get("saved") is None
+            with pytest.raises(BackendError, match=r"out of memory.*previous value is kept"):
+                await store.replace("updated", big)
+            assert await store.get("updated") == b"old value of updated"
+            got = await store.gets("swapped")
+            assert got is not None
+            with pytest.raises(BackendError, match=r"out of memory.*previous value is kept"):
+                await store.cas("swapped", big, got[1])
+            assert await store.get("swapped") == b"old value of swapped"
 
     run(main())
 
