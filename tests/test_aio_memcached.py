@@ -800,3 +800,12 @@ def test_a_request_on_a_connection_already_lost_was_never_sent(
         assert info.value.sent == 0
 
     run(main())
+
+
+def test_without_a_running_event_loop_the_error_says_so(memcached_server: MemcachedServer) -> None:
+    """Awaited outside asyncio (under trio, or stepped by hand): ConfigurationError, not a crash."""
+    store = AsyncMemcachedBackend.from_servers(memcached_server.servers)
+    call = store.get("k")
+    with pytest.raises(ConfigurationError, match="asyncio event loop"):
+        call.send(None)
+    call.close()

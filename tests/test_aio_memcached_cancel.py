@@ -270,3 +270,30 @@ def test_lost_increment_replies_never_double_count(proxy: FaultProxy) -> None:
     assert unknown > 0
     assert confirmed <= final <= confirmed + unknown
     print(f"incr: confirmed {confirmed}, unknown {unknown}, final {final}")
+
+
+def test_cancellations_on_uvloop(memcached_server: MemcachedServer) -> None:
+    """The same storm on a uvloop event loop: no wrong value, one connection throughout."""
+    uvloop = pytest.importorskip("uvloop")
+    address = memcached_server.servers[0]
+    flush(address)
+    rng = random.Random(4321)
+    tally = Tally()
+
+    async def main() -> None:
+        store = AsyncMemcachedBackend.from_servers(address)
+        await store.set_many([(k, value_of(k, 0, 100)) for k in KEYS])
+        conn = store._single.conn
+        while tally.cancelled < 1000:
+            await stress(store, rng, KEYS, tally, 10)
+        assert store._single.conn is conn
+        tally.check_many(KEYS, await store.get_many(KEYS))
+        await store.aclose()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert tally.wrong == []
+    assert tally.failures == {}

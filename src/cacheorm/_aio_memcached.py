@@ -58,6 +58,7 @@ from typing import Any, TypedDict, TypeVar, cast
 
 from typing_extensions import Unpack
 
+from cacheorm._aio import require_asyncio
 from cacheorm._backend import AsyncClosing, CasToken
 from cacheorm._errors import ConfigurationError, MissingDependency
 from cacheorm._mcproto import (
@@ -497,8 +498,12 @@ class AsyncMemcachedBackend(MemcachedCore, AsyncClosing):
         With ``resend``, a request that failed because a connection that was
         already open turned out closed or reset is sent once more on a new one.
         """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = require_asyncio(type(self).__name__)  # raises a clear ConfigurationError
         conn = node.conn
-        reused = conn is not None and not conn.closed and conn.loop is asyncio.get_running_loop()
+        reused = conn is not None and not conn.closed and conn.loop is loop
         if not reused:
             if conn is not None:
                 node.conn = None  # made on another loop, which is gone
