@@ -202,10 +202,15 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             future.set_exception(Failure(self.node, self.cause or Closed(), 0))
             return future
+        idle = not self.waiters
         self.waiters.append((future, read, expect, self.queued, len(request)))
         self.queued += 1
         self.out.append(request)
-        if not self.scheduled:
+        if idle and not self.paused:
+            # Nothing in flight: write at once (a lone request waits for no one);
+            # requests made while it is out go together in the next write.
+            self.flush()
+        elif not self.scheduled:
             self.scheduled = True
             loop.call_soon(self.flush)
         return future
