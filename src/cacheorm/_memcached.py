@@ -1,5 +1,11 @@
 """A backend on memcached: one server or a pool, through pymemcache's clients.
 
+The wire protocol (requests, reply readers, key mapping, expiry rules, error
+messages) lives in :mod:`cacheorm._mcproto`, and every operation is written
+once here, in :class:`MemcachedCore`, as a generator of requests: this
+backend sends them on its sockets, :class:`~cacheorm.AsyncMemcachedBackend`
+on its pipelined asyncio connections. Both place keys on the same ring.
+
 Servers and pools:
     :class:`MemcachedBackend` takes a pymemcache ``Client`` (one server, one
     connection), a ``PooledClient`` (one server, a pool of connections) or a
