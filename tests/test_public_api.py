@@ -15,6 +15,7 @@ DOCUMENTED = {
     "AsyncMemcachedBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
+    "AsyncRedisBackend",
     "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",

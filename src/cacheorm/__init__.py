@@ -20,6 +20,7 @@ a TTL::
 
 from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
 from cacheorm._aio_memcached import AsyncMemcachedBackend
+from cacheorm._aio_redis import AsyncRedisBackend
 from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
     AsyncBackend,
@@ -95,6 +96,7 @@ __all__ = [
     "AsyncFileSystemBackend",
     "AsyncMemcachedBackend",
     "AsyncMemoryBackend",
+    "AsyncRedisBackend",
     "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",

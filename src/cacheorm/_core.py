@@ -131,11 +131,18 @@ class RepositoryCore(Generic[T]):
     #: True for AsyncRepository: it awaits what user functions return.
     _awaits = False
 
+    def _default_backend(self) -> Any:
+        """The private backend of a repository built without ``backend=``."""
+        raise NotImplementedError
+
+    def _refuse_backend(self, model: type, backend: object) -> ConfigurationError | None:
+        """The error for a ``backend=`` of the wrong kind, or None if it fits."""
+        raise NotImplementedError
+
     def __init__(
         self,
         model: type[T],
-        store: Any,
-        owns_store: bool,
+        backend: Any,
         *,
         serializer: str | Serializer = "json",
         key: str | Callable[[Any], str] | None = None,
@@ -155,6 +162,10 @@ class RepositoryCore(Generic[T]):
     ) -> None:
         if not isinstance(model, type):
             raise _not_a_model_class(model)
+        refused = None if backend is None else self._refuse_backend(model, backend)
+        if refused is not None:
+            raise refused
+        store = self._default_backend() if backend is None else backend
         if not isinstance(allow_subclasses, bool):
             raise ConfigurationError(f"allow_subclasses must be a bool, not {allow_subclasses!r}")
         self._serializer = _resolve_serializer(serializer, registry)
@@ -174,7 +185,8 @@ class RepositoryCore(Generic[T]):
                 self._encode = fast.encode
             self._decode_payload = fast_load(fast.decode, self._decode_payload)  # type: ignore[method-assign,assignment]
         self._backend: Any = store
-        self._owns_backend = owns_store
+        #: A backend passed in belongs to the caller; one built here is closed with the repository.
+        self._owns_backend = backend is None
         self._ttl = normalize_ttl(ttl)
         self._ttl_arg = ttl
         default_namespace = namespace is None
@@ -242,7 +254,8 @@ class RepositoryCore(Generic[T]):
             raise ConfigurationError(f"generations must be a bool, not {generations!r}")
         # > 0: with 0, a get_many would read the generation once per key.
         seconds = _positive("generation_ttl", generation_ttl)
-        generation = Generation(self._backend, f"{self._prefix}{self._namespace}:__gen__", seconds)
+        key = f"{self._prefix}{self._namespace}:__gen__"
+        generation = Generation(self._backend, key, seconds, awaits=self._awaits)
         self._generation = generation
         render, render_of, suffix = self._key_for, self._key_of, generation.suffix
 
@@ -336,6 +349,10 @@ class RepositoryCore(Generic[T]):
     def pk_of(self, obj: T) -> Any:
         """The primary-key value of a record (a tuple for composite keys)."""
         return self._keys.pk_of(obj)
+
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: run the rewrite operation of a stale record (each driver's way)."""
+        raise NotImplementedError
 
     # -- errors every driver raises ------------------------------------------------------
 
@@ -736,15 +753,17 @@ class RepositoryCore(Generic[T]):
         token = new_token()
         while missing:
             waiting = list(missing)
+            leases = [key + LEASE_SUFFIX for key in waiting]
             try:
-                taken = yield Call(
-                    "add_many", ([(key + LEASE_SUFFIX, token) for key in waiting], timeout)
-                )
+                taken = yield Call("add_many", ([(lease, token) for lease in leases], timeout))
                 mine = [key for key, ok in zip(waiting, taken, strict=True) if ok]
             except BackendError:
                 # Which leases were taken is unknown: load them all here (at
                 # most one extra load each) and release the ones that are ours.
                 mine = waiting
+            except BaseException:  # interrupted (cancelled): free any lease it took
+                yield from _release_all(leases, token)
+                raise
             if mine:
                 try:
                     yield from self._load_many(mine, missing, found, loader, seconds)
