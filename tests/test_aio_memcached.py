@@ -809,3 +809,17 @@ def test_without_a_running_event_loop_the_error_says_so(memcached_server: Memcac
     with pytest.raises(ConfigurationError, match="asyncio event loop"):
         call.send(None)
     call.close()
+
+
+def test_under_trio_the_backend_says_to_use_asyncio(memcached_server: MemcachedServer) -> None:
+    """Awaited under trio: a ConfigurationError naming the ways to run it, nothing sent."""
+    trio = pytest.importorskip("trio")
+    store = AsyncMemcachedBackend.from_servers(memcached_server.servers)
+
+    async def main() -> None:
+        await store.get("k")
+
+    with pytest.raises(ConfigurationError, match="AsyncMemcachedBackend") as info:
+        trio.run(main)
+    assert "anyio's asyncio backend or trio-asyncio" in str(info.value)
+    assert store._single.conn is None
