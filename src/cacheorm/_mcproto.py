@@ -736,11 +736,6 @@ def refused_error(
     return error
 
 
-def is_too_large(line: bytes) -> bool:
-    """True for the server's refusal of a value as too large."""
-    return line.startswith(b"SERVER_ERROR") and b"too large" in line
-
-
 def too_large(key: str, size: int, limit: int, server: str) -> ValueTooLarge:
     """The error for a value over the limit, found before sending."""
     return ValueTooLarge(
