@@ -597,14 +597,14 @@ class ReplyParser:
 
     def _more_for_line(self, buf: bytes, pos: int) -> tuple[bytes, int, int]:
         """The buffer, start and CRLF position once a whole line is there (NeedMore here)."""
-        raise NEED_MORE
+        raise NeedMore  # a new one each time: a raised instance keeps its traceback
 
     def _more_for_block(self, buf: bytes, pos: int, size: int) -> tuple[bytes, int, int]:
         """The buffer, start and end once ``size`` bytes and CRLF are there (NeedMore here)."""
-        raise NEED_MORE
+        raise NeedMore  # a new one each time: a raised instance keeps its traceback
 
 
-#: The one :class:`NeedMore` raised and returned (no allocation per incomplete reply).
+#: What :meth:`ReplyParser.next_reply` returns for an incomplete reply (never raised).
 NEED_MORE = NeedMore()
 
 
