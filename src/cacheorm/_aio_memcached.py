@@ -272,6 +272,7 @@ class _Connection(asyncio.Protocol):
         if self.node.conn is self:
             self.node.conn = None
         if self.transport is not None and not self.closed:
+            self.closed = True  # nothing more is written; connection_lost fails the waiters
             self.transport.abort()
 
     def _settle(
