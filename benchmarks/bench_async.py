@@ -99,6 +99,8 @@ from cacheorm import _fast  # noqa: E402
 CONCURRENCY = (1, 16, 64, 256)
 #: Keys per get_many call.
 MANY = 100
+#: Tasks (and baseline pool size) that store the records get_many reads.
+FILL = 16
 #: A timed block taking longer than this fails the run (a hung client).
 BLOCK_TIMEOUT = 300.0
 
@@ -504,10 +506,14 @@ async def timed_block(
     args: Sequence[Any],
     concurrency: int,
     profiler: cProfile.Profile | None = None,
+    *,
+    collect: bool = True,
 ) -> tuple[Block, list[Any]]:
     """Run ``op`` on every one of ``args`` from ``concurrency`` tasks; the time and results.
 
-    ``profiler`` is on while the tasks run (the garbage collection before is not profiled).
+    The collector is off while the tasks run; ``collect`` runs it first (untimed:
+    the caller of a series of short blocks collects once before the series).
+    ``profiler`` is on while the tasks run.
     """
     results: list[Any] = [None] * len(args)
     work = iter(enumerate(args))
@@ -516,7 +522,8 @@ async def timed_block(
         for i, arg in work:
             results[i] = await op(arg)
 
-    gc.collect()
+    if collect:
+        gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
     tasks: list[asyncio.Task[None]] = []
@@ -632,8 +639,10 @@ async def measure_at(
     async def warm_up(name: str) -> None:
         """Untimed: connections, caches, lazy imports."""
         warm = fresh_records(name, min(n, 2 * concurrency))
-        await timed_block(sides[name].create, warm, concurrency)
-        _, got = await timed_block(sides[name].get, [u.id for u in warm], concurrency)
+        await timed_block(sides[name].create, warm, concurrency, collect=False)
+        _, got = await timed_block(
+            sides[name].get, [u.id for u in warm], concurrency, collect=False
+        )
         check(got == warm, f"{what(name, 'warm-up get')}: read back other records")
 
     async def create(name: str, records: list[User]) -> None:
@@ -680,7 +689,8 @@ async def measure_many(
     quiet = Notes()  # measure_server reports what is unavailable
     for server in targets:
         servers.flush(server)
-        for role, side in (await build_sides(servers, server, 1, quiet)).items():
+        # Pools of FILL (the baseline's) so the records go in quickly; one task reads.
+        for role, side in (await build_sides(servers, server, FILL, quiet)).items():
             sides[server, role] = side
     notes.failed.update(quiet.failed)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in sides}
@@ -691,11 +701,13 @@ async def measure_many(
 
     async def fill(key: tuple[str, str]) -> None:
         records[key] = fresh_records(key[1], MANY * min(cfg.many_calls, 10))
-        await timed_block(sides[key].create, records[key], 1)
+        await timed_block(sides[key].create, records[key], FILL, collect=False)
 
     async def call(key: tuple[str, str], i: int) -> None:
         batch = records[key][(i % 10) * MANY : (i % 10 + 1) * MANY]
-        block, results = await timed_block(sides[key].get_many, [[u.id for u in batch]], 1)
+        block, results = await timed_block(
+            sides[key].get_many, [[u.id for u in batch]], 1, collect=False
+        )
         check(list(results[0]) == batch, f"{what(key)}: read back other records")
         times[key].append(block.wall_ns / 1e3)
 
@@ -703,6 +715,7 @@ async def measure_many(
         for key in list(sides):
             await attempt(sides, key, what(key) + " (filling)", notes, fill(key))
         for i in range(cfg.many_calls):
+            gc.collect()  # once per cycle of calls: one per call would take longer than they do
             for key in rotated(list(sides), i):
                 await attempt(sides, key, what(key), notes, call(key, i))
     finally:
@@ -909,6 +922,8 @@ async def bench_loop(
     servers: Servers, chosen: list[str], cfg: Config, loop: str, notes: Notes
 ) -> list[tuple[str, bool]]:
     results: dict[str, dict[tuple[str, int], Measured]] = {}
+    gc.collect()
+    gc.freeze()  # modules and the like: later collections need not scan them again
     for server in chosen:
         results[server] = await measure_server(servers, server, cfg, notes)
         report_server(server, results[server], cfg, loop)
