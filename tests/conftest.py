@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cacheorm as co
+from cacheorm.testing import Portal
 from tests.servers import (
     MemcachedServer,
     RedisClusterServer,
@@ -195,3 +196,79 @@ def memcached_pool_backend(memcached_pool: MemcachedServer) -> Iterator[co.Memca
     store = co.MemcachedBackend.from_servers(memcached_pool.servers)
     yield store
     store.close()
+
+
+# --- async backends ------------------------------------------------------------------
+
+ASYNC_BACKENDS = BACKENDS
+
+
+def _async_class(name: str) -> Any:
+    """``cacheorm.<name>``, or a test error saying it is missing (never a skip)."""
+    cls = getattr(co, name, None)
+    if cls is None:
+        pytest.fail(
+            f"cacheorm.{name} does not exist on this branch: the async backend fixtures need it",
+            pytrace=False,
+        )
+    return cls
+
+
+def async_backend_maker(
+    request: pytest.FixtureRequest, kind: str, clock: Callable[[], float] | None = None
+) -> Callable[[], Any]:
+    """A callable that builds an empty async backend of ``kind`` (one of ``ASYNC_BACKENDS``).
+
+    It runs on the loop that will use the backend (a :class:`~cacheorm.testing.Portal`'s).
+    Memory and filesystem backends get ``clock`` (None: the real one); the server kinds use
+    the servers of the sync fixtures of the same kind, which flush them first.
+    """
+    if kind == "memory":
+        return lambda: co.AsyncMemoryBackend(clock=clock)
+    if kind == "filesystem":
+        directory = request.getfixturevalue("filesystem_backend").directory
+        return lambda: co.AsyncFileSystemBackend(directory, clock=clock)
+    if kind not in ASYNC_BACKENDS:
+        raise ValueError(f"unknown async backend kind {kind!r}; one of {ASYNC_BACKENDS}")
+    request.getfixturevalue(f"{kind}_backend")  # starts the server(s) and flushes them
+    if kind == "redis":
+        redis = _async_class("AsyncRedisBackend")
+        url = request.getfixturevalue("redis_server").url
+        return lambda: redis.from_url(url)
+    if kind == "redis_cluster":
+        redis = _async_class("AsyncRedisBackend")
+        nodes = request.getfixturevalue("redis_cluster").startup_nodes
+        return lambda: redis.from_cluster(nodes)
+    memcached = _async_class("AsyncMemcachedBackend")
+    pool = kind == "memcached_pool"
+    servers = request.getfixturevalue("memcached_pool" if pool else "memcached_server").servers
+    return lambda: memcached.from_servers(servers)
+
+
+@pytest.fixture
+def portal() -> Iterator[Portal]:
+    """An asyncio event loop in a background thread; ``portal.call(coro)`` runs on it."""
+    with Portal() as running:
+        yield running
+
+
+@pytest.fixture(params=ASYNC_BACKENDS)
+def async_backend(
+    request: pytest.FixtureRequest, portal: Portal, clock: FakeClock
+) -> Iterator[co.AsyncBackend]:
+    """Every async backend, each empty, built on ``portal``'s loop: use it there
+    (``portal.call(...)``, or ``portal.wrap(...)``), then it is closed there.
+
+    The memory backend runs on the fake ``clock``, as the sync ``backend`` fixture's does.
+    """
+
+    async def build() -> co.AsyncBackend:
+        made: co.AsyncBackend = make()
+        return made
+
+    make = async_backend_maker(
+        request, str(request.param), clock if request.param == "memory" else None
+    )
+    store = portal.call(build())
+    yield store
+    portal.call(store.aclose())

@@ -18,6 +18,8 @@ a TTL::
     users.get(1)                         # -> User(id=1, name='Sam')
 """
 
+from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
+from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
     AsyncBackend,
     AsyncCounterBackend,
@@ -89,6 +91,9 @@ __all__ = [
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncFileSystemBackend",
+    "AsyncMemoryBackend",
+    "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",
     "Backend",

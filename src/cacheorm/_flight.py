@@ -10,19 +10,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from typing import Any, Generic, TypeVar
 
-from cacheorm._backend import Backend
 from cacheorm._errors import BackendError
 from cacheorm._observe import get_logger
+from cacheorm._ops import Call
 
 _log = get_logger("repository")
 
-__all__ = ["LEASE_SUFFIX", "Lease", "SingleFlight", "backoff_delays", "new_token"]
+__all__ = [
+    "LEASE_SUFFIX",
+    "AsyncSingleFlight",
+    "Lease",
+    "SingleFlight",
+    "backoff_delays",
+    "new_token",
+]
 
 R = TypeVar("R")
 
@@ -42,20 +51,63 @@ def backoff_delays(first: float = 0.001, cap: float = 0.05) -> Iterator[float]:
 
 
 class _Call(Generic[R]):
-    __slots__ = ("done", "error", "result")
+    """One call under way for a key: its outcome, and a way to wait for it."""
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    __slots__ = ("abandoned", "done", "error", "result")
+
+    def __init__(self, done: Any) -> None:
+        self.done = done  # a threading.Event or an asyncio.Event
         self.result: R | None = None
         self.error: BaseException | None = None
+        #: The leader stopped without an outcome to share (it was cancelled).
+        self.abandoned = False
+
+    def outcome(self) -> R:
+        """The leader's result, or its exception raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
 
 
-class SingleFlight(Generic[R]):
+class _Flights(Generic[R]):
+    """The bookkeeping of a single-flight, shared by the sync and the async one."""
+
+    def __init__(self, event: Callable[[], Any]) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call[R]] = {}
+        self._event = event
+
+    def _join(self, key: str) -> tuple[_Call[R], bool]:
+        """The call under way for ``key`` (joined), or a new one this caller leads."""
+        with self._lock:
+            call = self._calls.get(key)
+            if call is not None:
+                return call, False
+            call = self._calls[key] = _Call(self._event())
+            return call, True
+
+    @contextlib.contextmanager
+    def _leading(self, key: str, call: _Call[R]) -> Generator[None, None, None]:
+        """Around the leader's work: publish its outcome to the callers waiting for it."""
+        try:
+            yield
+        except Exception as exc:
+            call.error = exc
+            raise
+        except BaseException:  # cancelled or interrupted: followers run their own call
+            call.abandoned = True
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+
+
+class SingleFlight(_Flights[R]):
     """Run ``fn`` once per key at a time in this process; concurrent callers share the outcome."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._calls: dict[str, _Call[R]] = {}
+        super().__init__(threading.Event)
 
     def run(
         self,
@@ -69,27 +121,46 @@ class SingleFlight(Generic[R]):
         A caller that waits ``timeout`` seconds for a call under way without
         seeing it finish returns ``fallback()`` instead (``fn()`` if None).
         """
-        with self._lock:
-            call = self._calls.get(key)
-            leader = call is None
-            if call is None:
-                call = self._calls[key] = _Call()
+        call, leader = self._join(key)
         if not leader:
-            if not call.done.wait(timeout):
+            if not call.done.wait(timeout) or call.abandoned:
                 return (fallback or fn)()
-            if call.error is not None:
-                raise call.error
-            return call.result  # type: ignore[return-value]
-        try:
+            return call.outcome()
+        with self._leading(key, call):
             call.result = fn()
-            return call.result
-        except BaseException as exc:
-            call.error = exc
-            raise
-        finally:
-            with self._lock:
-                del self._calls[key]
-            call.done.set()
+        return call.result
+
+
+class AsyncSingleFlight(_Flights[R]):
+    """:class:`SingleFlight` for tasks of one event loop: waiting never blocks the loop.
+
+    A leader that is cancelled shares no outcome: the tasks waiting for it
+    run ``fallback()`` (they are not cancelled with it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(asyncio.Event)
+
+    async def run(
+        self,
+        key: str,
+        fn: Callable[[], Awaitable[R]],
+        timeout: float,
+        fallback: Callable[[], Awaitable[R]],
+    ) -> R:
+        """``await fn()``, or the outcome of a call for ``key`` already under way."""
+        call, leader = self._join(key)
+        if not leader:
+            try:
+                await asyncio.wait_for(call.done.wait(), timeout)
+            except asyncio.TimeoutError:
+                return await fallback()
+            if call.abandoned:
+                return await fallback()
+            return call.outcome()
+        with self._leading(key, call):
+            call.result = await fn()
+        return call.result
 
 
 class Lease:
@@ -103,18 +174,20 @@ class Lease:
     any process holds it; it expires on its own if the holder dies.
     Releasing deletes it only if it still holds this holder's token (a
     holder that outlived its lease must not free someone else's).
+
+    Its methods are operations of :mod:`cacheorm._ops` (they yield backend
+    calls), so the sync and the async repository share them.
     """
 
-    __slots__ = ("_backend", "_held", "_token", "key", "timeout")
+    __slots__ = ("_held", "_token", "key", "timeout")
 
-    def __init__(self, backend: Backend, key: str, timeout: float) -> None:
-        self._backend = backend
+    def __init__(self, key: str, timeout: float) -> None:
         self.key = key
         self.timeout = timeout
         self._token = new_token()
         self._held = False
 
-    def acquire(self) -> bool | None:
+    def acquire(self) -> Generator[Any, Any, bool | None]:
         """Take the lease if nobody holds it.
 
         Returns:
@@ -125,16 +198,16 @@ class Lease:
             ``add`` did apply, so it never blocks others until it expires.
         """
         try:
-            self._held = self._backend.add(self.key, self._token, self.timeout)
+            self._held = yield Call("add", (self.key, self._token, self.timeout))
         except BackendError:
             return None
         return self._held
 
-    def release(self) -> None:
+    def release(self) -> Generator[Any, Any, None]:
         """Give the lease back if it is still this holder's (best effort, never raises)."""
         try:
-            if self._backend.get(self.key) == self._token:
-                self._backend.delete(self.key)
+            if (yield Call("get", (self.key,))) == self._token:
+                yield Call("delete", (self.key,))
             elif self._held:
                 _log.warning(
                     "a get_or_load lease expired while its loader ran (lock_timeout=%gs): "

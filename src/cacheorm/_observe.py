@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
-    from cacheorm._repository import Repository
+    from cacheorm._core import RepositoryCore
 
 __all__ = ["Hook", "OperationEvent", "get_logger", "instrument", "system_of"]
 
@@ -163,7 +164,7 @@ _OPERATIONS: dict[str, tuple[bool, _Reads | None]] = {
 _LOADERS = {"get_or_load": 1, "get_or_load_many": 1}
 
 
-def instrument(repo: Repository[Any], hooks: Sequence[Hook]) -> None:
+def instrument(repo: RepositoryCore[Any], hooks: Sequence[Hook]) -> None:
     """Replace ``repo``'s public operations by wrappers that report to ``hooks``.
 
     Only called when there are hooks, so an uninstrumented repository keeps
@@ -172,14 +173,82 @@ def instrument(repo: Repository[Any], hooks: Sequence[Hook]) -> None:
     hooks = tuple(hooks)
     model: type[Any] = repo.model
     namespace = repo.namespace
-    system = system_of(repo.backend)
+    system = system_of(repo._backend)  # pyright: ignore[reportPrivateUsage]
     for name, (batch, reads) in _OPERATIONS.items():
-        method = getattr(repo, name)
+        method = getattr(repo, name, None)
+        if method is None:  # an operation AsyncRepository does not have
+            continue
         setattr(
             repo,
             name,
             _wrap(repo, name, method, batch, reads, hooks, model, namespace, system),
         )
+
+
+class _Operation:
+    """One reported call of a repository operation: started on creation, ended by ``end``."""
+
+    __slots__ = ("args", "count", "kwargs", "loads", "spec", "start", "start_ns", "token")
+
+    def __init__(self, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.spec = spec
+        count = 1
+        if spec.batch:
+            args, count = _batch_size(args, kwargs)
+        loads: list[int] | None = None
+        loader_at = spec.loader_at
+        if loader_at is not None:
+            loads = [0]
+            if len(args) > loader_at:
+                args = (*args[:loader_at], _counting(args[loader_at], loads, spec.batch))
+            elif "loader" in kwargs:
+                kwargs["loader"] = _counting(kwargs["loader"], loads, spec.batch)
+        self.args, self.kwargs, self.count, self.loads = args, kwargs, count, loads
+        self.token = _active.set(spec.repo)
+        self.start_ns = time.time_ns()
+        self.start = time.perf_counter()
+
+    def end(self, result: Any, error: BaseException | None) -> None:
+        """Report the outcome to every hook."""
+        duration = time.perf_counter() - self.start
+        _active.reset(self.token)
+        spec = self.spec
+        hits: int | None = None
+        misses: int | None = None
+        if spec.reads is not None:
+            if error is None:
+                hits = spec.reads(result)
+            elif spec.name == "get" and type(error).__name__ == "NotFound":
+                hits = 0
+            if hits is not None:
+                misses = self.count - hits
+        event = OperationEvent(
+            spec.name,
+            spec.model,
+            spec.namespace,
+            spec.system,
+            self.count,
+            hits,
+            misses,
+            None if self.loads is None else self.loads[0],
+            duration,
+            self.start_ns,
+            error,
+        )
+        for hook in spec.hooks:
+            _call_hook(hook, event)
+
+
+class _Spec(NamedTuple):
+    repo: object
+    name: str
+    batch: bool
+    reads: _Reads | None
+    loader_at: int | None
+    hooks: tuple[Hook, ...]
+    model: type[Any]
+    namespace: str
+    system: str
 
 
 def _wrap(
@@ -193,60 +262,36 @@ def _wrap(
     namespace: str,
     system: str,
 ) -> Callable[..., Any]:
-    loader_at = _LOADERS.get(name)
+    spec = _Spec(repo, name, batch, reads, _LOADERS.get(name), hooks, model, namespace, system)
+    if inspect.iscoroutinefunction(method):  # AsyncRepository
+
+        @functools.wraps(method)
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            if _active.get() is repo:
+                return await method(*args, **kwargs)
+            call = _Operation(spec, args, kwargs)
+            try:
+                result = await method(*call.args, **call.kwargs)
+            except BaseException as exc:
+                call.end(None, exc)
+                raise
+            call.end(result, None)
+            return result
+
+        return awaited
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _active.get() is repo:
             return method(*args, **kwargs)
-        count = 1
-        if batch:
-            args, count = _batch_size(args, kwargs)
-        loads: list[int] | None = None
-        if loader_at is not None:
-            loads = [0]
-            if len(args) > loader_at:
-                args = (*args[:loader_at], _counting(args[loader_at], loads, batch))
-            elif "loader" in kwargs:
-                kwargs["loader"] = _counting(kwargs["loader"], loads, batch)
-        token = _active.set(repo)
-        start_ns = time.time_ns()
-        start = time.perf_counter()
-        error: BaseException | None = None
-        result: Any = None
+        call = _Operation(spec, args, kwargs)
         try:
-            result = method(*args, **kwargs)
-            return result
+            result = method(*call.args, **call.kwargs)
         except BaseException as exc:
-            error = exc
+            call.end(None, exc)
             raise
-        finally:
-            duration = time.perf_counter() - start
-            _active.reset(token)
-            hits: int | None = None
-            misses: int | None = None
-            if reads is not None:
-                if error is None:
-                    hits = reads(result)
-                elif name == "get" and type(error).__name__ == "NotFound":
-                    hits = 0
-                if hits is not None:
-                    misses = count - hits
-            event = OperationEvent(
-                name,
-                model,
-                namespace,
-                system,
-                count,
-                hits,
-                misses,
-                None if loads is None else loads[0],
-                duration,
-                start_ns,
-                error,
-            )
-            for hook in hooks:
-                _call_hook(hook, event)
+        call.end(result, None)
+        return result
 
     return wrapper
 

@@ -50,9 +50,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from cacheorm._errors import CacheORMError, ConfigurationError, describe_keys
+from cacheorm._ops import Await, Op
 from cacheorm._ttl import BackendTTL
 
 if TYPE_CHECKING:
+    from cacheorm._async_repository import AsyncRepository
     from cacheorm._repository import Repository
 
 __all__ = [
@@ -111,7 +113,7 @@ class WriteEvent(Generic[T]):
 
     signal: str
     operation: str
-    repository: Repository[T]
+    repository: Repository[T] | AsyncRepository[T]
     records: tuple[T, ...]
     keys: tuple[str | None, ...]
     pks: tuple[Any, ...]
@@ -186,13 +188,14 @@ class Signal(Generic[T]):
 
         Raises:
             ConfigurationError: ``receiver`` is not callable, or is an async
-                function (a sync repository calls receivers synchronously).
+                function connected to a sync ``Repository`` (it calls receivers
+                synchronously; an ``AsyncRepository`` awaits them).
         """
         _check_receiver(receiver, self.name)
-        if inspect.iscoroutinefunction(receiver):
+        if inspect.iscoroutinefunction(receiver) and not self._owner._repository._awaits:
             raise ConfigurationError(
                 f"{self.name}.connect({_name(receiver)}): an async receiver cannot run on a "
-                "sync Repository; connect a plain function"
+                "sync Repository; connect a plain function, or use AsyncRepository"
             )
         with _LOCK:
             if not any(fn == receiver for _, fn in self._own):
@@ -217,7 +220,7 @@ class Signal(Generic[T]):
 class RepositorySignals(Generic[T]):
     """The signals of one repository: ``repo.signals.pre_save`` and the seven others."""
 
-    def __init__(self, repository: Repository[T]) -> None:
+    def __init__(self, repository: Repository[T] | AsyncRepository[T]) -> None:
         self._repository = repository
         self.pre_create: Signal[T] = Signal("pre_create", self)
         self.post_create: Signal[T] = Signal("post_create", self)
@@ -264,6 +267,9 @@ class RepositorySignals(Generic[T]):
             signal, operation, self._repository, tuple(records), tuple(keys), pks, ttl, attempt
         )
 
+    # Sending is an operation of cacheorm._ops: a receiver that returns an
+    # awaitable is awaited by AsyncRepository and refused by Repository.
+
     def _send_pre(
         self,
         signal: str,
@@ -272,11 +278,13 @@ class RepositorySignals(Generic[T]):
         keys: Sequence[str | None],
         ttl: BackendTTL,
         attempt: int = 1,
-    ) -> None:
+    ) -> Op[None]:
         """Send a ``pre_*`` signal: the first receiver that raises vetoes the write."""
         receivers = getattr(self, signal).receivers
         if receivers:
-            send_pre(receivers, self._event(signal, operation, records, keys, ttl, attempt))
+            yield from send_pre(
+                receivers, self._event(signal, operation, records, keys, ttl, attempt)
+            )
 
     def _send_post(
         self,
@@ -287,12 +295,12 @@ class RepositorySignals(Generic[T]):
         ttl: BackendTTL,
         attempt: int = 1,
         refused: CacheORMError | None = None,
-    ) -> None:
+    ) -> Op[None]:
         """Send a ``post_*`` signal: every receiver runs; failures raise PostSignalError."""
         receivers = getattr(self, signal).receivers
         if receivers and records:
             event = self._event(signal, operation, records, keys, ttl, attempt)
-            send_post(receivers, event, refused)
+            yield from send_post(receivers, event, refused)
 
     def _send_post_batch(
         self,
@@ -302,14 +310,14 @@ class RepositorySignals(Generic[T]):
         keys: Sequence[str],
         ttl: BackendTTL,
         refuse: Callable[[], None],
-    ) -> None:
+    ) -> Op[None]:
         """``post_*`` of a batch with the records written; then ``refuse()`` raises the rest."""
         try:
             refuse()
         except CacheORMError as refused:
-            self._send_post(signal, operation, records, keys, ttl, refused=refused)
+            yield from self._send_post(signal, operation, records, keys, ttl, refused=refused)
             raise
-        self._send_post(signal, operation, records, keys, ttl)
+        yield from self._send_post(signal, operation, records, keys, ttl)
 
     def _send_delete(
         self,
@@ -318,7 +326,7 @@ class RepositorySignals(Generic[T]):
         pks: Sequence[Any],
         keys: Sequence[str],
         deleted: int | None,
-    ) -> None:
+    ) -> Op[None]:
         """Send ``pre_delete`` (``deleted`` None) or ``post_delete``."""
         receivers = getattr(self, signal).receivers
         if not receivers:
@@ -327,55 +335,44 @@ class RepositorySignals(Generic[T]):
             signal, operation, self._repository, (), tuple(keys), tuple(pks), None, 1, deleted
         )
         if deleted is None:
-            send_pre(receivers, event)
+            yield from send_pre(receivers, event)
         else:
-            send_post(receivers, event, None)
-
-    def _create_auto(
-        self, obj: T, data: dict[str, Any], seconds: float | None, operation: str
-    ) -> T:
-        """An auto-id create: ``pre_create`` sees the id None, ``post_create`` the new id."""
-        repository = self._repository
-        self._send_pre("pre_create", operation, (obj,), (None,), seconds)
-        new = repository._create_auto(obj, data, seconds)
-        self._send_post("post_create", operation, (new,), (repository.key_of(new),), seconds)
-        return new
+            yield from send_post(receivers, event, None)
 
     def __repr__(self) -> str:
         return f"<RepositorySignals of {self._repository!r}>"
 
 
-def send_pre(receivers: Sequence[Receiver[T]], event: WriteEvent[T]) -> None:
+def send_pre(receivers: Sequence[Receiver[T]], event: WriteEvent[T]) -> Op[None]:
     """Call each receiver in order; the first exception propagates (the veto)."""
     for receiver in receivers:
         result = receiver(event)
         if result is not None and inspect.isawaitable(result):
-            raise _async_on_sync(receiver, result, event)
+            yield Await(result, _async_on_sync(receiver, event))
 
 
 def send_post(
     receivers: Sequence[Receiver[T]], event: WriteEvent[T], refused: CacheORMError | None
-) -> None:
+) -> Op[None]:
     """Call every receiver; if any raised, a PostSignalError chained to the first."""
     errors: list[Exception] = []
     for receiver in receivers:
         try:
             result = receiver(event)
             if result is not None and inspect.isawaitable(result):
-                raise _async_on_sync(receiver, result, event)
+                yield Await(result, _async_on_sync(receiver, event))
         except Exception as exc:
             errors.append(exc)
     if errors:
         raise PostSignalError(event, errors, refused) from errors[0]
 
 
-def _async_on_sync(receiver: object, result: object, event: WriteEvent[Any]) -> ConfigurationError:
-    close = getattr(result, "close", None)
-    if close is not None:
-        close()  # never awaited: no "coroutine was never awaited" warning
-    return ConfigurationError(
+def _async_on_sync(receiver: object, event: WriteEvent[Any]) -> str:
+    """What the sync Repository says of a receiver that returned an awaitable."""
+    return (
         f"{event.signal} receiver {_name(receiver)} returned an awaitable: async receivers "
-        f"cannot run on the sync Repository of {event.model.__qualname__}"
+        f"cannot run on the sync Repository of {event.model.__qualname__}; use "
+        "AsyncRepository, or connect a plain function"
     )
 
 

@@ -34,7 +34,7 @@ from cacheorm._serializers import JSONSerializer, MsgpackSerializer, Serializer
 from cacheorm._ttl import KEEP_TTL
 
 if TYPE_CHECKING:
-    from cacheorm._repository import Repository
+    from cacheorm._core import RepositoryCore
 
 __all__ = ["VERSION_KEY", "Evolution", "MigrationReport", "Upgrade"]
 
@@ -60,7 +60,7 @@ class Evolution(Generic[T]):
 
     def __init__(
         self,
-        repo: Repository[T],
+        repo: RepositoryCore[T],
         *,
         version: int | None,
         upgrades: Mapping[int, Upgrade] | None,
@@ -349,7 +349,7 @@ class Evolution(Generic[T]):
         ("changed"). The TTL left is kept. A failure is logged ("failed"), never raised:
         the record was read correctly, only its rewrite is put off.
         """
-        backend = self.repo.backend
+        backend = self.repo._backend
         try:
             _, new = self.repo._dump(obj)
             held = backend.gets(key)

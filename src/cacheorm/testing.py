@@ -35,30 +35,58 @@ This module needs pytest, which cacheorm itself does not depend on.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import math
+import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, ClassVar
 
 import pytest
 
-from cacheorm._backend import Backend, CounterBackend, ScanBackend, TTLBackend
+from cacheorm._backend import (
+    AsyncBackend,
+    AsyncCounterBackend,
+    AsyncScanBackend,
+    AsyncTTLBackend,
+    Backend,
+    CounterBackend,
+    ScanBackend,
+    TTLBackend,
+)
 from cacheorm._counter import Counter
 from cacheorm._errors import BackendError, ConfigurationError, InvalidTTL
+from cacheorm._portal import Portal
 from cacheorm._schema import Field
 from cacheorm._ttl import KEEP_TTL
 
-__all__ = ["AWKWARD_KEYS", "CAPABILITIES", "BackendContract", "CapabilityContract"]
+__all__ = [
+    "ASYNC_CAPABILITIES",
+    "AWKWARD_KEYS",
+    "CAPABILITIES",
+    "AsyncBackendContract",
+    "BackendContract",
+    "CapabilityContract",
+    "Portal",
+]
 
 #: The optional capabilities, by the name ``capabilities`` uses.
 CAPABILITIES: dict[str, type] = {
     "ttl": TTLBackend,
     "counter": CounterBackend,
     "scan": ScanBackend,
+}
+
+#: The optional capabilities of an async backend, by the same names.
+ASYNC_CAPABILITIES: dict[str, type] = {
+    "ttl": AsyncTTLBackend,
+    "counter": AsyncCounterBackend,
+    "scan": AsyncScanBackend,
 }
 
 
@@ -867,3 +895,186 @@ class BackendContract(CapabilityContract):
         with pytest.raises(KeyError), managed:
             raise KeyError("raised in the block")
         assert closed == [True, True]
+
+
+async def _made(make: Callable[[], Any]) -> Any:
+    """Call ``make`` on the portal's loop, awaiting what it returns if it is awaitable."""
+    made = make()
+    if inspect.isawaitable(made):
+        made = await made
+    return made
+
+
+class AsyncBackendContract(BackendContract):
+    """The same contract for an async backend: every test of :class:`BackendContract`, unchanged.
+
+    Subclass it (the class name must start with ``Test``) and give it a
+    ``make_backend`` fixture that returns a zero-argument callable, plain or
+    ``async``, which builds an *empty* async backend; the suite calls it on its
+    event loop, so the backend may open connections there::
+
+        class TestMyAsyncBackend(AsyncBackendContract):
+            @pytest.fixture
+            def make_backend(self, server):
+                async def make():
+                    store = MyAsyncBackend(server.url)
+                    await store.clear()
+                    return store
+
+                return make
+
+    The suite runs one asyncio event loop in a background thread (a
+    :class:`Portal`, the ``portal`` fixture) and hands every inherited test a
+    blocking proxy of the backend (:meth:`Portal.wrap`): each call is awaited on
+    that loop, from whichever thread the test calls it, so the threaded tests
+    become concurrent tasks on one loop. ``close()`` is ``aclose()`` and the
+    backend's ``aclose()`` runs again at teardown: it must be idempotent. Then
+    come the async-only checks: every method is a coroutine function, the
+    capabilities are the async protocols, ``async with`` closes it, and calls
+    cancelled at random points never see another call's reply.
+
+    To run on another loop (uvloop), override the ``portal`` fixture to yield
+    ``Portal(loop_factory=uvloop.new_event_loop)``.
+
+    Attributes:
+        cancel_rounds: rounds of the cancellation test.
+        cancel_tasks: tasks per round; about two thirds are cancelled, half of
+            them before they start and half after a random delay.
+    """
+
+    cancel_rounds: ClassVar[int] = 10
+    cancel_tasks: ClassVar[int] = 100
+
+    portal: Portal
+    async_backend: AsyncBackend
+
+    @pytest.fixture(name="portal")
+    def portal_fixture(self) -> Iterator[Portal]:
+        """The event loop thread the backend lives on."""
+        with Portal() as portal:
+            yield portal
+
+    @pytest.fixture
+    def make_backend(self) -> Callable[[], Any]:
+        """A callable that builds an empty async backend; every subclass must override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define a `make_backend` fixture returning a callable "
+            "that builds an empty async backend"
+        )
+
+    @pytest.fixture
+    def backend(self, portal: Portal, make_backend: Callable[[], Any]) -> Iterator[Backend]:
+        """The blocking proxy of the backend ``make_backend`` builds on the portal's loop."""
+        store = portal.call(_made(make_backend))
+        if not isinstance(store, AsyncBackend):
+            raise TypeError(
+                f"{type(self).__name__}.make_backend built a {type(store).__name__}, "
+                "which is not an AsyncBackend"
+            )
+        self.portal = portal
+        self.async_backend = store
+        try:
+            yield portal.wrap(store)
+        finally:
+            portal.call(store.aclose())
+
+    # -- async only ------------------------------------------------------------
+
+    def test_every_method_is_awaited(self, backend: Backend) -> None:
+        """The methods of AsyncBackend and of each capability the backend has are
+        coroutine functions (``scan`` returns an async iterator), and the sync
+        capabilities the suite sees are exactly the async ones."""
+        store = self.async_backend
+        methods = ["get", "get_many", "set", "set_many", "add", "add_many", "replace"]
+        methods += ["replace_many", "delete", "delete_many", "exists", "incr", "gets", "cas"]
+        methods.append("aclose")
+        for name, protocol in ASYNC_CAPABILITIES.items():
+            has = isinstance(store, protocol)
+            assert has == self._has(backend, name), name
+            if has and name == "ttl":
+                methods += ["touch", "touch_many", "ttl_of"]
+            elif has and name == "counter":
+                methods.append("counter_add")
+        for name in methods:
+            assert inspect.iscoroutinefunction(getattr(store, name)), name
+        if isinstance(store, AsyncScanBackend):
+            batches = store.scan("prefix:")
+            assert hasattr(batches, "__anext__")
+            assert list(self.portal.iterate(batches)) == []
+
+    def test_async_with_closes_the_backend(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``async with backend as b:`` gives the backend and awaits ``aclose()`` on the way
+        out, also when the block raises."""
+        store = self.async_backend
+        closed: list[bool] = []
+        aclose = store.aclose
+
+        async def counting_aclose() -> None:
+            closed.append(True)
+            await aclose()
+
+        monkeypatch.setattr(store, "aclose", counting_aclose)
+
+        async def use() -> None:
+            managed: Any = store  # the AsyncBackend protocol itself does not require __aenter__
+            async with managed as entered:
+                assert entered is store
+                assert closed == []
+            assert closed == [True]
+            with pytest.raises(KeyError):
+                async with managed:
+                    raise KeyError("raised in the block")
+            assert closed == [True, True]
+
+        self.portal.call(use())
+
+    def test_cancelled_calls_never_see_another_calls_reply(self, backend: Backend) -> None:
+        """Tasks writing and reading their own keys, many cancelled before they start or
+        at a random point: every task that finishes reads its own values, every key holds
+        its own value or none, and the backend keeps working."""
+        early, cancelled, finished = self.portal.call(self._cancel_storm(self.async_backend))
+        assert cancelled + finished == self.cancel_rounds * self.cancel_tasks
+        assert cancelled >= early > 0  # a task cancelled before it starts never runs
+
+    async def _cancel_storm(self, store: AsyncBackend) -> tuple[int, int, int]:
+        rng = random.Random(1212)
+        wrong: list[tuple[str, object]] = []
+        early = cancelled = finished = 0
+        loop = asyncio.get_running_loop()
+
+        async def work(key: str, value: bytes) -> None:
+            await store.set(key, value)
+            got = await store.get(key)
+            if got != value:
+                wrong.append((key, got))
+            many = await store.get_many([key, f"{key}:absent"])
+            if many != [value, None]:
+                wrong.append((key, many))
+
+        for round_ in range(self.cancel_rounds):
+            tasks: list[asyncio.Task[None]] = []
+            for i in range(self.cancel_tasks):
+                task = loop.create_task(work(f"cancel:{i}", f"round {round_} key {i}".encode()))
+                tasks.append(task)
+                fate = rng.random()
+                if fate < 1 / 3:
+                    task.cancel()
+                    early += 1
+                elif fate < 2 / 3:
+                    loop.call_later(rng.uniform(0, 0.004), task.cancel)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, asyncio.CancelledError):
+                    cancelled += 1
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    finished += 1
+        assert wrong == []
+        keys = [f"cancel:{i}" for i in range(self.cancel_tasks)]
+        for i, value in enumerate(await store.get_many(keys)):
+            assert value is None or value.endswith(f" key {i}".encode()), (i, value)
+        await store.set("after", b"still works")
+        assert await store.get("after") == b"still works"
+        return early, cancelled, finished

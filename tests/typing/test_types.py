@@ -250,7 +250,7 @@ def check_signals() -> None:
         assert_type(event.record, User)
         assert_type(event.records, tuple[User, ...])
         assert_type(event.keys, tuple[str | None, ...])
-        assert_type(event.repository, co.Repository[User])
+        assert_type(event.repository, co.Repository[User] | co.AsyncRepository[User])
         assert_type(event.model, type[User])
         assert_type(event.deleted, int | None)
 
@@ -300,3 +300,45 @@ def check_schema_evolution() -> None:
     co.Repository(Renamed, newer="warn")  # type: ignore[arg-type]
     co.Repository(Renamed, version="2")  # type: ignore[arg-type]
     co.Field(aliases=["name"])  # type: ignore[arg-type]
+
+
+async def check_async_repository_types() -> None:
+    users = co.AsyncRepository(User, serializer="json", ttl=3600)
+    assert_type(users, co.AsyncRepository[User])
+    assert_type(users.backend, co.AsyncBackend)
+    assert_type(users.model, type[User])
+    assert_type(await users.get(1), User)
+    assert_type(await users.get_or_none(1), User | None)
+    assert_type(await users.get_many([1, 2, 3]), list[User | None])
+    assert_type(await users.exists(1), bool)
+    assert_type(await users.create(User(id=1, name="Sam")), User)
+    assert_type(await users.save(User(id=1, name="Sam"), ttl=co.DEFAULT), User)
+    assert_type(await users.update(User(id=1, name="Sam"), ttl=co.KEEP_TTL), User)
+    assert_type(await users.get_or_create(User(id=1, name="Sam")), tuple[User, bool])
+    assert_type(await users.update_with(1, lambda u: u), User)
+
+    async def rename(user: User) -> User:
+        return dataclasses.replace(user, name="Max")
+
+    assert_type(await users.update_with(1, rename), User)
+    assert_type(await users.patch(1, name="Max"), User)
+
+    async def load() -> User:
+        return User(id=1, name="Sam")
+
+    assert_type(await users.get_or_load(1, load), User)
+    assert_type(await users.get_or_load(1, lambda: User(id=1, name="Sam")), User)
+
+    async def load_many(pks: list[object]) -> list[User]:
+        return [User(id=1, name="Sam")]
+
+    assert_type(await users.get_or_load_many([1], load_many), list[User | None])
+    assert_type(await users.delete(1), bool)
+    assert_type(await users.delete_many([1]), int)
+    assert_type(await users.create_many([User(id=1, name="Sam")]), list[User])
+    assert_type(await users.save_many([User(id=1, name="Sam")]), list[User])
+    assert_type(await users.update_many([User(id=1, name="Sam")]), list[User])
+    assert_type(users.key_for(1), str)
+    async with co.AsyncRepository(User, backend=co.AsyncMemoryBackend()) as owned:
+        assert_type(owned, co.AsyncRepository[User])
+    await users.aclose()
