@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict
 
@@ -110,7 +110,7 @@ def create_app(make_backend: Callable[[], co.AsyncBackend] = redis_from_env) -> 
     """The application; ``make_backend`` builds its backend when the application starts."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+    async def lifespan(app: FastAPI) -> AsyncGenerator[State, None]:
         """Open the backend and build the repositories at start-up; close it at shutdown."""
         backend = make_backend()
         try:
