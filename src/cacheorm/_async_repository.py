@@ -13,6 +13,8 @@ ones, not a copy of them.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import typing
 from collections.abc import (
@@ -39,6 +41,7 @@ from cacheorm._core import (
 )
 from cacheorm._errors import ConfigurationError
 from cacheorm._flight import AsyncSingleFlight
+from cacheorm._generation import Generation
 from cacheorm._ops import Op, adrive
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTLArg, UpdateTTLArg
 from cacheorm._versions import MigrationReport
@@ -79,9 +82,12 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         backend: an :class:`~cacheorm.AsyncBackend`; a new private
             :class:`~cacheorm.AsyncMemoryBackend` if omitted (closed by
             :meth:`aclose`; a backend passed in belongs to the caller).
-        **options: the keywords of :class:`~cacheorm.Repository`. Not yet
-            on the async side: ``generations=True`` and
-            ``rewrite_on_read=True`` (a ``ConfigurationError`` says so).
+        **options: the keywords of :class:`~cacheorm.Repository`. With
+            ``generations=True`` each operation reads the namespace's
+            generation when its cached copy is stale, so ``key_for`` and
+            ``key_of`` need one awaited operation first; with
+            ``rewrite_on_read=True`` a stale record is rewritten by a task of
+            its own while the read returns (:meth:`aclose` waits for them).
 
     Raises:
         ModelDefinitionError: the model cannot be stored.
@@ -109,15 +115,24 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
             raise _not_an_async_backend(model, backend)
         else:
             store = backend
-        for name in ("generations", "rewrite_on_read"):
-            if options.get(name):
-                raise ConfigurationError(
-                    f"AsyncRepository({model.__qualname__}, {name}=True): not supported on "
-                    "AsyncRepository yet (it needs a read of the store while keys are built "
-                    "or records decoded); use the sync Repository for this namespace"
-                )
         self._flights: AsyncSingleFlight[Any] = AsyncSingleFlight()
+        #: rewrite_on_read rewrites under way (tasks), awaited by aclose().
+        self._rewrites: set[asyncio.Task[Any]] = set()
         super().__init__(model, store, backend is None, **options)
+        if self._generation is not None:
+            self._read_generation_first(self._generation)
+
+    def _read_generation_first(self, generation: Generation) -> None:
+        """generations=True: each operation reads a stale generation before building keys."""
+        for name, _ in inspect.getmembers(type(self), inspect.iscoroutinefunction):
+            if not name.startswith("_") and name != "aclose":
+                setattr(self, name, _after_refresh(self, generation, getattr(self, name)))
+
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: rewrite the record in a task of its own; the read returns now."""
+        task = asyncio.get_running_loop().create_task(self._run(op))
+        self._rewrites.add(task)
+        task.add_done_callback(self._rewrites.discard)
 
     def _run(self, op: Op[R]) -> Coroutine[Any, Any, R]:
         """Run one of the core's operations on this repository's backend."""
@@ -129,7 +144,12 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         return self._backend
 
     async def aclose(self) -> None:
-        """Close the backend if this repository created it (no ``backend=``); else nothing."""
+        """Close the backend if this repository created it (no ``backend=``); else nothing.
+
+        With ``rewrite_on_read=True``, the rewrites still under way finish first.
+        """
+        if self._rewrites:
+            await asyncio.gather(*self._rewrites, return_exceptions=True)
         if self._owns_backend:
             await self._backend.aclose()
 
@@ -436,6 +456,20 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         from cacheorm._migrate import migrate
 
         return await self._run(migrate(self, batch, progress))
+
+
+def _after_refresh(
+    repo: AsyncRepository[Any], generation: Generation, method: Callable[..., Awaitable[R]]
+) -> Callable[..., Awaitable[R]]:
+    """``method``, after reading the namespace's generation if the cached one is stale."""
+
+    @functools.wraps(method)
+    async def fresh(*args: Any, **kwargs: Any) -> R:
+        if generation.stale():
+            await repo._run(generation.refresh())
+        return await method(*args, **kwargs)
+
+    return fresh
 
 
 _ASYNC_METHODS = (

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from cacheorm._backend import AsyncScanBackend, AsyncTTLBackend, ScanBackend, TTLBackend
 from cacheorm._checks import check_batch
 from cacheorm._errors import ConfigurationError, DeserializationError, NotFound
-from cacheorm._generation import SUFFIX
+from cacheorm._generation import SUFFIX, Generation
 from cacheorm._keys import _ALWAYS, KeyScheme, _raw_formatter, escape_factory
 from cacheorm._ops import Call, Iterate, Next, Op
 
@@ -204,21 +204,35 @@ def ttl_of(repo: RepositoryCore[Any], pk: Any) -> Op[float | None]:
 class _Walk:
     """A scan of this repository's record keys, a batch at a time (deduplicated in a batch)."""
 
-    def __init__(self, prefix: str, batch: int, owns: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        batch: int,
+        owns: Callable[[str], bool] | None,
+        generation: tuple[Generation, Keyspace] | None = None,
+    ) -> None:
         self.prefix = prefix
         self.batch = batch
         self.owns = owns
+        #: With generations: only the records of the current one (read at the first step).
+        self.generation = generation
         self.iterator: Any = None
 
     def keys(self) -> Op[list[str] | None]:
         """The next batch of owned keys, or None when the scan is done."""
         if self.iterator is None:
+            if self.generation is not None:
+                generation, space = self.generation
+                current = yield from generation.value()
+                self.owns = space.of_generation(current)
             self.iterator = yield Iterate("scan", (self.prefix, self.batch))
+        owns = self.owns
+        assert owns is not None
         while True:
             keys: list[str] | None = yield Next(self.iterator)
             if keys is None:
                 return None
-            mine = [key for key in dict.fromkeys(keys) if self.owns(key)]
+            mine = [key for key in dict.fromkeys(keys) if owns(key)]
             if mine:
                 return mine
 
@@ -228,10 +242,9 @@ def _walk(repo: RepositoryCore[Any], what: str, batch: int) -> _Walk:
     check_batch(batch)
     space = _keyspace(repo)
     _scan_backend(repo, what)
-    owns: Callable[[str], bool] = space.owns
     if repo._generation is not None:  # only the records of the current generation
-        owns = space.of_generation(repo._generation.current())
-    return _Walk(space.prefix, batch, owns)
+        return _Walk(space.prefix, batch, None, (repo._generation, space))
+    return _Walk(space.prefix, batch, space.owns)
 
 
 def clear(repo: RepositoryCore[Any], batch: int) -> Op[int]:
@@ -253,7 +266,7 @@ def clear(repo: RepositoryCore[Any], batch: int) -> Op[int]:
                 space = _keyspace(repo)
             except ConfigurationError:  # a key function: old records are left to expire
                 space = None
-        new = generation.bump()
+        new = yield from generation.bump_op()
         if space is None:
             return 0
         # never a newer generation another process moved to meanwhile

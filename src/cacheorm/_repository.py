@@ -126,6 +126,10 @@ class Repository(RepositoryCore[T], Closing):
         """Run one of the core's operations on this repository's backend."""
         return drive(op, self._backend, self._flights)
 
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: rewrite the record before the read returns."""
+        self._run(op)
+
     @property
     def backend(self) -> Backend:
         """The backend records are stored in."""
