@@ -115,7 +115,15 @@ def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
     if kwargs.get("password"):
         auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
     url = f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
-    return lambda: cls.from_url(url)
+    options = {
+        ours: kwargs[theirs]
+        for ours, theirs in (
+            ("timeout", "socket_timeout"),
+            ("connect_timeout", "socket_connect_timeout"),
+        )
+        if kwargs.get(theirs) is not None
+    }
+    return lambda: cls.from_url(url, **options)
 
 
 def _memcached_twin(backend: co.MemcachedBackend) -> Callable[[], Any]:
@@ -124,7 +132,16 @@ def _memcached_twin(backend: co.MemcachedBackend) -> Callable[[], Any]:
     if cls is None:
         pytest.fail("cacheorm.AsyncMemcachedBackend is not on this branch yet", pytrace=False)
     servers = backend.servers
-    return lambda: cls.from_servers(servers, max_value_size=backend.max_value_size)
+    node = backend._nodes[0]
+    options: dict[str, Any] = {
+        "max_value_size": backend.max_value_size,
+        "key_prefix": node.client.key_prefix,
+        "retry_timeout": node.retry_timeout,
+    }
+    for name in ("timeout", "connect_timeout"):  # the sync client's socket timeouts
+        if getattr(node.client, name, None) is not None:
+            options[name] = getattr(node.client, name)
+    return lambda: cls.from_servers(servers, **options)
 
 
 def _make_twin(backend: object) -> tuple[Any, bool]:

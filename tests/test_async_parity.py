@@ -37,6 +37,10 @@ DESELECTED: dict[str, dict[str, str]] = {
             "sync-only wording: it expects 'RedisBackend(client)' / 'MemcachedBackend(client)'; "
             "AsyncRepository must name the async backends instead"
         ),
+        "test_a_repository_closes_only_the_backend_it_owns": (
+            "mocks close() of the sync backend class; the shim's owned store is an "
+            "AsyncMemoryBackend, closed by aclose() (tests/test_async_repository.py)"
+        ),
     },
     "test_ttl_ops": {
         "test_touch_and_ttl_of_on_every_backend": _NO_TOUCH,
@@ -81,6 +85,13 @@ XFAIL: dict[str, dict[str, str]] = {
             "bug: hook events of an AsyncRepository report system 'AsyncMemoryBackend' / "
             "'AsyncFileSystemBackend' (the class name), not 'memory' / 'filesystem': "
             "cacheorm._observe._SYSTEMS knows only the sync class names"
+        ),
+        "test_otel_spans_follow_the_database_conventions": (
+            "bug: db.system.name is 'AsyncRedisBackend', not 'redis' (cacheorm._observe._SYSTEMS)"
+        ),
+        "test_otel_metrics_count_durations_hits_misses_and_loads": (
+            "bug: db.system.name is 'AsyncMemcachedBackend', not 'memcached' "
+            "(cacheorm._observe._SYSTEMS)"
         ),
     },
 }
