@@ -245,9 +245,6 @@ def test_backends_of_the_wrong_kind_are_refused_with_the_fix() -> None:
         co.Repository(Item, backend=co.AsyncMemoryBackend())  # type: ignore[arg-type]
     with pytest.raises(co.ModelDefinitionError):
         co.AsyncRepository(Item(1, "a"))  # type: ignore[arg-type]
-    for option in ("generations", "rewrite_on_read"):
-        with pytest.raises(co.ConfigurationError, match=f"{option}=True"):
-            co.AsyncRepository(Item, **{option: True})  # type: ignore[arg-type]
 
 
 def test_hooks_report_async_operations_once() -> None:
@@ -301,5 +298,92 @@ def test_cancelling_writes_never_corrupts_or_mixes_records(tmp_path: Path) -> No
                 assert item.count in (0, 1)
         assert cancelled > 0
         await items.backend.aclose()
+
+    run(main())
+
+
+@dataclasses.dataclass
+class Post:
+    id: Annotated[int, co.Field(primary_key=True)]
+    author: Annotated[int | None, co.Ref(Item)]
+
+
+def test_keyspace_operations_references_and_migration_run_async(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = co.AsyncFileSystemBackend(tmp_path)
+        items = co.AsyncRepository(Item, backend=backend, ttl=100)
+        await items.save_many([Item(i, f"n{i}") for i in range(25)])
+        assert await items.count(batch=7) == 25
+        assert sorted([item.id async for item in items.scan(batch=4)]) == list(range(25))
+        assert await items.touch(3, ttl=50)
+        assert not await items.touch(99)
+        assert await items.touch_many([1, 99], ttl=None) == [True, False]
+        assert await items.ttl_of(1) is None
+        left = await items.ttl_of(3)
+        assert left is not None
+        assert 40 < left <= 50
+        with pytest.raises(co.NotFound):
+            await items.ttl_of(99)
+        posts = co.AsyncRepository(Post, backend=backend)
+        await posts.save_many([Post(1, 2), Post(2, None), Post(3, 2), Post(4, 77)])
+        found = await posts.load_related(await posts.get_many([1, 2, 3]), "author", items)
+        assert found == {2: Item(2, "n2")}
+        with pytest.raises(co.NotFound, match="author"):
+            await posts.load_related(await posts.get_many([4]), "author", items)
+        assert await posts.load_related([None], "author", items, missing="none") == {}
+        v2 = co.AsyncRepository(
+            Item,
+            backend=backend,
+            version=2,
+            upgrades={1: lambda d: {**d, "name": d["name"].upper()}},
+        )
+        report = await v2.migrate(batch=10)
+        assert (report.scanned, report.rewritten) == (25, 25)
+        assert (await items.get(4)).name == "N4"
+        assert await items.clear(batch=6) == 25
+        assert await items.count() == 0
+        with pytest.raises(co.ConfigurationError, match="errors must be"):
+            items.scan(errors="bogus")  # type: ignore[arg-type]
+        await backend.aclose()
+
+    run(main())
+
+
+def test_generations_and_rewrite_on_read_work_on_the_async_side(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = co.AsyncFileSystemBackend(tmp_path)
+        items = co.AsyncRepository(Item, backend=backend, generations=True, namespace="gen")
+        with pytest.raises(co.ConfigurationError, match="has not been read yet"):
+            items.key_for(1)
+        await items.save_many([Item(i, "a") for i in range(5)])
+        assert items.key_for(1).startswith("gen:1#g")
+        other = co.AsyncRepository(Item, backend=backend, generations=True, namespace="gen")
+        assert await other.count() == 5
+        assert await other.clear() == 5  # a new generation; the old one's records deleted
+        assert await other.get_or_none(1) is None
+        assert await other.count() == 0
+        # a sync repository on the same files sees the same generation
+        sync = co.Repository(
+            Item, backend=co.FileSystemBackend(tmp_path), generations=True, namespace="gen"
+        )
+        await other.save(Item(7, "b"))
+        assert sync.get(7) == Item(7, "b")
+
+        old = co.AsyncRepository(Item, backend=backend, namespace="ver")
+        await old.save(Item(1, "x"))
+        new = co.AsyncRepository(
+            Item,
+            backend=backend,
+            namespace="ver",
+            version=2,
+            upgrades={1: lambda d: {**d, "count": 5}},
+            rewrite_on_read=True,
+        )
+        assert await new.get(1) == Item(1, "x", 5)
+        await new.aclose()  # waits for the rewrite task
+        raw = await backend.get(new.key_for(1))
+        assert raw is not None
+        assert b'"~v":2' in raw
+        await backend.aclose()
 
     run(main())

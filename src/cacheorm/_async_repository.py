@@ -13,12 +13,24 @@ ones, not a copy of them.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+import typing
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, TypeVar
 
 from typing_extensions import Unpack
 
+from cacheorm import _keyspace
 from cacheorm._backend import AsyncBackend, AsyncClosing
 from cacheorm._core import (
     LOCK_TIMEOUT,
@@ -29,13 +41,17 @@ from cacheorm._core import (
 )
 from cacheorm._errors import ConfigurationError
 from cacheorm._flight import AsyncSingleFlight
+from cacheorm._generation import Generation
 from cacheorm._ops import Op, adrive
 from cacheorm._ttl import DEFAULT, KEEP_TTL, TTLArg, UpdateTTLArg
+from cacheorm._versions import MigrationReport
 
 __all__ = ["AsyncRepository"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: The referenced model of :meth:`AsyncRepository.load_related`.
+U = TypeVar("U")
 
 
 class AsyncRepository(RepositoryCore[T], AsyncClosing):
@@ -66,9 +82,12 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         backend: an :class:`~cacheorm.AsyncBackend`; a new private
             :class:`~cacheorm.AsyncMemoryBackend` if omitted (closed by
             :meth:`aclose`; a backend passed in belongs to the caller).
-        **options: the keywords of :class:`~cacheorm.Repository`. Not yet
-            on the async side: ``generations=True`` and
-            ``rewrite_on_read=True`` (a ``ConfigurationError`` says so).
+        **options: the keywords of :class:`~cacheorm.Repository`. With
+            ``generations=True`` each operation reads the namespace's
+            generation when its cached copy is stale, so ``key_for`` and
+            ``key_of`` need one awaited operation first; with
+            ``rewrite_on_read=True`` a stale record is rewritten by a task of
+            its own while the read returns (:meth:`aclose` waits for them).
 
     Raises:
         ModelDefinitionError: the model cannot be stored.
@@ -96,15 +115,24 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
             raise _not_an_async_backend(model, backend)
         else:
             store = backend
-        for name in ("generations", "rewrite_on_read"):
-            if options.get(name):
-                raise ConfigurationError(
-                    f"AsyncRepository({model.__qualname__}, {name}=True): not supported on "
-                    "AsyncRepository yet (it needs a read of the store while keys are built "
-                    "or records decoded); use the sync Repository for this namespace"
-                )
         self._flights: AsyncSingleFlight[Any] = AsyncSingleFlight()
+        #: rewrite_on_read rewrites under way (tasks), awaited by aclose().
+        self._rewrites: set[asyncio.Task[Any]] = set()
         super().__init__(model, store, backend is None, **options)
+        if self._generation is not None:
+            self._read_generation_first(self._generation)
+
+    def _read_generation_first(self, generation: Generation) -> None:
+        """generations=True: each operation reads a stale generation before building keys."""
+        for name, _ in inspect.getmembers(type(self), inspect.iscoroutinefunction):
+            if not name.startswith("_") and name != "aclose":
+                setattr(self, name, _after_refresh(self, generation, getattr(self, name)))
+
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: rewrite the record in a task of its own; the read returns now."""
+        task = asyncio.get_running_loop().create_task(self._run(op))
+        self._rewrites.add(task)
+        task.add_done_callback(self._rewrites.discard)
 
     def _run(self, op: Op[R]) -> Coroutine[Any, Any, R]:
         """Run one of the core's operations on this repository's backend."""
@@ -116,7 +144,12 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         return self._backend
 
     async def aclose(self) -> None:
-        """Close the backend if this repository created it (no ``backend=``); else nothing."""
+        """Close the backend if this repository created it (no ``backend=``); else nothing.
+
+        With ``rewrite_on_read=True``, the rewrites still under way finish first.
+        """
+        if self._rewrites:
+            await asyncio.gather(*self._rewrites, return_exceptions=True)
         if self._owns_backend:
             await self._backend.aclose()
 
@@ -319,6 +352,124 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
             NotFound: some records were absent (``.keys``); the others were updated.
         """
         return await self._run(self._op_update_many(objs, ttl))
+
+    # -- references, TTL and namespace operations, migrations (shared with Repository) --
+
+    @typing.overload
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["raise"] = "raise",
+    ) -> dict[Any, U]: ...
+
+    @typing.overload
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["none"],
+    ) -> dict[Any, U | None]: ...
+
+    async def load_related(
+        self,
+        records: Iterable[T | None],
+        field: str | Sequence[str],
+        target: AsyncRepository[U],
+        *,
+        missing: typing.Literal["raise", "none"] = "raise",
+    ) -> dict[Any, U] | dict[Any, U | None]:
+        """The ``target`` records that ``field`` of ``records`` refers to, by primary key.
+
+        One ``await target.get_many(...)`` for the whole batch; see
+        :meth:`Repository.load_related <cacheorm.Repository.load_related>`.
+
+        Raises:
+            NotFound: ``missing="raise"`` and referenced records are not stored.
+            ConfigurationError, ModelDefinitionError, ValidationError: a bad
+                field, target or reference; nothing was read.
+        """
+        from cacheorm._refs import plan_related
+
+        plan = plan_related(self, records, field, target, missing)
+        return plan.finish(await target.get_many(plan.pks)) if plan.pks else {}
+
+    async def touch(self, pk: Any, *, ttl: TTLArg = DEFAULT) -> bool:
+        """Give the record under ``pk`` a new TTL (the repository's by default); True if found."""
+        return await self._run(_keyspace.touch(self, pk, self._resolve_ttl(ttl)))
+
+    async def touch_many(self, pks: Iterable[Any], *, ttl: TTLArg = DEFAULT) -> list[bool]:
+        """:meth:`touch` for each primary key, in one backend call; which were found."""
+        return await self._run(_keyspace.touch_many(self, list(pks), self._resolve_ttl(ttl)))
+
+    async def ttl_of(self, pk: Any) -> float | None:
+        """Seconds until the record under ``pk`` expires, or None if it never does.
+
+        Raises:
+            NotFound: no record under ``pk``.
+            ConfigurationError: the backend lacks the TTL capability.
+        """
+        return await self._run(_keyspace.ttl_of(self, pk))
+
+    async def clear(self, *, batch: int = 500) -> int:
+        """Delete every record of this repository, ``batch`` keys at a time; how many.
+
+        Raises:
+            ConfigurationError: the backend cannot enumerate keys (memcached),
+                or the key scheme is a key function.
+        """
+        return await self._run(_keyspace.clear(self, batch))
+
+    async def count(self, *, batch: int = 500) -> int:
+        """How many records this repository holds, by a key scan."""
+        return await self._run(_keyspace.count(self, batch))
+
+    def scan(
+        self, *, batch: int = 500, errors: typing.Literal["raise", "skip"] = "raise"
+    ) -> AsyncIterator[T]:
+        """Every record of this repository, an async iterator with bounded memory.
+
+        ``async for record in repo.scan(): ...``; arguments and capability are
+        checked at the call, the records come a batch (one ``get_many``) at a time.
+        """
+        return self._scan(_keyspace.records(self, batch, errors))
+
+    async def _scan(self, next_batch: Callable[[], Op[list[T] | None]]) -> AsyncIterator[T]:
+        while (found := await self._run(next_batch())) is not None:
+            for record in found:
+                yield record
+
+    async def migrate(
+        self,
+        *,
+        batch: int = 500,
+        progress: Callable[[MigrationReport], object] | None = None,
+    ) -> MigrationReport:
+        """Rewrite every stale record of the namespace by compare-and-set; the report.
+
+        See :meth:`Repository.migrate <cacheorm.Repository.migrate>`.
+        """
+        from cacheorm._migrate import migrate
+
+        return await self._run(migrate(self, batch, progress))
+
+
+def _after_refresh(
+    repo: AsyncRepository[Any], generation: Generation, method: Callable[..., Awaitable[R]]
+) -> Callable[..., Awaitable[R]]:
+    """``method``, after reading the namespace's generation if the cached one is stale."""
+
+    @functools.wraps(method)
+    async def fresh(*args: Any, **kwargs: Any) -> R:
+        if generation.stale():
+            await repo._run(generation.refresh())
+        return await method(*args, **kwargs)
+
+    return fresh
 
 
 _ASYNC_METHODS = (

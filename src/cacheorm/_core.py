@@ -242,7 +242,8 @@ class RepositoryCore(Generic[T]):
             raise ConfigurationError(f"generations must be a bool, not {generations!r}")
         # > 0: with 0, a get_many would read the generation once per key.
         seconds = _positive("generation_ttl", generation_ttl)
-        generation = Generation(self._backend, f"{self._prefix}{self._namespace}:__gen__", seconds)
+        key = f"{self._prefix}{self._namespace}:__gen__"
+        generation = Generation(self._backend, key, seconds, awaits=self._awaits)
         self._generation = generation
         render, render_of, suffix = self._key_for, self._key_of, generation.suffix
 
@@ -336,6 +337,10 @@ class RepositoryCore(Generic[T]):
     def pk_of(self, obj: T) -> Any:
         """The primary-key value of a record (a tuple for composite keys)."""
         return self._keys.pk_of(obj)
+
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: run the rewrite operation of a stale record (each driver's way)."""
+        raise NotImplementedError
 
     # -- errors every driver raises ------------------------------------------------------
 

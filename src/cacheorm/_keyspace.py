@@ -19,19 +19,29 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from cacheorm._backend import Backend, ScanBackend, TTLBackend
+from cacheorm._backend import AsyncScanBackend, AsyncTTLBackend, ScanBackend, TTLBackend
 from cacheorm._checks import check_batch
 from cacheorm._errors import ConfigurationError, DeserializationError, NotFound
-from cacheorm._generation import SUFFIX
+from cacheorm._generation import SUFFIX, Generation
 from cacheorm._keys import _ALWAYS, KeyScheme, _raw_formatter, escape_factory
+from cacheorm._ops import Call, Iterate, Next, Op
 
 if TYPE_CHECKING:
-    from cacheorm._repository import Repository
+    from cacheorm._core import RepositoryCore
 
-__all__ = ["SCAN_BATCH", "Keyspace", "clear", "count", "scan", "touch", "touch_many", "ttl_of"]
+__all__ = [
+    "SCAN_BATCH",
+    "Keyspace",
+    "clear",
+    "count",
+    "records",
+    "touch",
+    "touch_many",
+    "ttl_of",
+]
 
 T = TypeVar("T")
 
@@ -112,7 +122,7 @@ class Keyspace:
         return older
 
 
-def _keyspace(repo: Repository[Any]) -> Keyspace:
+def _keyspace(repo: RepositoryCore[Any]) -> Keyspace:
     cached: Keyspace | None = repo.__dict__.get("_keyspace")
     if cached is None:
         cached = Keyspace(repo._keys, repo._counter_key, repo._generation is not None)
@@ -120,8 +130,11 @@ def _keyspace(repo: Repository[Any]) -> Keyspace:
     return cached
 
 
-def _missing(repo: Repository[Any], capability: str, what: str, instead: str) -> ConfigurationError:
-    backend = type(repo.backend)
+def _missing(
+    repo: RepositoryCore[Any], capability: str, what: str, instead: str
+) -> ConfigurationError:
+    store: object = repo._backend
+    backend = type(store)
     return ConfigurationError(
         f"{repo.model.__qualname__}: {what} needs a backend with the {capability} capability; "
         f"{backend.__module__}.{backend.__qualname__} does not have it. {instead}",
@@ -129,21 +142,20 @@ def _missing(repo: Repository[Any], capability: str, what: str, instead: str) ->
     )
 
 
-def _ttl_backend(repo: Repository[Any], what: str) -> TTLBackend:
-    backend: Backend = repo.backend
-    if not isinstance(backend, TTLBackend):
+def _ttl_backend(repo: RepositoryCore[Any], what: str) -> None:
+    """Refuse a backend without touch/touch_many/ttl_of (sync or async: the same names)."""
+    if not isinstance(repo._backend, (TTLBackend, AsyncTTLBackend)):
         raise _missing(
             repo,
             "TTLBackend (touch, touch_many, ttl_of)",
             what,
             "Save the record again with the new ttl instead.",
         )
-    return backend
 
 
-def _scan_backend(repo: Repository[Any], what: str) -> ScanBackend:
-    backend: Backend = repo.backend
-    if not isinstance(backend, ScanBackend):
+def _scan_backend(repo: RepositoryCore[Any], what: str) -> None:
+    """Refuse a backend that cannot list keys."""
+    if not isinstance(repo._backend, (ScanBackend, AsyncScanBackend)):
         raise _missing(
             repo,
             "ScanBackend (scan: enumerating keys)",
@@ -152,26 +164,36 @@ def _scan_backend(repo: Repository[Any], what: str) -> ScanBackend:
             "key (delete_many), use a separate memcached server per namespace and flush it, "
             "or keep this namespace in Redis, the filesystem or memory.",
         )
-    return backend
 
 
-def touch(repo: Repository[Any], pk: Any, seconds: float | None) -> bool:
+# Each operation below is an operation of cacheorm._ops (it yields its backend
+# calls), so Repository and AsyncRepository run the same code. The checks
+# (capability, batch, key scheme) run when the operation starts, before any I/O.
+
+
+def touch(repo: RepositoryCore[Any], pk: Any, seconds: float | None) -> Op[bool]:
     """Give the record under ``pk`` a new TTL; False if there is none."""
     key = repo.key_for(pk)
-    return _ttl_backend(repo, "touch()").touch(key, seconds)
+    _ttl_backend(repo, "touch()")
+    touched: bool = yield Call("touch", (key, seconds))
+    return touched
 
 
-def touch_many(repo: Repository[Any], pks: list[Any], seconds: float | None) -> list[bool]:
+def touch_many(repo: RepositoryCore[Any], pks: list[Any], seconds: float | None) -> Op[list[bool]]:
     """``touch`` each primary key; one backend call."""
     keys = [repo.key_for(pk) for pk in pks]
-    backend = _ttl_backend(repo, "touch_many()")
-    return backend.touch_many(keys, seconds) if keys else []
+    _ttl_backend(repo, "touch_many()")
+    if not keys:
+        return []
+    touched: list[bool] = yield Call("touch_many", (keys, seconds))
+    return touched
 
 
-def ttl_of(repo: Repository[Any], pk: Any) -> float | None:
+def ttl_of(repo: RepositoryCore[Any], pk: Any) -> Op[float | None]:
     """Seconds left for the record under ``pk``; None if it never expires; NotFound if absent."""
     key = repo.key_for(pk)
-    left = _ttl_backend(repo, "ttl_of()").ttl_of(key)
+    _ttl_backend(repo, "ttl_of()")
+    left: float | None = yield Call("ttl_of", (key,))
     if left is None:
         raise NotFound(
             f"{repo.model.__qualname__} {pk!r} not found (key {key!r})", model=repo.model, key=key
@@ -179,28 +201,53 @@ def ttl_of(repo: Repository[Any], pk: Any) -> float | None:
     return None if math.isinf(left) else left
 
 
-def _keys(repo: Repository[Any], what: str, batch: int) -> Iterator[list[str]]:
-    """Batches of this repository's record keys (deduplicated within a batch).
+class _Walk:
+    """A scan of this repository's record keys, a batch at a time (deduplicated in a batch)."""
 
-    The checks (batch, key scheme, capability) run now, not at the first ``next()``.
-    """
+    def __init__(
+        self,
+        prefix: str,
+        batch: int,
+        owns: Callable[[str], bool] | None,
+        generation: tuple[Generation, Keyspace] | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.batch = batch
+        self.owns = owns
+        #: With generations: only the records of the current one (read at the first step).
+        self.generation = generation
+        self.iterator: Any = None
+
+    def keys(self) -> Op[list[str] | None]:
+        """The next batch of owned keys, or None when the scan is done."""
+        if self.iterator is None:
+            if self.generation is not None:
+                generation, space = self.generation
+                current = yield from generation.value()
+                self.owns = space.of_generation(current)
+            self.iterator = yield Iterate("scan", (self.prefix, self.batch))
+        owns = self.owns
+        assert owns is not None
+        while True:
+            keys: list[str] | None = yield Next(self.iterator)
+            if keys is None:
+                return None
+            mine = [key for key in dict.fromkeys(keys) if owns(key)]
+            if mine:
+                return mine
+
+
+def _walk(repo: RepositoryCore[Any], what: str, batch: int) -> _Walk:
+    """A walk over the repository's record keys; the checks run now."""
     check_batch(batch)
     space = _keyspace(repo)
-    backend = _scan_backend(repo, what)
-    owns: Callable[[str], bool] = space.owns
+    _scan_backend(repo, what)
     if repo._generation is not None:  # only the records of the current generation
-        owns = space.of_generation(repo._generation.current())
-    return _owned(backend.scan(space.prefix, batch), owns)
+        return _Walk(space.prefix, batch, None, (repo._generation, space))
+    return _Walk(space.prefix, batch, space.owns)
 
 
-def _owned(batches: Iterator[list[str]], owns: Callable[[str], bool]) -> Iterator[list[str]]:
-    for keys in batches:
-        mine = [key for key in dict.fromkeys(keys) if owns(key)]
-        if mine:
-            yield mine
-
-
-def clear(repo: Repository[Any], batch: int) -> int:
+def clear(repo: RepositoryCore[Any], batch: int) -> Op[int]:
     """Delete every record of the repository, a batch at a time; how many were deleted.
 
     With generations: move to a new generation (one ``incr``), then, where the
@@ -208,54 +255,66 @@ def clear(repo: Repository[Any], batch: int) -> int:
     records of the older generations; otherwise (memcached) delete nothing and
     return 0, leaving the unreachable records to their TTL or the LRU.
     """
-    backend = repo.backend
     generation = repo._generation
     if generation is None:
-        return sum(backend.delete_many(keys) for keys in _keys(repo, "clear()", batch))
-    check_batch(batch)
-    space: Keyspace | None = None
-    scanner: ScanBackend | None = backend if isinstance(backend, ScanBackend) else None
-    if scanner is not None:
-        try:
-            space = _keyspace(repo)
-        except ConfigurationError:  # a key function: old records are left to expire
-            space = None
-    new = generation.bump()
-    if space is None or scanner is None:
-        return 0
-    older = space.older_than(new)  # never a newer one another process moved to meanwhile
+        walk = _walk(repo, "clear()", batch)
+    else:
+        check_batch(batch)
+        space: Keyspace | None = None
+        if isinstance(repo._backend, ScanBackend):
+            try:
+                space = _keyspace(repo)
+            except ConfigurationError:  # a key function: old records are left to expire
+                space = None
+        new = yield from generation.bump_op()
+        if space is None:
+            return 0
+        # never a newer generation another process moved to meanwhile
+        walk = _Walk(space.prefix, batch, space.older_than(new))
     deleted = 0
-    for keys in _owned(scanner.scan(space.prefix, batch), older):
-        deleted += backend.delete_many(keys)
+    while (keys := (yield from walk.keys())) is not None:
+        deleted += yield Call("delete_many", (keys,))
     return deleted
 
 
-def count(repo: Repository[Any], batch: int) -> int:
+def count(repo: RepositoryCore[Any], batch: int) -> Op[int]:
     """How many records the repository's namespace holds (see ScanBackend.scan)."""
-    return sum(len(keys) for keys in _keys(repo, "count()", batch))
+    walk = _walk(repo, "count()", batch)
+    total = 0
+    while (keys := (yield from walk.keys())) is not None:
+        total += len(keys)
+    return total
 
 
-def scan(repo: Repository[T], batch: int, errors: Literal["raise", "skip"]) -> Iterator[T]:
-    """Every record of the namespace: a key scan and one ``get_many`` per batch.
+def records(
+    repo: RepositoryCore[T], batch: int, errors: Literal["raise", "skip"]
+) -> Callable[[], Op[list[T] | None]]:
+    """The records of the namespace, as an operation per batch (None at the end).
 
-    Arguments and capability are checked now; the records come lazily.
+    Arguments and capability are checked now; each batch is a key scan step
+    and one ``get_many``. Records deleted or expired since the scan listed
+    their key are left out; ``errors="skip"`` leaves out those that do not decode.
     """
     if errors not in ("raise", "skip"):
         raise ConfigurationError(f"errors must be 'raise' or 'skip', not {errors!r}")
-    return _records(repo, _keys(repo, "scan()", batch), errors == "skip")
-
-
-def _records(repo: Repository[T], batches: Iterator[list[str]], skip: bool) -> Iterator[T]:
-    backend = repo.backend
+    walk = _walk(repo, "scan()", batch)
+    skip = errors == "skip"
     load = repo._load_by_key
-    for keys in batches:
-        for key, payload in zip(keys, backend.get_many(keys), strict=True):
-            if payload is None:  # deleted or expired since the scan listed it
-                continue
-            try:
-                record = load(key, payload)
-            except DeserializationError:
-                if not skip:
-                    raise
-                continue
-            yield record
+
+    def next_batch() -> Op[list[T] | None]:
+        while (keys := (yield from walk.keys())) is not None:
+            found: list[T] = []
+            payloads: list[bytes | None] = yield Call("get_many", (keys,))
+            for key, payload in zip(keys, payloads, strict=True):
+                if payload is None:  # deleted or expired since the scan listed it
+                    continue
+                try:
+                    found.append(load(key, payload))
+                except DeserializationError:
+                    if not skip:
+                        raise
+            if found:
+                return found
+        return None
+
+    return next_batch

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cacheorm._errors import CacheORMError, DeserializationError
-from cacheorm._keyspace import _keys
+from cacheorm._keyspace import _walk
+from cacheorm._ops import Call, Op
 from cacheorm._ttl import KEEP_TTL
 from cacheorm._versions import FAILURES_KEPT, REWRITE_ATTEMPTS, MigrationReport
 
 if TYPE_CHECKING:
-    from cacheorm._repository import Repository
+    from cacheorm._core import RepositoryCore
 
 __all__ = ["migrate"]
 
@@ -32,27 +33,29 @@ T = TypeVar("T")
 
 
 def migrate(
-    repo: Repository[T], batch: int, progress: Callable[[MigrationReport], object] | None
-) -> MigrationReport:
+    repo: RepositoryCore[T], batch: int, progress: Callable[[MigrationReport], object] | None
+) -> Op[MigrationReport]:
     """Walk ``repo``'s namespace and rewrite its stale records (see ``Repository.migrate``)."""
     if progress is not None and not callable(progress):
         from cacheorm._errors import ConfigurationError
 
         raise ConfigurationError(f"progress must be a callable or None, not {progress!r}")
     report = MigrationReport()
-    backend = repo.backend
-    for keys in _keys(repo, "migrate()", batch):
+    walk = _walk(repo, "migrate()", batch)
+    while (keys := (yield from walk.keys())) is not None:
         report.scanned += len(keys)
-        for key, payload in zip(keys, backend.get_many(keys), strict=True):
-            _one(repo, report, key, payload)
+        payloads = yield Call("get_many", (keys,))
+        for key, payload in zip(keys, payloads, strict=True):
+            yield from _one(repo, report, key, payload)
         if progress is not None:
             progress(dataclasses.replace(report, failures=list(report.failures)))
     return report
 
 
-def _one(repo: Repository[Any], report: MigrationReport, key: str, payload: bytes | None) -> None:
+def _one(
+    repo: RepositoryCore[Any], report: MigrationReport, key: str, payload: bytes | None
+) -> Op[None]:
     """Bring the record under ``key`` (read as ``payload``) up to date; count what happened."""
-    backend = repo.backend
     evolution = repo._evolution
     for _ in range(REWRITE_ATTEMPTS):
         if payload is None:
@@ -74,12 +77,12 @@ def _one(repo: Repository[Any], report: MigrationReport, key: str, payload: byte
             return
         try:
             _, new = repo._dump(obj)
-            held = backend.gets(key)
+            held = yield Call("gets", (key,))
             if held is not None and held[0] == payload:
-                if backend.cas(key, new, held[1], ttl=KEEP_TTL):
+                if (yield Call("cas", (key, new, held[1], KEEP_TTL))):
                     report.rewritten += 1
                     return
-                held = backend.gets(key)  # written meanwhile: look again
+                held = yield Call("gets", (key,))  # written meanwhile: look again
         except CacheORMError as exc:
             _failed(report, key, str(exc))
             return

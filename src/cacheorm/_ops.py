@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cacheorm._errors import ConfigurationError
@@ -40,7 +40,18 @@ from cacheorm._errors import ConfigurationError
 if TYPE_CHECKING:
     from cacheorm._flight import AsyncSingleFlight, SingleFlight
 
-__all__ = ["Await", "Call", "Flight", "Op", "Sleep", "adrive", "drive", "settle"]
+__all__ = [
+    "Await",
+    "Call",
+    "Flight",
+    "Iterate",
+    "Next",
+    "Op",
+    "Sleep",
+    "adrive",
+    "drive",
+    "settle",
+]
 
 R = TypeVar("R")
 
@@ -56,6 +67,25 @@ class Call:
 
     def __repr__(self) -> str:
         return f"Call({self.method!r}, {self.args!r})"
+
+
+class Iterate:
+    """Request: the iterator backend method ``method`` returns (``scan``), not awaited."""
+
+    __slots__ = ("args", "method")
+
+    def __init__(self, method: str, args: tuple[Any, ...]) -> None:
+        self.method = method
+        self.args = args
+
+
+class Next:
+    """Request: the next item of an iterator from :class:`Iterate`, or None at its end."""
+
+    __slots__ = ("iterator",)
+
+    def __init__(self, iterator: Any) -> None:
+        self.iterator = iterator
 
 
 class Sleep:
@@ -106,7 +136,7 @@ class Flight(Generic[R]):
 
 
 #: A repository operation: yields requests, gets their results, returns ``R``.
-Op = Generator["Call | Sleep | Await | Flight[Any]", Any, R]
+Op = Generator["Call | Iterate | Next | Sleep | Await | Flight[Any]", Any, R]
 
 
 def settle(result: R | Awaitable[R], on_sync: str) -> Op[R]:
@@ -120,17 +150,19 @@ def settle(result: R | Awaitable[R], on_sync: str) -> Op[R]:
 class _Runtime:
     """How a driver performs each kind of request: blocking (sync) or returning awaitables."""
 
-    __slots__ = ("backend", "flight", "sleep", "suspends", "wait")
+    __slots__ = ("backend", "flight", "next", "sleep", "suspends", "wait")
 
     def __init__(
         self,
         backend: Any,
+        next_: Callable[[Any], Any],
         sleep: Callable[[float], Any],
         wait: Callable[[Await], Any],
         flight: Callable[[_Runtime, Flight[Any]], Any],
         suspends: bool,
     ) -> None:
         self.backend = backend
+        self.next = next_
         self.sleep = sleep
         self.wait = wait
         self.flight = flight
@@ -155,6 +187,11 @@ async def _loop(op: Op[R], runtime: _Runtime) -> R:
             if kind is Call:
                 call: Call = request  # type: ignore[assignment]
                 send = getattr(backend, call.method)(*call.args)
+            elif kind is Next:
+                send = runtime.next(request.iterator)  # type: ignore[union-attr]
+            elif kind is Iterate:  # an iterator (async or not): nothing to await
+                send = getattr(backend, request.method)(*request.args)  # type: ignore[union-attr]
+                continue
             elif kind is Sleep:
                 send = runtime.sleep(request.seconds)  # type: ignore[union-attr]
             elif kind is Await:
@@ -165,6 +202,17 @@ async def _loop(op: Op[R], runtime: _Runtime) -> R:
                 send = await send
         except BaseException as exc:  # thrown into the operation, which decides
             error = exc
+
+
+def _next(iterator: Iterator[Any]) -> Any:
+    return next(iterator, None)
+
+
+async def _anext(iterator: AsyncIterator[Any]) -> Any:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
 
 
 def _refuse_await(request: Await) -> None:
@@ -189,7 +237,7 @@ def drive(op: Op[R], backend: Any, flights: SingleFlight[Any]) -> R:
             lambda: _finish(_loop(request.fallback(), runtime)),
         )
 
-    return _finish(_loop(op, _Runtime(backend, time.sleep, _refuse_await, flight, False)))
+    return _finish(_loop(op, _Runtime(backend, _next, time.sleep, _refuse_await, flight, False)))
 
 
 def _finish(coroutine: Coroutine[Any, Any, R]) -> R:
@@ -216,4 +264,4 @@ def adrive(op: Op[R], backend: Any, flights: AsyncSingleFlight[Any]) -> Coroutin
     def wait(request: Await) -> Awaitable[Any]:
         return request.awaitable
 
-    return _loop(op, _Runtime(backend, asyncio.sleep, wait, flight, True))
+    return _loop(op, _Runtime(backend, _anext, asyncio.sleep, wait, flight, True))

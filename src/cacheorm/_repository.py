@@ -126,6 +126,10 @@ class Repository(RepositoryCore[T], Closing):
         """Run one of the core's operations on this repository's backend."""
         return drive(op, self._backend, self._flights)
 
+    def _rewrite_stale(self, op: Op[Any]) -> None:
+        """``rewrite_on_read``: rewrite the record before the read returns."""
+        self._run(op)
+
     @property
     def backend(self) -> Backend:
         """The backend records are stored in."""
@@ -529,13 +533,13 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm import _keyspace
 
-        return _keyspace.touch(self, pk, self._resolve_ttl(ttl))
+        return self._run(_keyspace.touch(self, pk, self._resolve_ttl(ttl)))
 
     def touch_many(self, pks: Iterable[Any], *, ttl: TTLArg = DEFAULT) -> list[bool]:
         """:meth:`touch` for each primary key, in one backend call; which were found, in order."""
         from cacheorm import _keyspace
 
-        return _keyspace.touch_many(self, list(pks), self._resolve_ttl(ttl))
+        return self._run(_keyspace.touch_many(self, list(pks), self._resolve_ttl(ttl)))
 
     def ttl_of(self, pk: Any) -> float | None:
         """Seconds until the record under ``pk`` expires, or None if it never does.
@@ -550,7 +554,7 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm import _keyspace
 
-        return _keyspace.ttl_of(self, pk)
+        return self._run(_keyspace.ttl_of(self, pk))
 
     def clear(self, *, batch: int = 500) -> int:
         """Delete every record of this repository, ``batch`` keys at a time; how many.
@@ -575,7 +579,7 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm import _keyspace
 
-        return _keyspace.clear(self, batch)
+        return self._run(_keyspace.clear(self, batch))
 
     def count(self, *, batch: int = 500) -> int:
         """How many records this repository holds, by a key scan (no values are read).
@@ -585,7 +589,7 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm import _keyspace
 
-        return _keyspace.count(self, batch)
+        return self._run(_keyspace.count(self, batch))
 
     def scan(
         self, *, batch: int = 500, errors: typing.Literal["raise", "skip"] = "raise"
@@ -606,7 +610,11 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm import _keyspace
 
-        return _keyspace.scan(self, batch, errors)
+        return self._scan(_keyspace.records(self, batch, errors))
+
+    def _scan(self, next_batch: Callable[[], Op[list[T] | None]]) -> typing.Iterator[T]:
+        while (found := self._run(next_batch())) is not None:
+            yield from found
 
     # -- schema versions and serializer changes (cacheorm._versions, cacheorm._migrate) ----
 
@@ -637,7 +645,7 @@ class Repository(RepositoryCore[T], Closing):
         """
         from cacheorm._migrate import migrate
 
-        return migrate(self, batch, progress)
+        return self._run(migrate(self, batch, progress))
 
 
 #: What a backend wrapper to suggest for a raw client of these packages.

@@ -30,6 +30,7 @@ from cacheorm._errors import (
     ModelDefinitionError,
     safe_repr,
 )
+from cacheorm._ops import Call, Op
 from cacheorm._serializers import JSONSerializer, MsgpackSerializer, Serializer
 from cacheorm._ttl import KEEP_TTL
 
@@ -211,7 +212,7 @@ class Evolution(Generic[T]):
         if repo._pk_get(obj) != pk or (repo._render_check and not repo._same_key(obj, key)):
             raise repo._misplaced(key, obj)
         if stale and self.rewrite_on_read:
-            self.rewrite(key, payload, obj)
+            repo._rewrite_stale(self.rewrite(key, payload, obj))
         return obj
 
     def decode(self, key: str, payload: bytes) -> tuple[T, bool]:
@@ -342,20 +343,23 @@ class Evolution(Generic[T]):
 
     def rewrite(
         self, key: str, payload: bytes, obj: T
-    ) -> Literal["rewritten", "changed", "failed"]:
+    ) -> Op[Literal["rewritten", "changed", "failed"]]:
         """Store ``obj`` in the current format if ``key`` still holds ``payload``.
 
         Compare-and-set: a write that landed since ``payload`` was read is kept
         ("changed"). The TTL left is kept. A failure is logged ("failed"), never raised:
-        the record was read correctly, only its rewrite is put off.
+        the record was read correctly, only its rewrite is put off. An
+        operation of :mod:`cacheorm._ops`: ``Repository`` runs it before the
+        read returns, ``AsyncRepository`` as a task of its own.
         """
-        backend = self.repo._backend
         try:
             _, new = self.repo._dump(obj)
-            held = backend.gets(key)
+            held = yield Call("gets", (key,))
             if held is None or held[0] != payload:
                 return "changed"
-            return "rewritten" if backend.cas(key, new, held[1], ttl=KEEP_TTL) else "changed"
+            if (yield Call("cas", (key, new, held[1], KEEP_TTL))):
+                return "rewritten"
+            return "changed"
         except (BackendError, CacheORMError) as exc:
             _log.warning("cacheorm: could not rewrite %r in the current format: %s", key, exc)
             return "failed"
