@@ -14,8 +14,10 @@ are that module's test functions (the same function objects), run with
 ``cacheorm.Repository`` replaced by the shim for the duration of each test.
 """
 
-# pyright: reportPrivateUsage=false
-# (the shim drives AsyncRepository's own coroutines and reuses the async adapter's base.)
+# pyright: reportPrivateUsage=false, reportUnknownMemberType=false, reportUnknownVariableType=false
+# pyright: reportUnknownArgumentType=false
+# (the shim reuses the async adapter's base and pytest's fixture objects, and reads the
+# untyped attributes of redis / pymemcache clients and pytest nodes.)
 
 from __future__ import annotations
 
@@ -83,6 +85,12 @@ def call(awaitable: Awaitable[Any]) -> Any:
     return portal.call(awaitable, CALL_TIMEOUT)
 
 
+async def in_worker(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run in a worker thread (with this context), awaited."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_State.workers, context.run, fn)
+
+
 # -- the async backend that shares a sync backend's store ---------------------------------
 
 
@@ -97,8 +105,7 @@ class ThreadedAdapter(_AsyncAdapter[Any]):
     _wraps = object
 
     async def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        bound = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(_State.workers, bound)
+        return await in_worker(functools.partial(fn, *args, **kwargs))
 
 
 def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
@@ -106,16 +113,16 @@ def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
     cls: Any = getattr(co, "AsyncRedisBackend", None)
     if cls is None:
         pytest.fail("cacheorm.AsyncRedisBackend is not on this branch yet", pytrace=False)
-    client = backend.client
+    client: Any = backend.client
     if hasattr(client, "get_primaries"):  # redis.cluster.RedisCluster
         nodes = [f"{node.host}:{node.port}" for node in client.get_primaries()]
         return lambda: cls.from_cluster(nodes)
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
     auth = ""
     if kwargs.get("password"):
         auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
     url = f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
-    options = {
+    options: dict[str, Any] = {
         ours: kwargs[theirs]
         for ours, theirs in (
             ("timeout", "socket_timeout"),
@@ -201,8 +208,7 @@ def _off_loop(fn: Any) -> Any:
 
     @functools.wraps(fn)
     async def in_thread(*args: Any) -> Any:
-        bound = functools.partial(contextvars.copy_context().run, fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(_State.workers, bound)
+        return await in_worker(functools.partial(fn, *args))
 
     return in_thread
 
@@ -267,8 +273,11 @@ class _OffLoopReceiver:
         return self._run(event)
 
     async def _run(self, event: Any) -> Any:
-        bound = functools.partial(contextvars.copy_context().run, self.fn, event)
-        result = await asyncio.get_running_loop().run_in_executor(_State.workers, bound)
+        bound = functools.partial(self.fn, event)
+        context = contextvars.copy_context()
+        result = await asyncio.get_running_loop().run_in_executor(
+            _State.workers, context.run, bound
+        )
         if inspect.iscoroutine(result):
             result = await result
         return result
@@ -314,7 +323,7 @@ class BlockingAsyncRepository(co.AsyncRepository[Any]):
             signals._refresh()
 
     @property
-    def backend(self) -> Any:  # type: ignore[override]
+    def backend(self) -> Any:
         """The sync backend whose store the repository's async backend shares."""
         if self._sync_backend is None:
             return self._backend.sync_backend  # type: ignore[attr-defined]
@@ -407,7 +416,8 @@ def parity_class(
     def _through_async_repository(
         request: pytest.FixtureRequest, _parity_portal: Portal, monkeypatch: pytest.MonkeyPatch
     ) -> Iterator[None]:
-        reason = xfails.get(request.node.name) or xfails.get(request.node.originalname)
+        node: Any = request.node
+        reason = xfails.get(str(node.name)) or xfails.get(str(node.originalname))
         if reason is not None:
             request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
         monkeypatch.setattr(co, "Repository", BlockingAsyncRepository)

@@ -12,6 +12,10 @@
 The parity of the sync suites themselves is tests/test_async_parity.py.
 """
 
+# pyright: reportUnknownMemberType=false, reportUnknownArgumentType=false
+# pyright: reportUnknownVariableType=false
+# (the redis client's connection attributes are untyped.)
+
 from __future__ import annotations
 
 import asyncio
@@ -126,7 +130,7 @@ def test_2_processes_x_4_tasks_x_250_increments_are_exact(
     ]
     time.sleep(0.5)  # let both import and connect before the gate opens
     store.set("go", b"1")
-    outputs = []
+    outputs: list[dict[str, Any]] = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
@@ -275,7 +279,8 @@ def proxied(
     """A fault proxy to this session's server, an async backend through it, a sync one direct."""
     if request.param == "redis":
         direct: co.Backend = request.getfixturevalue("redis_backend")
-        kwargs = direct.client.connection_pool.connection_kwargs  # type: ignore[attr-defined]
+        client: Any = direct.client  # type: ignore[attr-defined]
+        kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
         host, port = str(kwargs["host"]), int(kwargs["port"])
     else:
         direct = request.getfixturevalue("memcached_backend")
@@ -371,7 +376,8 @@ def test_hostile_keys_payloads_and_ttls_behave_as_on_the_sync_side(
             assert await async_backend.get(key) == sync.backend.get(key), key
             assert await repo.get(record.id) == record
         assert await repo.get_many([r.id for r in records]) == records
-        for ttl in BAD_TTLS:
+        bad: list[Any] = [param.values[0] for param in BAD_TTLS]
+        for ttl in bad:
             with pytest.raises(co.InvalidTTL):
                 await repo.save(Doc(id="ttl"), ttl=ttl)
             with pytest.raises(co.InvalidTTL):
