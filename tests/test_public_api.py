@@ -14,6 +14,7 @@ DOCUMENTED = {
     "AsyncCounterBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
+    "AsyncRedisBackend",
     "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",

@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cacheorm import _redis
+from cacheorm import _redis, _redis_ops
 from cacheorm._backend import Backend
 from cacheorm._errors import (
     BackendError,
@@ -640,7 +640,7 @@ def test_redis_refusing_the_expiry_is_invalid_ttl(
     store: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis' own "invalid expire time" reply (past a lifted bound) becomes InvalidTTL."""
-    monkeypatch.setattr(_redis, "_MAX_TTL_MS", 2**64)
+    monkeypatch.setattr(_redis_ops, "MAX_TTL_MS", 2**64)
     with pytest.raises(InvalidTTL, match="invalid expire time") as info:
         store.set("k", b"v", ttl=(2**63 - 1000) / 1000)
     assert info.value.key == "k"
@@ -930,7 +930,7 @@ def test_redis_refusing_the_expiry_in_batches_is_invalid_ttl(
     store: RedisBackend, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Error replies inside a pipeline become the error of the first refused key."""
-    monkeypatch.setattr(_redis, "_MAX_TTL_MS", 2**64)
+    monkeypatch.setattr(_redis_ops, "MAX_TTL_MS", 2**64)
     ttl = (2**63 - 1000) / 1000
     for write in (
         lambda: store.add("k", b"v", ttl=ttl),

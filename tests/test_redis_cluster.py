@@ -728,7 +728,7 @@ def test_the_cluster_refusing_an_expiry_is_invalid_ttl(
     store: co.RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error reply inside a cross-node batch is the error of its first key."""
-    monkeypatch.setattr(co._redis, "_MAX_TTL_MS", 2**64)  # type: ignore[attr-defined]
+    monkeypatch.setattr(co._redis_ops, "MAX_TTL_MS", 2**64)  # type: ignore[attr-defined]
     ttl = (2**63 - 1000) / 1000
     keys = [f"k{i}" for i in range(20)]
     for write in (

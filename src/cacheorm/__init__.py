@@ -19,6 +19,7 @@ a TTL::
 """
 
 from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
+from cacheorm._aio_redis import AsyncRedisBackend
 from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
     AsyncBackend,
@@ -93,6 +94,7 @@ __all__ = [
     "AsyncCounterBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
+    "AsyncRedisBackend",
     "AsyncRepository",
     "AsyncScanBackend",
     "AsyncTTLBackend",

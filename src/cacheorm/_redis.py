@@ -9,40 +9,32 @@ The same class works on one server (``redis.Redis``) and on a Redis Cluster
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
-import hashlib
 import inspect
 import itertools
-import math
-import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from cacheorm import _redis_ops as ops
 from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_batch as _check_batch
 from cacheorm._checks import check_delta as _check_delta
 from cacheorm._checks import check_key as _check_key
-from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
     BackendError,
     BackendUnavailable,
-    BatchWriteError,
     ConfigurationError,
-    InvalidTTL,
     MissingDependency,
     OutcomeUnknown,
-    describe_keys,
     safe_repr,
 )
-from cacheorm._observe import get_logger
-from cacheorm._ttl import KEEP_TTL, BackendTTL
+from cacheorm._redis_ops import NOT_SENT, UNKNOWN, describe, key_list, px, type_name
+from cacheorm._ttl import BackendTTL
 
 if TYPE_CHECKING:
     import redis
@@ -51,80 +43,7 @@ if TYPE_CHECKING:
     #: What :class:`RedisBackend` wraps.
     RedisClient = redis.Redis | redis.cluster.RedisCluster
 
-_log = get_logger("redis")
-
 __all__ = ["RedisBackend"]
-
-#: The longest TTL sent, in milliseconds. Redis refuses an expiry whose
-#: ``now_ms + ttl_ms`` overflows a signed 64-bit int; 2**62 ms (about 146
-#: million years) leaves room for any clock.
-_MAX_TTL_MS = 2**62
-
-#: What :meth:`RedisBackend.gets` hands out: the SHA-1 hex digest of the value.
-_TOKEN = re.compile(r"[0-9a-f]{40}")
-
-#: The key types the batch fast path accepts without checking each key.
-_STR = frozenset({str})
-
-#: Compare-and-set on one key: store ARGV[2] only if the key holds a value whose
-#: SHA-1 hex digest is ARGV[1]; 1 if stored. ARGV[3:] are SET's expiry options
-#: (``PX ms``, ``KEEPTTL`` or nothing). GET on a key of another type raises
-#: WRONGTYPE, so the script never replaces one.
-_CAS_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if not current or redis.sha1hex(current) ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2], unpack(ARGV, 3))
-return 1
-"""
-_CAS_SHA = hashlib.sha1(_CAS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-#: touch: a new TTL (ARGV[1] ms, or '' for none: PERSIST) for a string key; 1 if it
-#: exists. A key of another Redis type is refused, as by every conditional write.
-_TOUCH_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return 0 end
-if kind ~= 'string' then
-  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
-end
-if ARGV[1] == '' then
-  redis.call('PERSIST', KEYS[1])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return 1
-"""
-_TOUCH_SHA = hashlib.sha1(_TOUCH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-#: ttl_of: PTTL of a string key (-2 if absent); another Redis type is refused, as by get.
-_TTL_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'string' and kind ~= 'none' then
-  return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
-end
-return redis.call('PTTL', KEYS[1])
-"""
-_TTL_SHA = hashlib.sha1(_TTL_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-#: A counter that never goes below 0 and gets its TTL (ARGV[2] ms, '' for none)
-#: when this call creates it; the new value. INCRBY on another type raises WRONGTYPE.
-_COUNTER_SCRIPT = """
-local created = redis.call('EXISTS', KEYS[1]) == 0
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
-if value < 0 then
-  redis.call('SET', KEYS[1], '0', 'KEEPTTL')
-  value = 0
-end
-if created and ARGV[2] ~= '' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return value
-"""
-_COUNTER_SHA = hashlib.sha1(_COUNTER_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-
-#: Characters with a meaning in a SCAN MATCH pattern, escaped with a backslash.
-_GLOB = re.compile(r"([*?\[\]\\])")
 
 #: How many MOVED / ASK / TRYAGAIN replies one cluster command follows before giving up.
 _MAX_REDIRECTS = 5
@@ -132,17 +51,6 @@ _MAX_REDIRECTS = 5
 _TRYAGAIN_DELAY = 0.05
 #: At most this many threads call cluster nodes at once.
 _MAX_THREADS = 16
-
-
-class _Outcome(enum.Enum):
-    """What happened to a batch command that got no reply."""
-
-    NOT_SENT = "not sent"  # never reached the server (or refused unapplied)
-    UNKNOWN = "unknown"  # sent, and the reply was lost
-
-
-_NOT_SENT = _Outcome.NOT_SENT
-_UNKNOWN = _Outcome.UNKNOWN
 
 
 def _import_redis() -> Any:
@@ -155,87 +63,9 @@ def _import_redis() -> Any:
     return redis
 
 
-def _px(ttl: float | None) -> int | None:
-    """``ttl`` in whole milliseconds, rounded up; None for no expiry.
-
-    Raises:
-        InvalidTTL: ``ttl`` is not a finite positive number, or is too long for Redis.
-    """
-    if ttl is None:
-        return None
-    _check_ttl(ttl)
-    ms = ttl * 1000  # a float too large becomes inf, which the bound refuses
-    if ms > _MAX_TTL_MS:
-        raise InvalidTTL(
-            f"ttl {safe_repr(ttl)} is too long for Redis: at most {_MAX_TTL_MS // 1000} seconds"
-        )
-    return math.ceil(ms)
-
-
-#: SET's option that keeps the key's remaining TTL (Redis 6.0+).
-_KEEP: tuple[Any, ...] = ("KEEPTTL",)
-
-
-def _expiry(ttl: BackendTTL) -> tuple[Any, ...]:
-    """SET's expiry options for ``ttl``: ``PX ms``, ``KEEPTTL`` for KEEP_TTL, or none.
-
-    Raises:
-        InvalidTTL: as :func:`_px`.
-    """
-    if ttl is KEEP_TTL:
-        return _KEEP
-    px = _px(ttl)
-    return () if px is None else ("PX", px)
-
-
-#: What a "key holds another type" error tells the user.
-_FOREIGN_HINT = (
-    "another program uses this key. cacheorm neither reads it nor replaces it, "
-    "except by an explicit set (save) or delete; use another namespace or prefix"
-)
-
-
-def _type_name(reply: bytes) -> str:
-    """A TYPE reply (``b"string"``, ``b"hash"``, ``b"none"``...) as str."""
-    return reply.decode("ascii", "replace")
-
-
-def _address(kwargs: object) -> str:
-    """``host:port`` or the unix socket path of connection keyword arguments; never a password."""
-    if not isinstance(kwargs, dict):
-        return "<unknown redis server>"
-    options = cast("dict[str, object]", kwargs)
-    path = options.get("path")
-    if path:
-        return str(path)
-    host = str(options.get("host", "localhost"))
-    if ":" in host:  # an IPv6 address
-        host = f"[{host}]"
-    return f"{host}:{options.get('port', 6379)}"
-
-
-def _url_password(url: str) -> str | None:
-    """The password in ``url`` (percent-decoded), or None if none or unparsable."""
-    try:
-        password = urllib.parse.urlsplit(url).password
-    except ValueError:  # e.g. a broken IPv6 address: there is no password to find
-        return None
-    return urllib.parse.unquote(password) if password else None
-
-
-def _masked_url(url: str) -> str:
-    """``url`` with its password, if any, as ``***``."""
-    if _url_password(url) is None:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def _server_address(client: Any) -> str:
     """``host:port`` or the unix socket path the client connects to; never a password."""
-    return _address(getattr(getattr(client, "connection_pool", None), "connection_kwargs", None))
+    return ops.address(getattr(getattr(client, "connection_pool", None), "connection_kwargs", None))
 
 
 def _pack(commands: Sequence[tuple[Any, ...]], encoder: Any) -> list[bytes]:
@@ -308,26 +138,6 @@ def _where(connection: Any) -> str:
     if host is not None:
         return f"{host}:{port}"
     return str(getattr(connection, "path", "the server"))
-
-
-def _key_list(keys: Sequence[str]) -> list[str]:
-    """``keys`` as a list, each checked to be a str (all at once when every one is exactly str)."""
-    keys = list(keys)
-    if not set(map(type, keys)) <= _STR:
-        for key in keys:
-            _check_key(key)
-    return keys
-
-
-def _describe(keys: str | Sequence[str]) -> tuple[str, str | None]:
-    """What an operation concerned, for a message, and the key to report."""
-    if isinstance(keys, str):
-        return f"key {safe_repr(keys)}", keys
-    if not keys:
-        return "no key", None
-    if len(keys) == 1:
-        return f"1 key {safe_repr(keys[0])}", keys[0]
-    return f"{len(keys)} keys, the first {safe_repr(keys[0])}", keys[0]
 
 
 def _version(module: Any) -> tuple[int, int]:
@@ -635,7 +445,7 @@ class RedisBackend(Closing):
         """
         redis_module = _import_redis()
         schemes = ("redis", "rediss") if cluster else ("redis", "rediss", "unix")
-        shown = _masked_url(url)
+        shown = ops.masked_url(url)
         scheme = url.partition("://")[0].lower() if "://" in url else ""
         if scheme not in schemes:
             accepted = ", ".join(f"{name}://" for name in schemes)
@@ -656,7 +466,7 @@ class RedisBackend(Closing):
                 client = redis_module.Redis.from_url(url, **kwargs)
         except ValueError as exc:
             detail = str(exc)
-            password = _url_password(url)
+            password = ops.url_password(url)
             if password:
                 detail = detail.replace(password, "***")
             raise ConfigurationError(
@@ -666,7 +476,7 @@ class RedisBackend(Closing):
             host, port = parsed.get("host", "localhost"), parsed.get("port", 6379)
             return cls._lazy_cluster(
                 lambda: redis_module.cluster.RedisCluster.from_url(url, **kwargs),
-                f"cluster {_address({'host': host, 'port': port})}",
+                f"cluster {ops.address({'host': host, 'port': port})}",
                 parsed.get("password") or kwargs.get("password"),
             )
         try:
@@ -714,7 +524,7 @@ class RedisBackend(Closing):
             )
         kwargs.setdefault("socket_connect_timeout", 5.0)
         kwargs.setdefault("socket_timeout", 5.0)
-        names = ",".join(_address({"host": node.host, "port": node.port}) for node in startup)
+        names = ",".join(ops.address({"host": node.host, "port": node.port}) for node in startup)
         return cls._lazy_cluster(
             lambda: redis_module.cluster.RedisCluster(startup_nodes=startup, **kwargs),
             f"cluster {names}",
@@ -754,7 +564,7 @@ class RedisBackend(Closing):
             try:
                 client = build()
             except self._errors as exc:
-                what, key = _describe(keys)
+                what, key = describe(keys)
                 detail = self._detail(exc).replace("\n", " ")
                 raise BackendUnavailable(
                     f"redis {op} of {what} failed: {self._server} is unavailable: {detail}",
@@ -798,69 +608,28 @@ class RedisBackend(Closing):
 
     def _detail(self, exc: BaseException) -> str:
         """redis-py's message, with any password masked."""
-        detail = str(exc) or type(exc).__name__
-        if self._password:
-            detail = detail.replace(self._password, "***")
-        return detail
+        return ops.mask(str(exc) or type(exc).__name__, self._password)
 
     def _fail(
         self, op: str, keys: str | Sequence[str], exc: BaseException, server: str | None = None
     ) -> Exception:
         """The cacheorm exception for redis-py's ``exc`` during ``op`` on ``keys``."""
-        what, key = _describe(keys)
         detail = self._detail(exc)
         if server is None:
-            server = self._node_of(exc, key)
+            server = self._node_of(exc, describe(keys)[1])
         if isinstance(exc, self._unavailable):  # ClusterDownError is a ClusterError
-            # The class only at WARNING: the detail can quote a reply, and so a key.
-            _log.warning("redis %s: server %s is unavailable (%s)", op, server, type(exc).__name__)
-            _log.debug("redis %s on %s failed: %s", op, server, detail)
-            return BackendUnavailable(
-                f"redis {op} of {what} failed: server {server} is unavailable: {detail}",
-                key=key,
-                server=server,
-            )
-        if isinstance(exc, self._response_error) and "invalid expire time" in detail:
-            return InvalidTTL(
-                f"redis {op} of {what} refused the ttl on {server}: {detail}", key=key
-            )
-        if isinstance(exc, self._response_error) and detail.startswith("WRONGTYPE"):
-            return BackendError(
-                f"redis {op} of {what} failed on {server}: the key holds another Redis type, "
-                f"not a string value; {_FOREIGN_HINT} ({detail})",
-                key=key,
-                server=server,
-            )
-        return BackendError(
-            f"redis {op} of {what} failed on {server}: {detail}", key=key, server=server
-        )
+            return ops.unavailable(op, keys, detail, server, type(exc).__name__)
+        if isinstance(exc, self._response_error):
+            return ops.refused(op, keys, detail, server)
+        return ops.failed(op, keys, detail, server)
 
     def _foreign(self, op: str, key: str, kind: str) -> BackendError:
         """BackendError: ``key`` holds a Redis ``kind`` (a hash, a list...), not a string."""
-        server = self._node_of(None, key)
-        return BackendError(
-            f"redis {op} of key {safe_repr(key)}: the key holds a Redis {kind}, not a string "
-            f"value, on {server}; {_FOREIGN_HINT}",
-            key=key,
-            server=server,
-        )
+        return ops.foreign(op, key, kind, self._node_of(None, key))
 
     def _unknown(self, op: str, key: str, exc: BaseException, server: str) -> OutcomeUnknown:
         """OutcomeUnknown: ``op`` on ``key`` was sent to ``server`` and its reply lost."""
-        _log.warning(
-            "redis %s: the connection to %s failed after the command was sent (%s); "
-            "its outcome is unknown and it is not resent",
-            op,
-            server,
-            type(exc).__name__,
-        )
-        return OutcomeUnknown(
-            f"redis {op} of key {safe_repr(key)} was sent to {server}, then the connection "
-            f"failed before the reply ({self._detail(exc)}): the write may or may not have "
-            "been applied; cacheorm does not resend it. Read the key to find out.",
-            key=key,
-            server=server,
-        )
+        return ops.unknown(op, key, self._detail(exc), server, type(exc).__name__)
 
     def _node_of(self, exc: BaseException | None, key: str | None) -> str:
         """The node a redis-py error concerns (cluster), or this backend's server."""
@@ -940,7 +709,7 @@ class RedisBackend(Closing):
         reply = outcome[0]
         if failures:
             server, exc = failures[0]
-            if reply is _UNKNOWN:
+            if reply is UNKNOWN:
                 raise self._unknown(op, key, exc, server) from exc
             raise self._fail(op, key, exc, server) from exc
         if isinstance(reply, BaseException):
@@ -1002,12 +771,6 @@ class RedisBackend(Closing):
             server.release(connection)
         return replies
 
-    def _outcome(self, broken: _Broken, count: int) -> list[Any]:
-        """Each command's reply, or _UNKNOWN / _NOT_SENT, after ``broken``."""
-        known = broken.replies
-        sent = max(broken.sent, len(known))
-        return [*known, *[_UNKNOWN] * (sent - len(known)), *[_NOT_SENT] * (count - sent)]
-
     def _batch_error(
         self,
         op: str,
@@ -1016,45 +779,9 @@ class RedisBackend(Closing):
         failures: Sequence[tuple[str, BaseException]],
         conditional: bool = False,
     ) -> Exception:
-        """BatchWriteError for a write batch whose commands ended as ``outcome``.
-
-        A command whose reply arrived wrote its keys, unless ``conditional``
-        and the reply is nil (the NX / XX condition refused it); those, an
-        error reply and a command never sent did not; one sent without a reply
-        is unknown. Every key is in exactly one of the three lists.
-        """
-        written: list[str] = []
-        not_written: list[str] = []
-        unknown: list[str] = []
-        for keys, reply in zip(command_keys, outcome, strict=True):
-            if reply is _UNKNOWN:
-                unknown.extend(keys)
-            elif (
-                reply is _NOT_SENT
-                or isinstance(reply, BaseException)
-                or (conditional and reply is None)  # NX / XX did not hold: refused
-            ):
-                not_written.extend(keys)
-            else:
-                written.extend(keys)
-        every = [key for keys in command_keys for key in keys]
-        what, key = _describe(every)
-        servers = ", ".join(
-            dict.fromkeys(f"{name} ({self._detail(exc)})" for name, exc in failures)
-        )
-        parts = [f"{len(written)} written", f"{len(not_written)} not written"]
-        parts.append(f"{len(unknown)} unknown (sent, reply lost)")
-        if unknown:
-            parts[-1] += f": {describe_keys(unknown)}"
-        return BatchWriteError(
-            f"redis {op} batch of {what} failed part-way: {', '.join(parts)}; "
-            f"unavailable: {servers}",
-            written=written,
-            not_written=not_written,
-            unknown=unknown,
-            key=key,
-            server=failures[0][0] if failures else self._server,
-        )
+        """BatchWriteError for a write batch whose commands ended as ``outcome``."""
+        shown = [(name, self._detail(exc)) for name, exc in failures]
+        return ops.batch_error(op, command_keys, outcome, shown, self._server, conditional)
 
     def _write_batch(
         self,
@@ -1073,7 +800,7 @@ class RedisBackend(Closing):
             cause = broken.cause
             if broken.sent == 0 and not isinstance(cause, self._unavailable):
                 raise self._fail(op, [k for ks in command_keys() for k in ks], cause) from cause
-            outcome = self._outcome(broken, len(commands))
+            outcome = ops.outcome_after(broken.replies, broken.sent, len(commands))
             raise self._batch_error(
                 op, command_keys(), outcome, [(broken.server, cause)], conditional
             ) from cause
@@ -1152,11 +879,11 @@ class RedisBackend(Closing):
         """Run ``commands`` (``slots[i]`` is command i's slot): one pipeline per node, at once.
 
         Returns every command's reply in order (an error reply as its
-        exception; _UNKNOWN / _NOT_SENT where the connection failed) and the
+        exception; UNKNOWN / NOT_SENT where the connection failed) and the
         ``(node, error)`` failures. MOVED and ASK replies are redirected.
         """
         count = len(commands)
-        outcome: list[Any] = [_NOT_SENT] * count
+        outcome: list[Any] = [NOT_SENT] * count
         failures: list[tuple[str, BaseException]] = []
         pending: list[int] = list(range(count))
         asks: dict[int, tuple[str, int]] = {}
@@ -1182,7 +909,7 @@ class RedisBackend(Closing):
                             server = found
                 except self._errors as exc:
                     failures.append((self._server, exc))
-                    continue  # stays _NOT_SENT
+                    continue  # stays NOT_SENT
                 group = groups.get((server.name, target is not None))
                 if group is None:
                     group = groups[(server.name, target is not None)] = (server, [])
@@ -1208,7 +935,7 @@ class RedisBackend(Closing):
                         if n < len(replies):
                             outcome[i] = replies[n]
                         else:
-                            outcome[i] = _UNKNOWN if n < sent else _NOT_SENT
+                            outcome[i] = UNKNOWN if n < sent else NOT_SENT
                     result = replies  # the replies that did arrive are still checked below
                 elif asking:
                     result = result[1::2]
@@ -1228,10 +955,10 @@ class RedisBackend(Closing):
                         asks.pop(i, None)
                         outcome[i] = reply
                         if isinstance(reply, self._cluster_down):
-                            outcome[i] = _NOT_SENT  # refused unapplied
+                            outcome[i] = NOT_SENT  # refused unapplied
                             failures.append((server.name, reply))
                         continue
-                    outcome[i] = _NOT_SENT
+                    outcome[i] = NOT_SENT
                     if isinstance(reply, self._moved):
                         asks.pop(i, None)
                     pending.append(i)
@@ -1321,7 +1048,7 @@ class RedisBackend(Closing):
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys`` (one MGET; per node and slot on a cluster), in order."""
-        keys = _key_list(keys)
+        keys = key_list(keys)
         if not keys:
             return []
         if self._is_cluster:
@@ -1369,13 +1096,11 @@ class RedisBackend(Closing):
             except _Broken as broken:
                 raise self._fail(op, keys, broken.cause, broken.server) from broken.cause
             self._first_error(op, replies, keys)
-        return [_type_name(reply) for reply in replies]
+        return [type_name(reply) for reply in replies]
 
     def _refuse_foreign(self, op: str, keys: list[str]) -> None:
         """Raise BackendError naming the first of ``keys`` that holds another Redis type."""
-        for key, kind in zip(keys, self._types(op, keys), strict=True):
-            if kind not in ("string", "none"):
-                raise self._foreign(op, key, kind)
+        ops.first_foreign(op, keys, self._types(op, keys), lambda key: self._node_of(None, key))
 
     def _cluster_read(
         self, op: str, commands: list[tuple[Any, ...]], slots: list[int], keys: list[str]
@@ -1426,11 +1151,9 @@ class RedisBackend(Closing):
             InvalidTTL: ``ttl`` is not positive, or too long for Redis.
         """
         data = _as_bytes(_check_key(key), value)
+        command = ops.set_command(key, data, ttl)
         try:
-            if ttl is None:
-                self._execute("SET", key, data)
-            else:
-                self._execute("SET", key, data, "PX", _px(ttl))
+            self._execute(*command)
         except self._errors as exc:
             raise self._fail("SET", key, exc) from exc
 
@@ -1446,25 +1169,15 @@ class RedisBackend(Closing):
                 were written, which not, and which are unknown.
         """
         pairs = _as_items(items)
-        px = _px(ttl)
+        ms = px(ttl)
         if not pairs:
             return
-        op = "MSET" if px is None else "SET"
         if self._is_cluster:
-            self._cluster_set_many(pairs, px)
+            self._cluster_set_many(pairs, ms)
             return
-        if px is None:
-            command = ("MSET", *[part for pair in pairs for part in pair])
-            replies = self._write_batch(
-                op, [command], lambda: [[key for key, _ in pairs]], idempotent=True
-            )
-            self._first_error(op, replies, [pairs[0][0]])
-        else:
-            commands = [("SET", key, data, "PX", px) for key, data in pairs]
-            replies = self._write_batch(
-                op, commands, lambda: [[key] for key, _ in pairs], idempotent=True
-            )
-            self._first_error(op, replies, [key for key, _ in pairs])
+        op, commands, command_keys = ops.set_many_commands(pairs, ms)
+        replies = self._write_batch(op, commands, lambda: command_keys, idempotent=True)
+        self._first_error(op, replies, [keys[0] for keys in command_keys])
 
     def _cluster_set_many(self, pairs: list[tuple[str, bytes]], px: int | None) -> None:
         """set_many on a cluster: MSET per slot, or SET PX per key; pipelined per node."""
@@ -1496,11 +1209,7 @@ class RedisBackend(Closing):
             OutcomeUnknown: the command was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        px = _px(ttl)
-        if px is None:
-            reply = self._once("SET NX", key, ("SET", key, data, "NX"))
-        else:
-            reply = self._once("SET NX", key, ("SET", key, data, "NX", "PX", px))
+        reply = self._once("SET NX", key, ops.add_command(key, data, ttl))
         if reply is not None:
             return True
         self._refused_add_check([key])
@@ -1527,8 +1236,8 @@ class RedisBackend(Closing):
             BatchWriteError: the connection failed part-way (see the class docstring).
         """
         pairs = _as_items(items)
-        px = _px(ttl)
-        return self._write_many("NX", pairs, () if px is None else ("PX", px), idempotent=False)
+        ms = px(ttl)
+        return self._write_many("NX", pairs, () if ms is None else ("PX", ms), idempotent=False)
 
     def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
         """Store only if ``key`` holds a string value; True if stored.
@@ -1542,7 +1251,7 @@ class RedisBackend(Closing):
             BackendError: the key holds another Redis type (a hash, a list...).
         """
         data = _as_bytes(_check_key(key), value)
-        expiry = _expiry(ttl)
+        expiry = ops.expiry(ttl)
         try:
             # get=True: redis-py's SET callback then hands back the old value as is,
             # instead of decoding it to compare it with "OK".
@@ -1563,7 +1272,7 @@ class RedisBackend(Closing):
             BackendError: a key holds another Redis type (nothing written).
         """
         pairs = _as_items(items)
-        return self._write_many("XX", pairs, ("GET", *_expiry(ttl)), idempotent=True)
+        return self._write_many("XX", pairs, ("GET", *ops.expiry(ttl)), idempotent=True)
 
     def _write_many(
         self,
@@ -1580,7 +1289,7 @@ class RedisBackend(Closing):
         if not pairs:
             return []
         op = f"SET {condition}"
-        commands = [("SET", key, data, condition, *options) for key, data in pairs]
+        commands = ops.write_many_commands(condition, pairs, options)
         keys = [key for key, _ in pairs]
         if self._is_cluster:
             outcome, failures = self._cluster_batch(op, commands, self._slots(op, keys), idempotent)
@@ -1591,40 +1300,13 @@ class RedisBackend(Closing):
             replies = self._write_batch(
                 op, commands, lambda: [[key] for key, _ in pairs], idempotent, conditional=True
             )
-        stored = [reply is not None for reply in replies]
-        errors = [i for i, reply in enumerate(replies) if isinstance(reply, BaseException)]
-        if errors:
-            for i in errors:
-                stored[i] = False  # an error reply (WRONGTYPE, a refused expiry) wrote nothing
-            error = replies[errors[0]]
-            raise self._partly_written(
-                op, keys, stored, self._fail(op, keys[errors[0]], error)
-            ) from error
+        stored = ops.stored_of(op, keys, replies, lambda key, error: self._fail(op, key, error))
         if condition == "NX" and not all(stored):
             try:
-                self._refused_add_check([k for k, ok in zip(keys, stored, strict=True) if not ok])
+                self._refused_add_check(ops.refused_keys(keys, stored))
             except BackendError as exc:
-                raise self._partly_written(op, keys, stored, exc) from None
+                raise ops.partly_written(op, keys, stored, exc) from None
         return stored
-
-    def _partly_written(
-        self, op: str, keys: list[str], stored: list[bool], exc: Exception
-    ) -> Exception:
-        """``exc`` (about one pair of a conditional batch), or BatchWriteError if others
-        were stored: ``written`` / ``not_written`` then say which."""
-        written = [key for key, ok in zip(keys, stored, strict=True) if ok]
-        if not written:
-            return exc
-        not_written = [key for key, ok in zip(keys, stored, strict=True) if not ok]
-        return BatchWriteError(
-            f"{exc}; the other pairs of the {op} batch were applied: {len(written)} written, "
-            f"{len(not_written)} not written",
-            written=written,
-            not_written=not_written,
-            unknown=[],
-            key=getattr(exc, "key", None),
-            server=getattr(exc, "server", None),
-        )
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key`` (DEL); True if it existed."""
@@ -1642,7 +1324,7 @@ class RedisBackend(Closing):
             BatchWriteError: on a cluster, a node failed part-way; ``written``
                 then lists the keys confirmed removed (or absent).
         """
-        keys = _key_list(keys)
+        keys = key_list(keys)
         if not keys:
             return 0
         if self._is_cluster:
@@ -1671,14 +1353,13 @@ class RedisBackend(Closing):
         """
         _check_key(key)
         try:
-            kind = _type_name(self._execute("TYPE", key, keys=(key,)))
+            kind = type_name(self._execute("TYPE", key, keys=(key,)))
         except self._errors as exc:
             raise self._fail("TYPE", key, exc) from exc
-        if kind == "string":
-            return True
-        if kind == "none":
-            return False
-        raise self._foreign("TYPE", key, kind)
+        found = ops.exists_of(kind)
+        if found is None:
+            raise self._foreign("TYPE", key, kind)
+        return found
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key`` (INCRBY), starting from 0; the new value.
@@ -1694,10 +1375,7 @@ class RedisBackend(Closing):
             BackendUnavailable: the server could not be reached; nothing was counted.
             OutcomeUnknown: the command was sent and its reply lost.
         """
-        _check_key(key)
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
-        result: int = self._once("INCRBY", key, ("INCRBY", key, delta))
+        result: int = self._once("INCRBY", key, ops.incr_command(_check_key(key), delta))
         return result
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
@@ -1716,7 +1394,7 @@ class RedisBackend(Closing):
             raise self._fail("GET", key, exc) from exc
         if value is None:
             return None
-        return value, hashlib.sha1(value, usedforsecurity=False).hexdigest()
+        return value, ops.token_of(value)
 
     def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` still holds what ``gets`` read; True if stored.
@@ -1733,13 +1411,10 @@ class RedisBackend(Closing):
             OutcomeUnknown: the script was sent and its reply lost.
         """
         data = _as_bytes(_check_key(key), value)
-        expiry = _expiry(ttl)
-        if type(token) is not str or _TOKEN.fullmatch(token) is None:
+        commands = ops.cas_commands(key, data, token, ttl)
+        if commands is None:
             return False
-        args: tuple[Any, ...] = (key, token, data, *expiry)
-        stored = self._once(
-            "CAS script", key, ("EVALSHA", _CAS_SHA, 1, *args), ("EVAL", _CAS_SCRIPT, 1, *args)
-        )
+        stored = self._once("CAS script", key, *commands)
         return bool(stored == 1)
 
     # -- optional capabilities: TTLBackend, CounterBackend, ScanBackend -------------
@@ -1791,13 +1466,10 @@ class RedisBackend(Closing):
         touched: touch them again). A key of another Redis type is a
         :class:`~cacheorm.BackendError`.
         """
-        keys = _key_list(keys)
-        px = _px(ttl)
+        keys = key_list(keys)
+        commands, fallbacks = ops.touch_commands(keys, ttl)
         if not keys:
             return []
-        arg = "" if px is None else px
-        commands = [("EVALSHA", _TOUCH_SHA, 1, key, arg) for key in keys]
-        fallbacks = [("EVAL", _TOUCH_SCRIPT, 1, key, arg) for key in keys]
         return [reply == 1 for reply in self._each_key("touch", commands, keys, fallbacks)]
 
     def ttl_of(self, key: str, /) -> float | None:
@@ -1807,12 +1479,8 @@ class RedisBackend(Closing):
         another Redis type is a :class:`~cacheorm.BackendError`, as for ``get``.
         """
         _check_key(key)
-        left = self._each_key(
-            "PTTL", [("EVALSHA", _TTL_SHA, 1, key)], [key], [("EVAL", _TTL_SCRIPT, 1, key)]
-        )[0]
-        if left == -2:
-            return None
-        return math.inf if left < 0 else int(left) / 1000
+        command, fallback = ops.ttl_commands(key)
+        return ops.ttl_seconds(self._each_key("PTTL", [command], [key], [fallback])[0])
 
     def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
         """Add ``delta`` to the counter under ``key``, never below 0; the new value.
@@ -1828,14 +1496,7 @@ class RedisBackend(Closing):
         """
         _check_key(key)
         _check_delta(delta)
-        px = _px(ttl)
-        args: tuple[Any, ...] = (key, delta, "" if px is None else px)
-        value = self._once(
-            "counter script",
-            key,
-            ("EVALSHA", _COUNTER_SHA, 1, *args),
-            ("EVAL", _COUNTER_SCRIPT, 1, *args),
-        )
+        value = self._once("counter script", key, *ops.counter_commands(key, delta, ttl))
         return int(value)
 
     def scan(self, prefix: str, /, batch: int = 500) -> Iterator[list[str]]:
@@ -1851,12 +1512,12 @@ class RedisBackend(Closing):
         return self._scan(prefix, batch)
 
     def _scan(self, prefix: str, batch: int) -> Iterator[list[str]]:
-        pattern = _GLOB.sub(r"\\\1", prefix) + "*"
+        pattern = ops.scan_pattern(prefix)
         encoding = self._key_encoding[0]
         for server in self._scan_servers():
             cursor: Any = 0
             while True:
-                command = ("SCAN", cursor, "MATCH", pattern, "COUNT", batch, "TYPE", "string")
+                command = ops.scan_command(cursor, pattern, batch)
                 try:
                     reply = self._exchange(server, [command], idempotent=True)[0]
                 except _Broken as broken:
@@ -1864,12 +1525,7 @@ class RedisBackend(Closing):
                 if isinstance(reply, BaseException):
                     raise self._fail("SCAN", prefix, reply, server.name) from reply
                 cursor, found = reply
-                keys: list[str] = []
-                for raw in found:
-                    try:
-                        keys.append(raw.decode(encoding))
-                    except UnicodeDecodeError:
-                        continue
+                keys = ops.scan_keys(found, encoding)
                 if keys:
                     yield keys
                 if int(cursor) == 0:
