@@ -26,6 +26,7 @@ import concurrent.futures
 import contextvars
 import functools
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -40,14 +41,14 @@ from cacheorm.testing import Portal
 #: Seconds one blocking call may take before the portal cancels it (a hang fails, not blocks).
 CALL_TIMEOUT = 120.0
 
-#: The kinds of the ``backend`` fixture, and the async class each needs (None: always there).
-KIND_CLASSES: dict[str, str | None] = {
-    "memory": None,
-    "filesystem": None,
-    "redis": "AsyncRedisBackend",
-    "memcached": "AsyncMemcachedBackend",
-    "redis_cluster": "AsyncRedisBackend",
-    "memcached_pool": "AsyncMemcachedBackend",
+#: The kinds of the ``backend`` fixture, and the module of the async backend each needs.
+KIND_MODULES: dict[str, str] = {
+    "memory": "cacheorm._aio_local",
+    "filesystem": "cacheorm._aio_local",
+    "redis": "cacheorm._aio_redis",
+    "memcached": "cacheorm._aio_memcached",
+    "redis_cluster": "cacheorm._aio_redis_cluster",
+    "memcached_pool": "cacheorm._aio_memcached",
 }
 
 #: The fixtures that give a sync backend of one server kind directly, and that kind.
@@ -59,9 +60,14 @@ KIND_FIXTURES = {
 }
 
 
+def has_kind(kind: str) -> bool:
+    """Whether the async backend of ``kind`` is on this branch (its module exists)."""
+    return importlib.util.find_spec(KIND_MODULES[kind]) is not None
+
+
 def available_kinds() -> list[str]:
-    """The ``backend`` kinds whose async backend class exists on this branch."""
-    return [k for k, name in KIND_CLASSES.items() if name is None or hasattr(co, name)]
+    """The ``backend`` kinds whose async backend exists on this branch."""
+    return [kind for kind in KIND_MODULES if has_kind(kind)]
 
 
 class _State:
@@ -115,6 +121,8 @@ def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
         pytest.fail("cacheorm.AsyncRedisBackend is not on this branch yet", pytrace=False)
     client: Any = backend.client
     if hasattr(client, "get_primaries"):  # redis.cluster.RedisCluster
+        if not has_kind("redis_cluster"):
+            pytest.fail("the async Redis Cluster backend is not on this branch yet", pytrace=False)
         nodes = [f"{node.host}:{node.port}" for node in client.get_primaries()]
         return lambda: cls.from_cluster(nodes)
     kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
@@ -357,12 +365,11 @@ def _fixture_in_class(definition: Any) -> Any:
 
 
 def _needs_missing_kind(fn: Callable[..., Any]) -> str | None:
-    """The async class a test needs through a server fixture and this branch lacks, if any."""
+    """The async backend module a test needs through a server fixture and this branch lacks."""
     for parameter in inspect.signature(fn).parameters:
         kind = KIND_FIXTURES.get(parameter)
-        name = KIND_CLASSES.get(kind) if kind else None
-        if name is not None and not hasattr(co, name):
-            return name
+        if kind is not None and not has_kind(kind):
+            return KIND_MODULES[kind]
     return None
 
 
