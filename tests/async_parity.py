@@ -28,6 +28,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -37,6 +38,9 @@ import cacheorm as co
 from cacheorm._aio_local import _AsyncAdapter
 from cacheorm._signals import _LOCK, SIGNAL_NAMES, Signal
 from cacheorm.testing import Portal
+
+#: If set, a file each parity test appends "nodeid<TAB>repositories built" to.
+PARITY_LOG_ENV = "CACHEORM_PARITY_LOG"
 
 #: Seconds one blocking call may take before the portal cancels it (a hang fails, not blocks).
 CALL_TIMEOUT = 120.0
@@ -79,6 +83,8 @@ class _State:
     #: Sync callables (loaders, update functions) run here, so they may block, and may
     #: call the repository again, without stopping the portal's loop.
     workers = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="parity-callable")
+    #: Shims built during the current test (0: the test never touched a repository).
+    built: ClassVar[int] = 0
 
 
 def call(awaitable: Awaitable[Any]) -> Any:
@@ -321,6 +327,7 @@ class BlockingAsyncRepository(co.AsyncRepository[Any]):
     """
 
     def __init__(self, model: Any, *, backend: Any = None, **options: Any) -> None:
+        _State.built += 1
         self._sync_backend = backend
         store = None if backend is None else async_twin(backend)
         super().__init__(model, backend=store, **options)
@@ -428,11 +435,16 @@ def parity_class(
         if reason is not None:
             request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
         monkeypatch.setattr(co, "Repository", BlockingAsyncRepository)
+        _State.built = 0
         try:
             yield
         finally:
             monkeypatch.undo()
             close_twins()
+            log = os.environ.get(PARITY_LOG_ENV)
+            if log:  # which tests really ran a repository through AsyncRepository
+                with open(log, "a", encoding="utf-8") as out:
+                    out.write(f"{request.node.nodeid}\t{_State.built}\n")
 
     namespace["_parity_portal"] = _parity_fixture
     namespace["_through_async_repository"] = _fixture_in_class(_through_async_repository)
