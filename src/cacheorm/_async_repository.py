@@ -37,7 +37,6 @@ from cacheorm._core import (
     UPDATE_ATTEMPTS,
     RepositoryCore,
     RepositoryOptions,
-    _not_a_model_class,
 )
 from cacheorm._errors import ConfigurationError
 from cacheorm._flight import AsyncSingleFlight
@@ -105,22 +104,20 @@ class AsyncRepository(RepositoryCore[T], AsyncClosing):
         backend: AsyncBackend | None = None,
         **options: Unpack[RepositoryOptions],
     ) -> None:
-        if not isinstance(model, type):
-            raise _not_a_model_class(model)
-        if backend is None:
-            from cacheorm._aio_local import AsyncMemoryBackend
-
-            store: AsyncBackend = AsyncMemoryBackend()
-        elif not _is_async_backend(backend):
-            raise _not_an_async_backend(model, backend)
-        else:
-            store = backend
         self._flights: AsyncSingleFlight[Any] = AsyncSingleFlight()
         #: rewrite_on_read rewrites under way (tasks), awaited by aclose().
         self._rewrites: set[asyncio.Task[Any]] = set()
-        super().__init__(model, store, backend is None, **options)
+        super().__init__(model, backend, **options)
         if self._generation is not None:
             self._read_generation_first(self._generation)
+
+    def _default_backend(self) -> AsyncBackend:
+        from cacheorm._aio_local import AsyncMemoryBackend
+
+        return AsyncMemoryBackend()
+
+    def _refuse_backend(self, model: type, backend: object) -> ConfigurationError | None:
+        return None if _is_async_backend(backend) else _not_an_async_backend(model, backend)
 
     def _read_generation_first(self, generation: Generation) -> None:
         """generations=True: each operation reads a stale generation before building keys."""

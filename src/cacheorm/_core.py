@@ -131,11 +131,18 @@ class RepositoryCore(Generic[T]):
     #: True for AsyncRepository: it awaits what user functions return.
     _awaits = False
 
+    def _default_backend(self) -> Any:
+        """The private backend of a repository built without ``backend=``."""
+        raise NotImplementedError
+
+    def _refuse_backend(self, model: type, backend: object) -> ConfigurationError | None:
+        """The error for a ``backend=`` of the wrong kind, or None if it fits."""
+        raise NotImplementedError
+
     def __init__(
         self,
         model: type[T],
-        store: Any,
-        owns_store: bool,
+        backend: Any,
         *,
         serializer: str | Serializer = "json",
         key: str | Callable[[Any], str] | None = None,
@@ -155,6 +162,10 @@ class RepositoryCore(Generic[T]):
     ) -> None:
         if not isinstance(model, type):
             raise _not_a_model_class(model)
+        refused = None if backend is None else self._refuse_backend(model, backend)
+        if refused is not None:
+            raise refused
+        store = self._default_backend() if backend is None else backend
         if not isinstance(allow_subclasses, bool):
             raise ConfigurationError(f"allow_subclasses must be a bool, not {allow_subclasses!r}")
         self._serializer = _resolve_serializer(serializer, registry)
@@ -174,7 +185,8 @@ class RepositoryCore(Generic[T]):
                 self._encode = fast.encode
             self._decode_payload = fast_load(fast.decode, self._decode_payload)  # type: ignore[method-assign,assignment]
         self._backend: Any = store
-        self._owns_backend = owns_store
+        #: A backend passed in belongs to the caller; one built here is closed with the repository.
+        self._owns_backend = backend is None
         self._ttl = normalize_ttl(ttl)
         self._ttl_arg = ttl
         default_namespace = namespace is None

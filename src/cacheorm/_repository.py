@@ -23,7 +23,6 @@ from cacheorm._core import (
     UPDATE_ATTEMPTS,
     RepositoryCore,
     RepositoryOptions,
-    _not_a_model_class,
     registry,
 )
 from cacheorm._errors import ConfigurationError
@@ -109,18 +108,18 @@ class Repository(RepositoryCore[T], Closing):
         backend: Backend | None = None,
         **options: Unpack[RepositoryOptions],
     ) -> None:
-        if not isinstance(model, type):
-            raise _not_a_model_class(model)
-        if backend is None:
-            from cacheorm._memory import MemoryBackend
-
-            store: Backend = MemoryBackend()
-        elif isinstance(backend, type) or not isinstance(backend, Backend):
-            raise _not_a_backend(model, backend)
-        else:
-            store = backend
         self._flights: SingleFlight[Any] = SingleFlight()
-        super().__init__(model, store, backend is None, **options)
+        super().__init__(model, backend, **options)
+
+    def _default_backend(self) -> Backend:
+        from cacheorm._memory import MemoryBackend
+
+        return MemoryBackend()
+
+    def _refuse_backend(self, model: type, backend: object) -> ConfigurationError | None:
+        if isinstance(backend, type) or not isinstance(backend, Backend):
+            return _not_a_backend(model, backend)
+        return None
 
     def _run(self, op: Op[R]) -> R:
         """Run one of the core's operations on this repository's backend."""
