@@ -441,6 +441,10 @@ def _body(pk: int) -> str:
     return hashlib.sha256(str(pk).encode()).hexdigest() * (1 + pk % 9)
 
 
+def _next_version(record: Rec) -> Rec:
+    return dataclasses.replace(record, version=record.version + 1)
+
+
 def _intact(record: object, pk: int) -> bool:
     return isinstance(record, Rec) and record.id == pk and record.body == _body(pk)
 
@@ -492,8 +496,7 @@ class Storm:
             elif op == "save":
                 await repo.save(Rec(pk, _body(pk), self.rng.randrange(1000)))
             elif op == "update_with":
-                bump = lambda r: dataclasses.replace(r, version=r.version + 1)  # noqa: E731
-                self.check(op, pk, await repo.update_with(pk, bump))
+                self.check(op, pk, await repo.update_with(pk, _next_version))
             elif op == "delete":
                 await repo.delete(pk)
             else:
