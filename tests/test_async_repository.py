@@ -274,7 +274,7 @@ def test_hooks_report_async_operations_once() -> None:
     assert (events[1].hits, events[1].misses) == (1, 1)
     assert events[3].outcome == "miss"
     assert events[4].loads == 2
-    assert events[0].system == "AsyncMemoryBackend"
+    assert events[0].system == "memory"
 
 
 def test_cancelling_writes_never_corrupts_or_mixes_records(tmp_path: Path) -> None:
@@ -385,5 +385,50 @@ def test_generations_and_rewrite_on_read_work_on_the_async_side(tmp_path: Path) 
         assert raw is not None
         assert b'"~v":2' in raw
         await backend.aclose()
+
+    run(main())
+
+
+def test_raw_clients_are_refused_with_the_async_backend_to_use() -> None:
+    import redis
+    import redis.asyncio
+
+    for client in (redis.Redis(), redis.asyncio.Redis()):
+        with pytest.raises(co.ConfigurationError, match=r"raw redis\..*AsyncRedisBackend"):
+            co.AsyncRepository(Item, backend=client)  # type: ignore[arg-type]
+
+
+def test_a_get_or_load_cancelled_while_taking_its_lease_frees_it() -> None:
+    class SlowAdd(co.AsyncMemoryBackend):
+        async def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
+            stored = await super().add(key, value, ttl)
+            await asyncio.sleep(0.01)  # the add applied; its reply is on its way
+            return stored
+
+        async def add_many(self, items: Any, /, ttl: float | None = None) -> list[bool]:
+            stored = await super().add_many(items, ttl)
+            await asyncio.sleep(0.01)
+            return stored
+
+    async def main() -> None:
+        backend = SlowAdd()
+        items = co.AsyncRepository(Item, backend=backend)
+
+        def loader() -> Item:
+            return Item(1, "x")
+
+        def many(pks: list[Any]) -> list[Item]:
+            return [Item(pk, "x") for pk in pks]
+
+        one = asyncio.create_task(items.get_or_load(1, loader))
+        batch = asyncio.create_task(items.get_or_load_many([2, 3], many))
+        await asyncio.sleep(0.005)  # both are inside their lease add
+        one.cancel()
+        batch.cancel()
+        for task in (one, batch):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for pk in (1, 2, 3):
+            assert await backend.get(items.key_for(pk) + "\x00lease") is None
 
     run(main())

@@ -489,7 +489,19 @@ def _not_an_async_backend(model: type, backend: object) -> ConfigurationError:
             f"{call} expects a backend instance, got the class {backend.__qualname__}; "
             f"write backend={backend.__qualname__}(...)"
         )
-    name = f"{type(backend).__module__}.{type(backend).__qualname__}"
+    kind = type(backend)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    package = kind.__module__.partition(".")[0]
+    if package in ("redis", "pymemcache", "aiomcache"):
+        wrapper = (
+            "cacheorm.AsyncRedisBackend.from_url(url)"
+            if package == "redis"
+            else "cacheorm.AsyncMemcachedBackend.from_servers(['host:port'])"
+        )
+        return ConfigurationError(
+            f"{call} expects a cacheorm async backend, got a raw {name} client; cacheorm "
+            f"speaks the protocol itself: backend={wrapper}"
+        )
     sync = getattr(backend, "get", None)
     if callable(sync) and not inspect.iscoroutinefunction(sync):
         return ConfigurationError(

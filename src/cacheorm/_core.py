@@ -753,15 +753,17 @@ class RepositoryCore(Generic[T]):
         token = new_token()
         while missing:
             waiting = list(missing)
+            leases = [key + LEASE_SUFFIX for key in waiting]
             try:
-                taken = yield Call(
-                    "add_many", ([(key + LEASE_SUFFIX, token) for key in waiting], timeout)
-                )
+                taken = yield Call("add_many", ([(lease, token) for lease in leases], timeout))
                 mine = [key for key, ok in zip(waiting, taken, strict=True) if ok]
             except BackendError:
                 # Which leases were taken is unknown: load them all here (at
                 # most one extra load each) and release the ones that are ours.
                 mine = waiting
+            except BaseException:  # interrupted (cancelled): free any lease it took
+                yield from _release_all(leases, token)
+                raise
             if mine:
                 try:
                     yield from self._load_many(mine, missing, found, loader, seconds)

@@ -201,6 +201,11 @@ class Lease:
             self._held = yield Call("add", (self.key, self._token, self.timeout))
         except BackendError:
             return None
+        except BaseException:
+            # Interrupted (a cancelled task) with the add in flight: it may have
+            # applied. Free the lease if it is ours, so nobody waits for it.
+            yield from self.release()
+            raise
         return self._held
 
     def release(self) -> Generator[Any, Any, None]:

@@ -101,6 +101,11 @@ _SYSTEMS = {
     "MemcachedBackend": "memcached",
     "MemoryBackend": "memory",
     "FileSystemBackend": "filesystem",
+    "AsyncRedisBackend": "redis",
+    "AsyncRedisClusterBackend": "redis",
+    "AsyncMemcachedBackend": "memcached",
+    "AsyncMemoryBackend": "memory",
+    "AsyncFileSystemBackend": "filesystem",
 }
 
 
