@@ -9,6 +9,20 @@ the storage of the sync backend passed in (:func:`async_twin`), and
 directly sees what the async repository wrote. Being an ``AsyncRepository``
 itself, it is the ``event.repository`` of its own signals and hooks.
 
+The sync suites' loaders, update functions and signal receivers are blocking
+code (they wait for other threads, or call the repository again), so the shim
+hands them to AsyncRepository as async functions that run them in a worker
+thread: the loop stays free, and AsyncRepository's async-callable paths get
+the suites' checks. (Its sync-callable paths are tests/test_async_repository.py's.)
+
+Async twins: memory and filesystem backends are wrapped
+(``AsyncMemoryBackend.wrap`` / ``AsyncFileSystemBackend.wrap``: the same
+object, clock and options); a plain ``RedisBackend`` / ``MemcachedBackend``
+becomes ``AsyncRedisBackend`` / ``AsyncMemcachedBackend`` on the same
+server(s) with the same timeouts; anything else (a test's fault-injecting
+subclass or wrapper) is awaited through :class:`ThreadedAdapter`, so its faults
+reach the async repository unchanged.
+
 :func:`parity_class` turns a sync test module into a test class whose tests
 are that module's test functions (the same function objects), run with
 ``cacheorm.Repository`` replaced by the shim for the duration of each test.
@@ -381,7 +395,8 @@ def _needs_missing_kind(fn: Callable[..., Any]) -> str | None:
 
 
 #: Tests left out because their server kind's async backend is not on this branch yet
-#: ("module::test" -> the missing class). Empty once every async backend has landed.
+#: ("module::test" -> the missing module). Empty once every async backend has landed;
+#: tests/test_async_parity.py fails until it is.
 WAITING_FOR_BACKEND: dict[str, str] = {}
 
 

@@ -15,7 +15,7 @@ bug. Nothing is skipped at run time.
 
 from __future__ import annotations
 
-from tests.async_parity import parity_class
+from tests.async_parity import KIND_MODULES, WAITING_FOR_BACKEND, available_kinds, parity_class
 
 _NO_TOUCH = "touch / touch_many / ttl_of: not on AsyncRepository yet"
 _NO_COUNTER = "co.Counter and backend-level TTL/counter/scan checks: no repository involved"
@@ -99,3 +99,9 @@ Test_faults = _parity("test_faults")
 Test_hostile = _parity("test_hostile")
 Test_keys = _parity("test_keys")
 Test_models = _parity("test_models")
+
+
+def test_every_backend_kind_runs_the_parity() -> None:
+    """No kind is left out for want of its async backend (it would be, silently, otherwise)."""
+    assert available_kinds() == list(KIND_MODULES)
+    assert WAITING_FOR_BACKEND == {}
