@@ -30,7 +30,7 @@ are that module's test functions (the same function objects), run with
 
 # pyright: reportPrivateUsage=false, reportUnknownMemberType=false, reportUnknownVariableType=false
 # pyright: reportUnknownArgumentType=false
-# (the shim reuses the async adapter's base and pytest's fixture objects, and reads the
+# (the shim reuses AsyncRepository's generation refresh and pytest's fixture objects, and reads the
 # untyped attributes of redis / pymemcache clients and pytest nodes.)
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
 
 import cacheorm as co
-from cacheorm._aio_local import _AsyncAdapter
+from cacheorm._async_repository import _after_refresh
 from cacheorm._signals import _LOCK, SIGNAL_NAMES, Signal
 from cacheorm.testing import Portal
 
@@ -120,18 +120,58 @@ async def in_worker(fn: Callable[[], Any]) -> Any:
 # -- the async backend that shares a sync backend's store ---------------------------------
 
 
-class ThreadedAdapter(_AsyncAdapter[Any]):
+class ThreadedAdapter:
     """Any sync backend, awaited: each call runs the sync method in a worker thread.
 
-    For the sync backends a test subclasses to inject faults (a lossy Redis, a
-    vanishing store, ...): the async repository then meets exactly the faults
-    the sync one meets.
+    For the sync backends a test subclasses or wraps to inject faults (a lossy
+    Redis, a vanishing store, a counting wrapper, ...): the async repository
+    then meets exactly the faults the sync one meets. It has the async form of
+    exactly the methods the sync backend has, so optional capabilities (TTL,
+    counter, scan) are present or absent as on the sync side.
     """
 
-    _wraps = object
+    _sync: Any
 
-    async def _call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return await in_worker(functools.partial(fn, *args, **kwargs))
+    @classmethod
+    def wrap(cls, backend: Any) -> Any:
+        """An adapter of ``backend``, of a class with its methods."""
+        names = [n for n in _ADAPTED if callable(getattr(backend, n, None))]
+        namespace: dict[str, Any] = {name: _threaded(name) for name in names}
+        if callable(getattr(backend, "scan", None)):
+            namespace["scan"] = _threaded_scan
+        # Named as the class it stands in for, so errors and hook events name it as the
+        # sync side does.
+        wrapped = type(backend)
+        namespace.update(__module__=wrapped.__module__, __qualname__=wrapped.__qualname__)
+        adapter_class = type(wrapped.__name__, (cls,), namespace)
+        adapter = adapter_class()
+        adapter._sync = backend
+        return adapter
+
+    async def aclose(self) -> None:
+        """Nothing to release: the sync backend belongs to the test."""
+
+
+#: The methods of the sync Backend protocol and its capabilities, but ``scan``.
+_ADAPTED = (
+    "get", "get_many", "set", "set_many", "add", "add_many", "replace", "replace_many",
+    "delete", "delete_many", "exists", "incr", "gets", "cas",
+    "touch", "touch_many", "ttl_of", "counter_add",
+)  # fmt: skip
+
+
+def _threaded(name: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: ThreadedAdapter, /, *args: Any) -> Any:
+        return await in_worker(functools.partial(getattr(self._sync, name), *args))
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+async def _threaded_scan(self: ThreadedAdapter, /, *args: Any) -> AsyncIterator[list[str]]:
+    batches = await in_worker(functools.partial(self._sync.scan, *args))
+    while (batch := await in_worker(functools.partial(next, batches, None))) is not None:
+        yield batch
 
 
 def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
@@ -241,27 +281,19 @@ def _off_loop(fn: Any) -> Any:
     return in_thread
 
 
-#: AsyncRepository's coroutine methods, and the position/name of a callable argument
-#: (run off the loop, see :func:`_off_loop`).
-ASYNC_METHODS: dict[str, tuple[int, str] | None] = {
-    "get": None,
-    "get_or_none": None,
-    "get_many": None,
-    "exists": None,
-    "create": None,
-    "save": None,
-    "update": None,
-    "get_or_create": None,
+#: The callable argument (position, name) of AsyncRepository's methods that take one;
+#: the shim runs it off the loop (see :func:`_off_loop`).
+CALLABLE_ARGUMENTS: dict[str, tuple[int, str]] = {
     "update_with": (1, "fn"),
-    "patch": None,
     "get_or_load": (1, "loader"),
     "get_or_load_many": (1, "loader"),
-    "delete": None,
-    "delete_many": None,
-    "create_many": None,
-    "save_many": None,
-    "update_many": None,
-    "aclose": None,
+}
+
+#: Every public coroutine method of AsyncRepository, and its callable argument if any.
+ASYNC_METHODS: dict[str, tuple[int, str] | None] = {
+    name: CALLABLE_ARGUMENTS.get(name)
+    for name, _ in inspect.getmembers(co.AsyncRepository, inspect.iscoroutinefunction)
+    if not name.startswith("_")
 }
 
 
@@ -276,6 +308,9 @@ def _blocking(name: str, callable_at: tuple[int, str] | None) -> Callable[..., A
                 args = (*args[:index], _off_loop(args[index]), *args[index + 1 :])
             elif keyword in kwargs:
                 kwargs[keyword] = _off_loop(kwargs[keyword])
+        fresh = self._fresh.get(name)
+        if fresh is not None:
+            return call(fresh(*args, **kwargs))
         return call(coroutine_function(self, *args, **kwargs))
 
     method.__name__ = method.__qualname__ = name
@@ -329,6 +364,22 @@ class _OffLoopSignal(Signal[Any]):
         return super().connect(receiver)
 
 
+class _OffLoopTarget:
+    """Another shim, as the ``target`` AsyncRepository.load_related awaits ``get_many`` of.
+
+    Its blocking ``get_many`` (with the target's hooks) runs in a worker thread.
+    """
+
+    def __init__(self, target: BlockingAsyncRepository) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    async def get_many(self, pks: Any) -> Any:
+        return await in_worker(functools.partial(self._target.get_many, pks))
+
+
 class BlockingAsyncRepository(co.AsyncRepository[Any]):
     """An AsyncRepository that looks like the sync ``Repository``: see the module docstring.
 
@@ -343,6 +394,8 @@ class BlockingAsyncRepository(co.AsyncRepository[Any]):
     def __init__(self, model: Any, *, backend: Any = None, **options: Any) -> None:
         _State.built += 1
         self._sync_backend = backend
+        #: generations=True: the generation-reading coroutine of each method, by name.
+        self._fresh: dict[str, Callable[..., Awaitable[Any]]] = {}
         store = None if backend is None else async_twin(backend)
         super().__init__(model, backend=store, **options)
         signals = self.signals
@@ -357,6 +410,47 @@ class BlockingAsyncRepository(co.AsyncRepository[Any]):
         if self._sync_backend is None:
             return self._backend.sync_backend  # type: ignore[attr-defined]
         return self._sync_backend
+
+    def _read_generation_first(self, generation: Any) -> None:
+        """generations=True: each blocking call awaits AsyncRepository's generation-reading form.
+
+        AsyncRepository wraps its coroutine methods per instance; the shim's methods
+        are blocking ones, so it keeps the wrapped coroutines for them to run instead.
+        """
+        for name in ASYNC_METHODS:
+            if name != "aclose":
+                method = functools.partial(getattr(co.AsyncRepository, name), self)
+                self._fresh[name] = _after_refresh(self, generation, method)
+
+    def load_related(self, records: Any, field: Any, target: Any, **options: Any) -> Any:
+        """``AsyncRepository.load_related``, blocking; a shim ``target`` is read off the loop."""
+        if isinstance(target, BlockingAsyncRepository):
+            target = _OffLoopTarget(target)
+        method = self._fresh.get("load_related") or functools.partial(
+            co.AsyncRepository.load_related, self
+        )
+        return call(method(records, field, target, **options))
+
+    def scan(self, **options: Any) -> Any:
+        """``AsyncRepository.scan``, as a blocking iterator through the portal."""
+        portal = _State.portal
+        assert portal is not None, "no parity portal"
+        return portal.iterate(co.AsyncRepository.scan(self, **options))
+
+    def key_for(self, pk: Any) -> str:
+        """The key of ``pk``; with generations, in the namespace's current generation.
+
+        The sync Repository reads the generation when it builds a key; an
+        AsyncRepository uses the one its last awaited operation read (and refuses
+        before the first). The shim awaits a read first, as that error advises.
+        """
+        if self._generation is not None:
+            call(self._fresh["exists"](pk))
+        return super().key_for(pk)
+
+    def key_of(self, obj: Any) -> str:
+        """The key of ``obj``: see :meth:`key_for`."""
+        return self.key_for(self.pk_of(obj))
 
     def close(self) -> None:
         """``aclose()``, blocking."""
@@ -373,7 +467,8 @@ class BlockingAsyncRepository(co.AsyncRepository[Any]):
 
 
 for _name, _callable_at in ASYNC_METHODS.items():
-    setattr(BlockingAsyncRepository, _name, _blocking(_name, _callable_at))
+    if _name not in vars(BlockingAsyncRepository):  # load_related has its own
+        setattr(BlockingAsyncRepository, _name, _blocking(_name, _callable_at))
 
 
 # -- the collector -----------------------------------------------------------------------

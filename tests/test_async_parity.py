@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from tests.async_parity import KIND_MODULES, WAITING_FOR_BACKEND, available_kinds, parity_class
 
-_NO_TOUCH = "touch / touch_many / ttl_of: not on AsyncRepository yet"
 _NO_COUNTER = "co.Counter and backend-level TTL/counter/scan checks: no repository involved"
 _SYNC_ONLY_RECEIVERS = (
     "sync-only: the sync Repository refuses async receivers; AsyncRepository awaits "
@@ -43,9 +42,6 @@ DESELECTED: dict[str, dict[str, str]] = {
         ),
     },
     "test_ttl_ops": {
-        "test_touch_and_ttl_of_on_every_backend": _NO_TOUCH,
-        "test_a_touched_record_expires_on_the_new_ttl": _NO_TOUCH,
-        "test_a_backend_without_capabilities_still_works_for_everything_else": _NO_TOUCH,
         "test_touch_keeps_the_cas_token_on_memory_and_filesystem": _NO_COUNTER,
         "TestAThirdPartyBackendWithoutCapabilities": _NO_COUNTER,
         "test_counter_on_every_backend": _NO_COUNTER,
@@ -61,21 +57,13 @@ DESELECTED: dict[str, dict[str, str]] = {
         "test_counters_refuse_integers_too_long_to_read": _NO_COUNTER,
         "test_pool_replace_many_keeping_ttl_of_only_absent_keys": _NO_COUNTER,
     },
-    "test_observe": {
-        "test_ttl_namespace_and_reference_operations_report_too": (
-            "touch / ttl_of / count / clear / load_related: not on AsyncRepository yet"
-        ),
-        "test_another_repositorys_operation_inside_one_reports_as_its_own": (
-            "load_related: not on AsyncRepository yet"
-        ),
-    },
+    "test_observe": {},
     "test_concurrency": {},
     "test_faults": {},
-    "test_hostile": {
-        "test_bad_ttl_on_touch_raises_before_any_backend_call": _NO_TOUCH,
-    },
+    "test_hostile": {},
     "test_keys": {},
     "test_models": {},
+    "test_generations": {},
 }
 
 #: module -> {test name or "name[param id]": the bug}: strict xfails, to be fixed in src/.
@@ -99,6 +87,7 @@ Test_faults = _parity("test_faults")
 Test_hostile = _parity("test_hostile")
 Test_keys = _parity("test_keys")
 Test_models = _parity("test_models")
+Test_generations = _parity("test_generations")
 
 
 def test_every_backend_kind_runs_the_parity() -> None:

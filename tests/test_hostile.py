@@ -422,10 +422,6 @@ WRITES: dict[str, Callable[[co.Repository[Doc], Any], object]] = {
     "get_or_load-cached": lambda repo, ttl: repo.get_or_load("old", _never_load, ttl=ttl),
     "get_or_load_many": lambda repo, ttl: repo.get_or_load_many(["new"], _never_load, ttl=ttl),
     "get_or_load_many-empty": lambda repo, ttl: repo.get_or_load_many([], _never_load, ttl=ttl),
-}
-
-#: The TTL-refreshing writes, apart: AsyncRepository has no touch yet (tests/test_async_parity.py).
-TOUCHES: dict[str, Callable[[co.Repository[Doc], Any], object]] = {
     "touch": lambda repo, ttl: repo.touch("old", ttl=ttl),
     "touch_many": lambda repo, ttl: repo.touch_many(["old"], ttl=ttl),
     "touch_many-empty": lambda repo, ttl: repo.touch_many([], ttl=ttl),
@@ -438,7 +434,11 @@ def test_bad_ttl_raises_before_any_backend_call(backend: co.Backend, ttl: Any) -
     co.Repository(Doc, backend=backend).create(Doc(id="old", n=1))
     counting = CountingBackend(backend)
     repo = co.Repository(Doc, backend=counting)
-    _assert_refused_unsent(WRITES, repo, counting, ttl)
+    for name, write in WRITES.items():
+        with pytest.raises(co.InvalidTTL) as info:
+            write(repo, ttl)
+        assert isinstance(info.value, ValueError), name
+        assert counting.calls == [], f"{name} called the backend: {counting.calls}"
     with pytest.raises(co.InvalidTTL):
         co.Repository(Doc, backend=counting, ttl=ttl)
     tickets = co.Repository(Ticket, backend=counting)
@@ -449,28 +449,6 @@ def test_bad_ttl_raises_before_any_backend_call(backend: co.Backend, ttl: Any) -
     assert counting.calls == []
     assert stored_count(backend, 1) == 1
     assert co.Repository(Doc, backend=backend).get("old") == Doc(id="old", n=1)
-
-
-@pytest.mark.parametrize("ttl", BAD_TTLS)
-def test_bad_ttl_on_touch_raises_before_any_backend_call(backend: co.Backend, ttl: Any) -> None:
-    """touch and touch_many raise InvalidTTL without calling the backend."""
-    co.Repository(Doc, backend=backend).create(Doc(id="old", n=1))
-    counting = CountingBackend(backend)
-    _assert_refused_unsent(TOUCHES, co.Repository(Doc, backend=counting), counting, ttl)
-    assert co.Repository(Doc, backend=backend).get("old") == Doc(id="old", n=1)
-
-
-def _assert_refused_unsent(
-    writes: dict[str, Callable[[co.Repository[Doc], Any], object]],
-    repo: co.Repository[Doc],
-    counting: CountingBackend,
-    ttl: Any,
-) -> None:
-    for name, write in writes.items():
-        with pytest.raises(co.InvalidTTL) as info:
-            write(repo, ttl)
-        assert isinstance(info.value, ValueError), name
-        assert counting.calls == [], f"{name} called the backend: {counting.calls}"
 
 
 def test_ttl_too_long_for_the_backend_writes_nothing(backend: co.Backend) -> None:
@@ -493,7 +471,7 @@ def test_every_ttl_taking_write_is_covered() -> None:
     """Every public Repository method with a ``ttl`` parameter is in the bad-TTL test."""
     import inspect
 
-    covered = {name.split("-")[0] for name in [*WRITES, *TOUCHES]}
+    covered = {name.split("-")[0] for name in WRITES}
     taking_ttl = {
         name
         for name, member in inspect.getmembers(co.Repository, inspect.isfunction)
