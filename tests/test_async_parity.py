@@ -23,6 +23,12 @@ _SYNC_ONLY_RECEIVERS = (
     "them (tests/test_async_repository.py checks that)"
 )
 
+_UPGRADE_WRITES = (
+    "sync-only construction: the upgrade function writes through the repository; upgrades "
+    "are sync functions the async repository runs on the loop while decoding, so an async "
+    "program cannot write from one either"
+)
+
 #: module -> {test name: why it does not run through AsyncRepository}.
 DESELECTED: dict[str, dict[str, str]] = {
     "test_repository": {},
@@ -64,6 +70,19 @@ DESELECTED: dict[str, dict[str, str]] = {
     "test_keys": {},
     "test_models": {},
     "test_generations": {},
+    "test_refs": {
+        "test_local_models_under_future_annotations": (
+            "string annotations naming a function's local class are looked up in the first "
+            "frame outside cacheorm, which is the shim's __init__ here (as it would be for "
+            "any Repository subclass with its own __init__)"
+        ),
+    },
+    "test_namespace_ops": {},
+    "test_migrate": {
+        "test_migrate_keeps_a_record_written_during_the_rewrite": _UPGRADE_WRITES,
+        "test_rewrite_on_read_never_overwrites_a_concurrent_write": _UPGRADE_WRITES,
+    },
+    "test_versions": {},
 }
 
 #: module -> {test name or "name[param id]": the bug}: strict xfails, to be fixed in src/.
@@ -88,6 +107,10 @@ Test_hostile = _parity("test_hostile")
 Test_keys = _parity("test_keys")
 Test_models = _parity("test_models")
 Test_generations = _parity("test_generations")
+Test_refs = _parity("test_refs")
+Test_namespace_ops = _parity("test_namespace_ops")
+Test_migrate = _parity("test_migrate")
+Test_versions = _parity("test_versions")
 
 
 def test_every_backend_kind_runs_the_parity() -> None:
