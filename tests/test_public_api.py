@@ -12,6 +12,7 @@ DOCUMENTED = {
     "AlreadyExists",
     "AsyncBackend",
     "AsyncCounterBackend",
+    "AsyncMemcachedBackend",
     "AsyncFileSystemBackend",
     "AsyncMemoryBackend",
     "AsyncRedisBackend",

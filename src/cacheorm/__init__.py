@@ -19,6 +19,7 @@ a TTL::
 """
 
 from cacheorm._aio_local import AsyncFileSystemBackend, AsyncMemoryBackend
+from cacheorm._aio_memcached import AsyncMemcachedBackend
 from cacheorm._aio_redis import AsyncRedisBackend
 from cacheorm._async_repository import AsyncRepository
 from cacheorm._backend import (
@@ -93,6 +94,7 @@ __all__ = [
     "AsyncBackend",
     "AsyncCounterBackend",
     "AsyncFileSystemBackend",
+    "AsyncMemcachedBackend",
     "AsyncMemoryBackend",
     "AsyncRedisBackend",
     "AsyncRepository",

@@ -1,5 +1,11 @@
 """A backend on memcached: one server or a pool, through pymemcache's clients.
 
+The wire protocol (requests, reply readers, key mapping, expiry rules, error
+messages) lives in :mod:`cacheorm._mcproto`, and every operation is written
+once here, in :class:`MemcachedCore`, as a generator of requests: this
+backend sends them on its sockets, :class:`~cacheorm.AsyncMemcachedBackend`
+on its pipelined asyncio connections. Both place keys on the same ring.
+
 Servers and pools:
     :class:`MemcachedBackend` takes a pymemcache ``Client`` (one server, one
     connection), a ``PooledClient`` (one server, a pool of connections) or a
@@ -164,13 +170,12 @@ CAS disabled (``-C``) and out of memory (``-M``):
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -178,19 +183,58 @@ from cacheorm._backend import CasToken, Closing
 from cacheorm._checks import as_bytes as _as_bytes
 from cacheorm._checks import as_items as _as_items
 from cacheorm._checks import check_delta as _check_delta
-from cacheorm._checks import check_key as _check_key
-from cacheorm._checks import check_ttl as _check_ttl
 from cacheorm._errors import (
     BackendError,
-    BackendUnavailable,
     BatchWriteError,
     ConfigurationError,
-    InvalidTTL,
     MissingDependency,
-    OutcomeUnknown,
-    ValueTooLarge,
     describe_keys,
 )
+from cacheorm._mcproto import (
+    ALWAYS_FITS,
+    CONFIRMED,
+    ITEM_OVERHEAD,
+    KEY_MAX,
+    PLACEMENTS_MAX,
+    STATS_SETTINGS,
+    U64,
+    KeyMap,
+    ReplyParser,
+    batch_error,
+    cas_command,
+    cas_disabled,
+    cas_number,
+    check_max_value_size,
+    check_seconds,
+    count_command,
+    describe_server,
+    expire,
+    failure_error,
+    kept_expire,
+    mark_down,
+    merged,
+    meta_command,
+    parse_counter,
+    parse_servers,
+    read_cas_value,
+    read_line,
+    read_meta,
+    read_metas,
+    read_stats,
+    read_touches,
+    read_value,
+    read_values,
+    read_write_replies,
+    reason,
+    refused_error,
+    ring_key,
+    skipped_failure,
+    store_command,
+    too_large,
+    touch_command,
+)
+from cacheorm._mcproto import Closed as _Closed
+from cacheorm._mcproto import Failure as _Failure
 from cacheorm._observe import get_logger
 from cacheorm._ttl import KEEP_TTL, BackendTTL
 
@@ -203,129 +247,18 @@ __all__ = ["ITEM_OVERHEAD", "MemcachedBackend"]
 
 _T = TypeVar("_T")
 
-#: The longest key memcached accepts, in bytes (``key_prefix`` included).
-KEY_MAX = 250
-
-#: Bytes of an item that are not its value or key, subtracted from
-#: ``item_size_max`` for the value limit. memcached 1.6 (64-bit, CAS on) uses
-#: 59: a 48-byte header, 8 bytes of CAS, the key's NUL and the value's CRLF.
-ITEM_OVERHEAD = 64
-
-#: Values up to this size fit under any legal ``item_size_max`` (1 KiB at
-#: least) whatever the key, so they are sent without asking the server.
-_ALWAYS_FITS = 512
-
-#: The byte between a mapped key's readable part and its hash; never in UTF-8.
-_MARKER = b"\xff"
-
-#: How many bytes of the original key a mapped key keeps, at most.
-_READABLE = 64
-
-#: Bytes memcached keys may not contain.
-_UNSAFE = bytes(range(0x21)) + b"\x7f"
-
-#: The longest expiry memcached reads as a delay; longer ones are Unix times.
-_RELATIVE_MAX = 30 * 24 * 3600
-
-#: The latest Unix time memcached can parse as an expiry (signed 32 bits).
-_EXPTIME_MAX = 2**31 - 1
-
-#: memcached's ``incr`` works on unsigned 64-bit counters.
-_U64 = 2**64
-
 #: How many times ``incr`` retries a compare-and-set lost to other writers.
 _INCR_ATTEMPTS = 1000
+
+#: The expiry rule and the meta-get reader, under their old names.
+_expire = expire
+_read_meta = read_meta
 
 #: Bytes asked of the socket per receive.
 _RECV_SIZE = 65536
 
-#: How many key -> server placements a pool remembers (hashing is pure Python).
-_PLACEMENTS_MAX = 1 << 16
-
-#: Replies to a write that mean the server answered it.
-_WRITE_REPLIES = frozenset([b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED"])
-
-#: Replies in a batch that confirm the write: stored, or (for a delete) the key is gone.
-_CONFIRMED = frozenset([b"STORED", b"DELETED", b"NOT_FOUND"])
-
-
-def _expire(ttl: float | None) -> int:
-    """The memcached expiry for ``ttl`` seconds: 0 for None, else a delay or a Unix time."""
-    if ttl is None:
-        return 0
-    _check_ttl(ttl)
-    seconds = math.ceil(ttl) + 1
-    if seconds <= _RELATIVE_MAX:
-        return seconds
-    at = int(time.time()) + seconds
-    if at > _EXPTIME_MAX:
-        raise InvalidTTL(
-            f"ttl {ttl!r} ends after 2038-01-19 (Unix time {_EXPTIME_MAX}), "
-            "the latest expiry memcached can represent"
-        )
-    return at
-
-
-def _previous_value(command: bytes) -> str:
-    """What became of a key's previous value when memcached could not store ``command``.
-
-    memcached (1.6) unlinks the old item only when a ``set`` fails for want
-    of memory or because the value is too large, so stale data is not served;
-    ``add``, ``replace`` and ``cas`` leave it as it was.
-    """
-    if command == b"set":
-        return "; the key's previous value, if any, is gone (memcached deletes it when a set fails)"
-    if command in (b"replace", b"cas"):
-        return "; nothing was written and the key's previous value is kept"
-    if command == b"add":
-        return "; nothing was written"
-    return ""
-
-
-def _describe_server(server: object) -> str:
-    """``host:port`` (``[host]:port`` for IPv6) or ``unix:<path>``."""
-    address = cast("tuple[object, ...]", server) if isinstance(server, tuple) else None
-    if address is not None and len(address) == 2:
-        host, port = address
-        host = str(host)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{server}"
-
-
-def _parse_counter(value: bytes) -> int | None:
-    """The integer in ``value``: ASCII digits, optionally negative, then optional spaces.
-
-    memcached's own ``incr`` pads a shorter result with spaces, so those are
-    accepted. None when ``value`` is not such an integer.
-    """
-    text = value.rstrip(b" ")
-    digits = text[1:] if text[:1] == b"-" else text
-    if not digits or not digits.isdigit():
-        return None
-    try:
-        return int(text)
-    except ValueError:  # more digits than int() accepts
-        return None
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, for a message."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    detail = exc.args[0] if len(exc.args) == 1 else None
-    if isinstance(detail, bytes):
-        return detail.decode("utf-8", "replace") or type(exc).__name__
-    return str(exc) or type(exc).__name__
-
 
 # -- the wire ---------------------------------------------------------------------------
-
-
-class _Closed(ConnectionError):
-    """The server closed the connection while a reply was expected."""
-
-    def __init__(self) -> None:
-        super().__init__("memcached closed the connection")
 
 
 class _SendFailed(Exception):
@@ -335,33 +268,6 @@ class _SendFailed(Exception):
         super().__init__(sent, cause)
         self.sent = sent
         self.cause = cause
-
-
-class _Failure(Exception):
-    """A request that did not complete (internal; translated by the backend).
-
-    Attributes:
-        node: the server.
-        cause: the socket error or bad reply.
-        sent: how many request bytes were handed to the network (0: none,
-            so the server never saw the request).
-        skipped: True if no connection was tried, the server having failed
-            less than ``retry_timeout`` seconds ago.
-    """
-
-    def __init__(
-        self, node: _Node, cause: BaseException, sent: int, *, skipped: bool = False
-    ) -> None:
-        super().__init__(node.address, cause)
-        self.node = node
-        self.cause = cause
-        self.sent = sent
-        self.skipped = skipped
-
-    @property
-    def unavailable(self) -> bool:
-        """True for a connection failure, False for a reply that made no sense."""
-        return isinstance(self.cause, OSError)
 
 
 class _Watch:
@@ -407,30 +313,22 @@ def _send(sock: socket.socket, data: bytes) -> None:
                 raise _SendFailed(sent, exc) from exc
 
 
-class _WrongKey(Exception):
-    """A reply named a key the request did not ask for: the connection is out of step."""
-
-    def __init__(self, named: bytes) -> None:
-        super().__init__(
-            f"a reply named key {named.decode('utf-8', 'replace')!r}, which this request did "
-            "not ask for (a reply meant for another request, or a corrupt stream); the "
-            "connection was closed"
-        )
-
-
-class _Reader:
-    """Reads one request's replies from a socket: lines and data blocks.
+class _Reader(ReplyParser):
+    """Reads one request's replies from a blocking socket: lines and data blocks.
 
     ``expect`` is what the request asked for, for the readers that check the
     keys replies name: the full key, or the list of full keys in order.
+    ``progress`` is filled by batch readers, reply by reply. Where the
+    incremental parser would need more bytes, this one receives them.
     """
 
-    __slots__ = ("buf", "expect", "pos", "sock")
+    __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket, expect: Any = None) -> None:
         self.sock = sock
         self.buf = b""
         self.pos = 0
+        self.progress = []
         self.expect = expect
 
     def _more(self) -> bytes:
@@ -439,189 +337,26 @@ class _Reader:
             raise _Closed()
         return data
 
-    def line(self) -> bytes:
-        """The next line, without its CRLF."""
-        buf, pos = self.buf, self.pos
-        end = buf.find(b"\r\n", pos)
-        if end < 0:
-            buf = buf[pos:]
-            pos = 0
-            while end < 0:
-                start = max(len(buf) - 1, 0)
-                buf += self._more()
-                end = buf.find(b"\r\n", start)
-            self.buf = buf
-        self.pos = end + 2
-        return buf[pos:end]
+    def _more_for_line(self, buf: bytes, pos: int) -> tuple[bytes, int, int]:
+        buf = buf[pos:]
+        end = -1
+        while end < 0:
+            start = max(len(buf) - 1, 0)
+            buf += self._more()
+            end = buf.find(b"\r\n", start)
+        self.buf = buf
+        return buf, 0, end
 
-    def block(self, size: int) -> bytes:
-        """The next ``size`` bytes, which must be followed by CRLF."""
-        buf, pos = self.buf, self.pos
-        end = pos + size
-        if end + 2 > len(buf):
-            chunks = [buf[pos:]]
-            have = len(buf) - pos
-            while have < size + 2:
-                data = self._more()
-                chunks.append(data)
-                have += len(data)
-            buf = b"".join(chunks)
-            pos, end = 0, size
-            self.buf = buf
-        if buf[end : end + 2] != b"\r\n":
-            raise _bad_reply(buf[end : end + 32])
-        self.pos = end + 2
-        return buf[pos:end]
-
-
-def _bad_reply(line: bytes) -> Exception:
-    """The pymemcache exception for an error or unexpected reply line."""
-    errors = importlib.import_module("pymemcache.exceptions")
-    if line.startswith(b"SERVER_ERROR"):
-        return errors.MemcacheServerError(line[13:])  # type: ignore[no-any-return]
-    if line.startswith(b"CLIENT_ERROR"):
-        return errors.MemcacheClientError(line[13:])  # type: ignore[no-any-return]
-    if line.startswith(b"ERROR"):
-        return errors.MemcacheUnknownCommandError(line)  # type: ignore[no-any-return]
-    return errors.MemcacheUnknownError(line[:32])  # type: ignore[no-any-return]
-
-
-#: One reply line.
-_read_line = _Reader.line
-
-
-def _read_value(reader: _Reader) -> bytes | None:
-    """The reply to ``get`` of one key (``reader.expect``): its value, or None."""
-    line = reader.line()
-    if line == b"END":
-        return None
-    if line[:6] != b"VALUE ":
-        raise _bad_reply(line)
-    parts = line.split(b" ", 4)
-    if parts[1] != reader.expect:
-        raise _WrongKey(parts[1])
-    value = reader.block(int(parts[3]))
-    end = reader.line()
-    if end != b"END":
-        raise _bad_reply(end)
-    return value
-
-
-def _read_cas_value(reader: _Reader) -> tuple[bytes, bytes] | None:
-    """The reply to ``gets`` of one key (``reader.expect``): its value and CAS token, or None."""
-    line = reader.line()
-    if line == b"END":
-        return None
-    if line[:6] != b"VALUE ":
-        raise _bad_reply(line)
-    parts = line.split(b" ")
-    if parts[1] != reader.expect:
-        raise _WrongKey(parts[1])
-    value = reader.block(int(parts[3]))
-    end = reader.line()
-    if end != b"END" or len(parts) != 5:
-        raise _bad_reply(end if end != b"END" else line)
-    return value, parts[4]
-
-
-def _read_values(reader: _Reader) -> dict[bytes, bytes]:
-    """The reply to ``get`` of several keys: full key -> value for the keys present.
-
-    memcached answers in the order asked, once per mention of a key, skipping
-    misses: the keys named must be a subsequence of ``reader.expect``.
-    """
-    found: dict[bytes, bytes] = {}
-    line = reader.line
-    block = reader.block
-    asked: list[bytes] = reader.expect
-    count = len(asked)
-    at = 0
-    while True:
-        head = line()
-        if head == b"END":
-            return found
-        if head[:6] != b"VALUE ":
-            raise _bad_reply(head)
-        parts = head.split(b" ", 4)
-        key = parts[1]
-        while at < count and asked[at] != key:
-            at += 1
-        if at == count:
-            raise _WrongKey(key)
-        at += 1
-        found[key] = block(int(parts[3]))
-
-
-def _read_meta(reader: _Reader) -> tuple[bytes, int] | None:
-    """The reply to ``mg <key> t c k``: the CAS value and seconds left (-1: none), or None."""
-    flags = reader.line().split()
-    return _meta_flags(flags, reader.expect)
-
-
-def _meta_flags(flags: list[bytes], expect: bytes) -> tuple[bytes, int] | None:
-    """The CAS value and seconds left in the flags of a meta reply for ``expect``."""
-    if flags[:1] == [b"EN"]:
-        return None
-    if flags[:1] != [b"HD"]:
-        raise _bad_reply(b" ".join(flags))
-    token = b""
-    remaining = -1
-    named = None
-    for flag in flags[1:]:
-        kind = flag[:1]
-        if kind == b"t":
-            remaining = int(flag[1:])
-        elif kind == b"c":
-            token = flag[1:]
-        elif kind == b"k":
-            named = flag[1:]
-    if named != expect:
-        raise _WrongKey(named or b"")
-    if not token.isdigit():
-        raise _bad_reply(b" ".join(flags))
-    return token, remaining
-
-
-def _read_metas(reader: _Reader) -> list[tuple[bytes, int] | None]:
-    """The replies to one ``mg <key> t c k`` per key of ``reader.expect``, in order."""
-    return [_meta_flags(reader.line().split(), full) for full in reader.expect]
-
-
-def _meta_command(full: bytes) -> bytes:
-    """The meta get of ``full``'s CAS value and remaining TTL, its key echoed to be checked."""
-    return b"mg " + full + b" t c k\r\n"
-
-
-def _kept_expire(remaining: int) -> int:
-    """The expiry that keeps ``remaining`` seconds (memcached's ``t`` flag; -1: none)."""
-    if remaining < 0:
-        return 0
-    if remaining <= _RELATIVE_MAX:
-        return max(remaining, 1)
-    return int(time.time()) + remaining
-
-
-def _read_stats(reader: _Reader) -> dict[bytes, bytes]:
-    """The reply to ``stats ...``: name -> value."""
-    stats: dict[bytes, bytes] = {}
-    while True:
-        line = reader.line()
-        if line == b"END":
-            return stats
-        parts = line.split(b" ", 2)
-        if parts[0] != b"STAT" or len(parts) != 3:
-            raise _bad_reply(line)
-        stats[parts[1]] = parts[2]
-
-
-def _store_command(command: bytes, key: bytes, expire: bytes, data: bytes) -> bytes:
-    """A ``set``/``add``/``replace`` request for the full key ``key``; flags are always 0."""
-    return b"%s %s 0 %s %d\r\n%s\r\n" % (command, key, expire, len(data), data)
-
-
-def _cas_command(key: bytes, expire: int, token: bytes, data: bytes) -> bytes:
-    """A ``cas`` request for the full key ``key``; flags are always 0."""
-    return b"cas %s 0 %d %d %s\r\n%s\r\n" % (key, expire, len(data), token, data)
+    def _more_for_block(self, buf: bytes, pos: int, size: int) -> tuple[bytes, int, int]:
+        chunks = [buf[pos:]]
+        have = len(buf) - pos
+        while have < size + 2:
+            data = self._more()
+            chunks.append(data)
+            have += len(data)
+        buf = b"".join(chunks)
+        self.buf = buf
+        return buf, 0, size
 
 
 class _Node:
@@ -643,7 +378,7 @@ class _Node:
         self, client: Any, pooled: bool, retry_timeout: float, pool_timeout: float
     ) -> None:
         self.client = client
-        self.address = _describe_server(client.server)
+        self.address = describe_server(client.server)
         #: The connections of a ``PooledClient``, else None.
         self.pool = _Pool(client, pool_timeout) if pooled else None
         #: One request and its reply at a time on a ``Client``'s one connection.
@@ -735,7 +470,856 @@ class _Pool:
             lent.client.close()
 
 
-class MemcachedBackend(Closing):
+# -- the operations, once for both backends -----------------------------------------------
+#
+# Each operation is a generator: it yields a request as ``(node, request, read,
+# resend, expect)`` and is sent back what ``read`` made of the reply, or has a
+# :class:`_Failure` thrown in; or it yields a list of such requests (one per
+# server) and is sent back, for each, the reply or the exception. The sync
+# backend runs the requests on its sockets, the async one on its connections.
+
+#: One request of an operation: node, request bytes, reader, resend allowed, what was asked.
+Step = tuple[Any, bytes, Callable[[Any], Any], bool, Any]
+
+#: An operation: yields requests (or lists of them), returns its result.
+Ops = Generator["Step | list[Step]", Any, _T]
+
+
+class MemcachedCore:
+    """What both memcached backends share: keys, placement, size checks and every operation.
+
+    Subclasses set the attributes with :meth:`_setup` and drive the
+    operation generators (``_op_*``) on their own I/O.
+    """
+
+    _nodes: Sequence[Any]
+    _single: Any
+    _by_name: dict[str, Any]
+    _hasher: Any
+    _placements: dict[bytes, Any]
+    _keys: KeyMap
+    _prefix: bytes
+    _address: str
+    _max_value_size: int | None
+    _down_reads_miss: bool
+    _unchecked: int
+
+    def _setup(
+        self,
+        nodes: Sequence[Any],
+        ring: dict[str, Any] | None,
+        hasher: type[Any] | None,
+        prefix: bytes,
+        max_value_size: int | None,
+        down_server_reads_miss: bool,
+    ) -> None:
+        """Set the shared state: ``ring`` maps ring names to nodes for a pool (else None)."""
+        self._keys = KeyMap(prefix)
+        self._nodes = nodes
+        #: The only server, or None for a pool.
+        self._single = nodes[0] if ring is None else None
+        self._by_name = {}
+        self._hasher = None
+        if ring is not None and hasher is not None:
+            # A private ring over every server: a HashClient's own drops
+            # servers that fail, which would move their keys.
+            self._hasher = hasher()
+            for name, node in ring.items():
+                self._hasher.add_node(name)
+                self._by_name[name] = node
+        self._placements = {}
+        self._prefix = prefix
+        self._address = ", ".join(node.address for node in nodes)
+        self._max_value_size = max_value_size
+        self._down_reads_miss = bool(down_server_reads_miss)
+        #: Values up to this size need no size check.
+        self._unchecked = ALWAYS_FITS if max_value_size is None else max_value_size
+
+    @property
+    def servers(self) -> list[str]:
+        """The addresses of the backend's servers, as ``host:port`` or ``unix:<path>``."""
+        return [node.address for node in self._nodes]
+
+    @property
+    def max_value_size(self) -> int | None:
+        """The configured value size limit, or None to follow the server's."""
+        return self._max_value_size
+
+    @property
+    def down_server_reads_miss(self) -> bool:
+        """Whether reads on an unreachable server answer "absent" instead of raising."""
+        return self._down_reads_miss
+
+    def server_for(self, key: str) -> str:
+        """The address of the server that holds ``key``.
+
+        Raises:
+            TypeError: ``key`` is not a str.
+        """
+        return str(self._node(self._bkey(key)).address)
+
+    # -- keys, placement and sizes -------------------------------------------
+
+    def _bkey(self, key: str) -> bytes:
+        """The memcached key (before ``key_prefix``) for ``key``; TypeError if not a str."""
+        return self._keys.bkey(key)
+
+    def _node(self, bkey: bytes) -> Any:
+        """The server of ``bkey``."""
+        single = self._single
+        if single is not None:
+            return single
+        node = self._placements.get(bkey)
+        if node is None:
+            node = self._by_name[self._hasher.get_node(ring_key(bkey))]
+            if len(self._placements) >= PLACEMENTS_MAX:
+                self._placements.clear()
+            self._placements[bkey] = node
+        return node
+
+    def _group(self, bkeys: Sequence[bytes]) -> dict[Any, list[int]]:
+        """The indices of ``bkeys`` by server, servers in order of first use (none if no key)."""
+        if self._single is not None:
+            return {self._single: list(range(len(bkeys)))} if bkeys else {}
+        groups: dict[Any, list[int]] = {}
+        node = self._node
+        for index, bkey in enumerate(bkeys):
+            where = node(bkey)
+            indices = groups.get(where)
+            if indices is None:
+                groups[where] = [index]
+            else:
+                indices.append(index)
+        return groups
+
+    def _check_size(self, key: str, bkey: bytes, size: int) -> Ops[None]:
+        """Raise ValueTooLarge if a ``size``-byte value cannot be stored under ``bkey``."""
+        node = self._node(bkey)
+        limit = yield from self._limit(node, bkey, key)
+        if size > limit:
+            raise too_large(key, size, limit, node.address)
+
+    def _limit(self, node: Any, bkey: bytes, key: str | None) -> Ops[int]:
+        """The largest value storable under ``bkey``, reading item_size_max if needed."""
+        if self._max_value_size is not None:
+            return self._max_value_size
+        limit = yield from self._item_limit(node, key)
+        return limit - len(self._prefix) - len(bkey)
+
+    def _item_limit(self, node: Any, key: str | None) -> Ops[int]:
+        """The server's ``item_size_max`` less :data:`ITEM_OVERHEAD`, read once per server."""
+        if node.item_size_max is None:
+            stats = yield from self._ask(node, STATS_SETTINGS, read_stats, key=key, op="stats")
+            node.item_size_max = int(stats.get(b"item_size_max", 1024 * 1024))
+            sizes = [n.item_size_max for n in self._nodes]
+            if self._max_value_size is None and None not in sizes:
+                smallest = min(s for s in sizes if s is not None)
+                self._unchecked = max(0, smallest - ITEM_OVERHEAD - KEY_MAX)
+        return int(node.item_size_max) - ITEM_OVERHEAD
+
+    def _pairs(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> Ops[tuple[list[tuple[str, bytes]], list[bytes]]]:
+        """Checked pairs and their memcached keys (every value size-checked)."""
+        pairs = _as_items(items)
+        bkeys = self._keys.bkeys([key for key, _ in pairs])
+        for (key, value), bkey in zip(pairs, bkeys, strict=True):
+            if len(value) > self._unchecked:
+                yield from self._check_size(key, bkey, len(value))
+        return pairs, bkeys
+
+    def _ask(
+        self,
+        node: Any,
+        request: bytes,
+        read: Callable[[Any], _T],
+        *,
+        key: str | None,
+        op: str,
+        write: bool = False,
+        resend: bool = True,
+        expect: Any = None,
+    ) -> Ops[_T]:
+        """One request, with a failure raised as the cacheorm error for ``op`` on ``key``."""
+        try:
+            reply: _T = yield (node, request, read, resend, expect)
+        except _Failure as failure:
+            raise failure_error(failure, key, op=op, write=write) from failure.cause
+        return reply
+
+    def _refusal(
+        self,
+        node: Any,
+        line: bytes,
+        key: str,
+        size: int | None = None,
+        bkey: bytes = b"",
+        command: bytes = b"",
+    ) -> Ops[BackendError]:
+        """The error for an error reply about ``key`` (reading the real limit if too large)."""
+        limit = None
+        if size is not None and b"too large" in line:
+            try:  # the real limit, when the server still answers
+                limit = yield from self._item_limit(node, key)
+                limit -= len(self._prefix) + len(bkey)
+            except BackendError:
+                limit = None
+        return refused_error(node.address, line, key, size, command, limit)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _read_failed(self, failure: _Failure, key: str | None, about: str = "") -> None:
+        """Raise the error for a failed read, unless an unreachable server may read as a miss."""
+        if not (self._down_reads_miss and failure.unavailable):
+            raise failure_error(failure, key, op="read", write=False, about=about) from (
+                failure.cause
+            )
+
+    def _get_step(self, key: str) -> Step:
+        """The request of ``get(key)`` (each driver sends it and reads the value itself)."""
+        bkey = self._keys.bkey(key)
+        full = self._prefix + bkey
+        return (self._single or self._node(bkey), b"get " + full + b"\r\n", read_value, True, full)
+
+    def _read_miss(self, failure: _Failure, key: str) -> bytes | None:
+        """The answer of a ``get`` that failed: None where a down server reads as a miss."""
+        self._read_failed(failure, key)
+        return None
+
+    def _op_get_many(self, keys: Sequence[str]) -> Ops[list[bytes | None]]:
+        bkeys = self._keys.bkeys(keys)
+        if not bkeys:
+            return []
+        prefix = self._prefix
+        fulls = [prefix + b for b in bkeys] if prefix else bkeys
+        single = self._single
+        if single is not None:
+            request = b"get " + b" ".join(fulls) + b"\r\n"
+            try:
+                found: dict[bytes, bytes] = yield (single, request, read_values, True, fulls)
+            except _Failure as failure:
+                self._read_failed(failure, None)
+                return [None] * len(bkeys)
+            get = found.get
+            return [get(full) for full in fulls]
+        groups = self._group(bkeys)
+        steps: list[Step] = []
+        for node, indices in groups.items():
+            asked = [fulls[i] for i in indices]
+            steps.append((node, b"get " + b" ".join(asked) + b"\r\n", read_values, True, asked))
+        outcomes = yield steps
+        found = {}
+        for indices, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, _Failure):
+                about = f" for {len(indices)} of the {len(bkeys)} keys read"
+                self._read_failed(outcome, keys[indices[0]] if len(indices) == 1 else None, about)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                found.update(outcome)
+        get = found.get
+        return [get(full) for full in fulls]
+
+    def _op_gets(self, key: str) -> Ops[tuple[bytes, CasToken] | None]:
+        bkey = self._keys.bkey(key)
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        try:
+            got = yield (node, b"gets " + full + b"\r\n", read_cas_value, True, full)
+        except _Failure as failure:
+            self._read_failed(failure, key)
+            return None
+        if got is not None and got[1] == b"0":
+            raise cas_disabled(node.address, key)
+        return cast("tuple[bytes, CasToken] | None", got)
+
+    # -- single writes ------------------------------------------------------------------
+
+    def _op_set(self, key: str, value: bytes, ttl: float | None) -> Ops[None]:
+        if not (yield from self._store_if(b"set", key, value, ttl)):
+            raise self._not_stored(key)
+
+    def _not_stored(self, key: str) -> BackendError:
+        """The error for a ``set`` that memcached answered NOT_STORED."""
+        server = self.server_for(key)
+        return BackendError(
+            f"memcached at {server} did not store key {key!r}", key=key, server=server
+        )
+
+    def _op_replace(self, key: str, value: bytes, ttl: BackendTTL) -> Ops[bool]:
+        if ttl is KEEP_TTL:
+            return (yield from self._replace_keeping_ttl(key, value))
+        return (yield from self._store_if(b"replace", key, value, ttl))
+
+    def _replace_keeping_ttl(self, key: str, value: bytes) -> Ops[bool]:
+        """``replace`` with the old value's remaining TTL, by meta get then ``cas``."""
+        bkey = self._keys.bkey(key)
+        data = _as_bytes(key, value)
+        if len(data) > self._unchecked:
+            yield from self._check_size(key, bkey, len(data))
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        meta = meta_command(full)
+        for _ in range(_INCR_ATTEMPTS):
+            held = yield from self._ask(node, meta, read_meta, key=key, op="replace", expect=full)
+            if held is None:
+                return False
+            token, remaining = held
+            if token == b"0":
+                raise cas_disabled(node.address, key)
+            request = cas_command(full, kept_expire(remaining), token, data)
+            line = yield from self._ask(
+                node, request, read_line, key=key, op="replace", write=True, resend=False
+            )
+            if line == b"STORED":
+                return True
+            if line == b"NOT_FOUND":
+                return False  # deleted or expired since the meta get: never recreated
+            if line != b"EXISTS":
+                raise (yield from self._refusal(node, line, key, len(data), bkey, b"cas"))
+        raise BackendError(
+            f"cannot replace key {key!r} keeping its TTL: other writers kept changing it",
+            key=key,
+            server=node.address,
+        )
+
+    def _store_step(
+        self, command: bytes, key: str, value: bytes, ttl: float | None, *, checked: bool = False
+    ) -> Step | None:
+        """The request of a ``set``/``add``/``replace``; None if the value's size must be
+        checked against its server's limit first (unless ``checked``)."""
+        bkey = self._keys.bkey(key)
+        data = _as_bytes(key, value)
+        expire = _expire(ttl)
+        if len(data) > self._unchecked and not checked:
+            return None
+        request = store_command(command, self._prefix + bkey, b"%d" % expire, data)
+        return (self._single or self._node(bkey), request, read_line, command != b"add", None)
+
+    def _store_failed(self, failure: _Failure, key: str, command: bytes) -> BackendError:
+        """The error for a store whose request failed."""
+        return failure_error(failure, key, op=command.decode(), write=True)
+
+    def _stored(self, node: Any, line: bytes, command: bytes, key: str, value: bytes) -> Ops[bool]:
+        """What a store's reply ``line`` says: stored, not stored, or the refusal raised."""
+        if line == b"STORED":
+            return True
+        if line == b"NOT_STORED":
+            return False
+        size = len(_as_bytes(key, value))
+        raise (yield from self._refusal(node, line, key, size, self._keys.bkey(key), command))
+
+    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> Ops[bool]:
+        """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
+        step = self._store_step(command, key, value, ttl)
+        if step is None:
+            yield from self._check_size(key, self._keys.bkey(key), len(_as_bytes(key, value)))
+            step = self._store_step(command, key, value, ttl, checked=True)
+            assert step is not None
+        try:
+            line = yield step
+        except _Failure as failure:
+            raise self._store_failed(failure, key, command) from failure.cause
+        return (yield from self._stored(step[0], line, command, key, value))
+
+    def _delete_step(self, key: str) -> Step:
+        """The request of ``delete(key)``."""
+        bkey = self._keys.bkey(key)
+        request = b"delete " + self._prefix + bkey + b"\r\n"
+        return (self._single or self._node(bkey), request, read_line, False, None)
+
+    def _deleted(self, node: Any, line: bytes, key: str) -> Ops[bool]:
+        """What a delete's reply ``line`` says: deleted, absent, or the refusal raised."""
+        if line == b"DELETED":
+            return True
+        if line == b"NOT_FOUND":
+            return False
+        raise (yield from self._refusal(node, line, key))
+
+    def _op_delete(self, key: str) -> Ops[bool]:
+        step = self._delete_step(key)
+        try:
+            line = yield step
+        except _Failure as failure:
+            raise failure_error(failure, key, op="delete", write=True) from failure.cause
+        return (yield from self._deleted(step[0], line, key))
+
+    def _op_incr(self, key: str, delta: int) -> Ops[int]:
+        bkey = self._keys.bkey(key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
+        if delta < 0 or delta >= U64:
+            return (yield from self._incr_cas(key, bkey, delta))
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        increment = count_command(full, delta)
+        for _ in range(_INCR_ATTEMPTS):
+            try:  # not through _ask: incr is hot, and one generator less is faster
+                line = yield (node, increment, read_line, False, None)
+            except _Failure as failure:
+                raise failure_error(failure, key, op="incr", write=True) from failure.cause
+            if line.isdigit():
+                result = int(line)
+                if result < delta:  # memcached wrapped around 2**64: add it back
+                    yield from self._incr_cas(key, bkey, U64, missing_ok=True)
+                    return result + U64
+                return result
+            if line == b"NOT_FOUND":
+                line = yield from self._create_counter(node, full, key, delta)
+                if line == b"STORED":
+                    return delta
+                if line == b"NOT_STORED":
+                    continue  # created by another writer meanwhile: increment it
+            elif line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
+                # The value is negative, over 2**64 - 1 or not a number.
+                return (yield from self._incr_cas(key, bkey, delta))
+            raise (yield from self._refusal(node, line, key))
+        raise BackendError(
+            f"cannot incr key {key!r}: it keeps vanishing and reappearing",
+            key=key,
+            server=node.address,
+        )
+
+    def _create_counter(self, node: Any, full: bytes, key: str, delta: int) -> Ops[bytes]:
+        """``add`` the counter ``full`` with value ``delta`` (sent once); the reply line."""
+        line: bytes = yield from self._ask(
+            node,
+            store_command(b"add", full, b"0", b"%d" % delta),
+            read_line,
+            key=key,
+            op="incr (creating the counter)",
+            write=True,
+            resend=False,
+        )
+        return line
+
+    def _incr_cas(self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False) -> Ops[int]:
+        """``incr`` by a ``gets``/``cas`` loop on signed digits, keeping the TTL.
+
+        With ``missing_ok``, a missing key stays missing (and ``delta`` is returned).
+        """
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        read = b"gets " + full + b"\r\n"
+        meta = meta_command(full)
+        for _ in range(_INCR_ATTEMPTS):
+            got = yield from self._ask(node, read, read_cas_value, key=key, op="incr", expect=full)
+            if got is None:
+                if missing_ok:
+                    return delta
+                line = yield from self._create_counter(node, full, key, delta)
+                if line == b"STORED":
+                    return delta
+                if line != b"NOT_STORED":
+                    raise (yield from self._refusal(node, line, key))
+                continue
+            value, token = got
+            current = parse_counter(value)
+            if current is None:
+                raise BackendError(
+                    f"cannot incr key {key!r}: its value is not an ASCII integer",
+                    key=key,
+                    server=node.address,
+                )
+            if token == b"0":
+                raise cas_disabled(node.address, key)
+            held = yield from self._ask(node, meta, read_meta, key=key, op="incr", expect=full)
+            if held is None or held[0] != token:
+                continue  # gone or changed since gets
+            result = current + delta
+            request = cas_command(full, kept_expire(held[1]), token, b"%d" % result)
+            line = yield from self._ask(
+                node, request, read_line, key=key, op="incr", write=True, resend=False
+            )
+            if line == b"STORED":
+                return result
+            if line not in (b"EXISTS", b"NOT_FOUND"):
+                raise (yield from self._refusal(node, line, key))
+        raise BackendError(
+            f"cannot incr key {key!r}: other writers kept changing it",
+            key=key,
+            server=node.address,
+        )
+
+    def _op_cas(self, key: str, value: bytes, token: CasToken, ttl: BackendTTL) -> Ops[bool]:
+        bkey = self._keys.bkey(key)
+        data = _as_bytes(key, value)
+        keep = ttl is KEEP_TTL
+        expire = 0 if ttl is KEEP_TTL else _expire(ttl)
+        if len(data) > self._unchecked:
+            yield from self._check_size(key, bkey, len(data))
+        digits = cas_number(token)
+        if digits is None:
+            return False
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        if keep:
+            held = yield from self._ask(
+                node, meta_command(full), read_meta, key=key, op="cas", expect=full
+            )
+            if held is None:
+                return False
+            if held[0] == b"0":
+                raise cas_disabled(node.address, key)
+            if held[0] != digits:
+                return False
+            expire = kept_expire(held[1])
+        request = cas_command(full, expire, digits, data)
+        line = yield from self._ask(
+            node, request, read_line, key=key, op="cas", write=True, resend=False
+        )
+        if line == b"STORED":
+            return True
+        if line in (b"EXISTS", b"NOT_FOUND"):
+            return False
+        raise (yield from self._refusal(node, line, key, len(data), bkey, b"cas"))
+
+    # -- batch writes -------------------------------------------------------------------
+
+    def _op_set_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None) -> Ops[None]:
+        pairs, bkeys = yield from self._pairs(items)
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return
+        last = {bkey: index for index, bkey in enumerate(bkeys)}
+        if len(last) < len(pairs):
+            pairs = [pairs[i] for i in last.values()]
+            bkeys = list(last)
+        yield from self._write_many(b"set", pairs, bkeys, expire, op="set_many")
+
+    def _op_add_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: float | None
+    ) -> Ops[list[bool]]:
+        pairs, bkeys = yield from self._pairs(items)
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return []
+        return (yield from self._write_many(b"add", pairs, bkeys, expire, op="add_many"))
+
+    def _op_replace_many(
+        self, items: Sequence[tuple[str, bytes]], ttl: BackendTTL
+    ) -> Ops[list[bool]]:
+        pairs, bkeys = yield from self._pairs(items)
+        if ttl is KEEP_TTL:
+            if not pairs:
+                return []
+            return (yield from self._replace_many_keeping_ttl(pairs, bkeys))
+        expire = b"%d" % _expire(ttl)
+        if not pairs:
+            return []
+        return (yield from self._write_many(b"replace", pairs, bkeys, expire, op="replace_many"))
+
+    def _replace_many_keeping_ttl(
+        self, pairs: list[tuple[str, bytes]], bkeys: list[bytes]
+    ) -> Ops[list[bool]]:
+        """``replace_many`` with each old value's remaining TTL: rounds of meta gets and cas."""
+        prefix = self._prefix
+        fulls = [prefix + bkey for bkey in bkeys]
+        keys = [key for key, _ in pairs]
+        stored = [False] * len(pairs)
+        settled_false: list[int] = []  # absent, or deleted before its cas
+        pending: list[int] = list(range(len(pairs)))
+        for _ in range(_INCR_ATTEMPTS):
+            try:
+                held = yield from self._metas(
+                    [fulls[i] for i in pending], [bkeys[i] for i in pending]
+                )
+            except _Failure as failure:
+                error = failure_error(failure, None, op="replace_many", write=False)
+                raise merged(error, keys, stored, settled_false, pending) from error
+            present = [(i, meta) for i, meta in zip(pending, held, strict=True) if meta is not None]
+            settled_false += [i for i, meta in zip(pending, held, strict=True) if meta is None]
+            sent = [i for i, _ in present]
+            for index, meta in present:
+                if meta[0] == b"0":
+                    disabled = cas_disabled(self._node(bkeys[index]).address, keys[index])
+                    raise merged(disabled, keys, stored, settled_false, sent) from disabled
+            commands = [
+                cas_command(fulls[i], kept_expire(remaining), token, pairs[i][1])
+                for i, (token, remaining) in present
+            ]
+            try:
+                replies = yield from self._send_many(
+                    commands,
+                    [bkeys[i] for i in sent],
+                    [keys[i] for i in sent],
+                    op="replace_many",
+                    sizes=[len(pairs[i][1]) for i in sent],
+                    command=b"cas",
+                    confirmed=frozenset([b"STORED"]),
+                )
+            except BatchWriteError as error:
+                # The pairs of this round's cas batch are all in ``error``.
+                raise merged(error, keys, stored, settled_false, []) from error
+            pending = []
+            for index, line in zip(sent, replies, strict=True):
+                if line == b"STORED":
+                    stored[index] = True
+                elif line == b"EXISTS":
+                    pending.append(index)  # changed since the meta get: again, in order
+                else:
+                    settled_false.append(index)
+            if not pending:
+                return stored
+        gave_up = BackendError(
+            f"cannot replace {describe_keys([keys[i] for i in pending])} keeping their TTL: "
+            "other writers kept changing them"
+        )
+        raise merged(gave_up, keys, stored, settled_false, pending)
+
+    def _metas(self, fulls: list[bytes], bkeys: list[bytes]) -> Ops[list[tuple[bytes, int] | None]]:
+        """The CAS value and remaining TTL of each full key (None: absent); _Failure if not read.
+
+        One request of meta gets per server, the servers concurrently.
+        """
+        metas: list[tuple[bytes, int] | None] = [None] * len(fulls)
+        groups = self._group(bkeys)
+        steps: list[Step] = []
+        for node, indices in groups.items():
+            asked = [fulls[i] for i in indices]
+            request = b"".join([meta_command(full) for full in asked])
+            steps.append((node, request, read_metas, True, asked))
+        outcomes = yield steps
+        for indices, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for index, meta in zip(indices, outcome, strict=True):
+                metas[index] = meta
+        return metas
+
+    def _op_delete_many(self, keys: Sequence[str]) -> Ops[int]:
+        bkeys = self._keys.bkeys(keys)
+        if not bkeys:
+            return 0
+        prefix = self._prefix
+        commands = [b"delete " + prefix + bkey + b"\r\n" for bkey in bkeys]
+        replies = yield from self._send_many(commands, bkeys, list(keys), op="delete_many")
+        return sum(1 for line in replies if line == b"DELETED")
+
+    def _write_many(
+        self,
+        command: bytes,
+        pairs: list[tuple[str, bytes]],
+        bkeys: list[bytes],
+        expire: bytes,
+        *,
+        op: str,
+    ) -> Ops[list[bool]]:
+        """Send ``command`` for each pair; True where the server stored it."""
+        prefix = self._prefix
+        commands = [
+            store_command(command, prefix + bkey, expire, value)
+            for (_, value), bkey in zip(pairs, bkeys, strict=True)
+        ]
+        replies = yield from self._send_many(
+            commands,
+            bkeys,
+            [key for key, _ in pairs],
+            op=op,
+            sizes=[len(value) for _, value in pairs],
+            must_store=command == b"set",
+            command=command,
+        )
+        return [line == b"STORED" for line in replies]
+
+    def _send_many(
+        self,
+        commands: list[bytes],
+        bkeys: list[bytes],
+        keys: list[str],
+        *,
+        op: str,
+        sizes: list[int] | None = None,
+        must_store: bool = False,
+        command: bytes = b"",
+        confirmed: frozenset[bytes] = CONFIRMED,
+    ) -> Ops[list[bytes]]:
+        """Send one write per key, one request per server, concurrently; each reply line.
+
+        Raises BatchWriteError unless every reply arrived and none is an error
+        reply (nor, with ``must_store``, anything but ``STORED``). Replies in
+        ``confirmed`` count as written: by default ``STORED``, and for a delete
+        ``DELETED`` or ``NOT_FOUND`` (the key is gone). ``command`` is the store
+        command, for what a refusal says of the keys' previous values.
+        """
+        replies: list[bytes | None] = [None] * len(commands)
+        groups = self._group(bkeys)
+        steps: list[Step] = [
+            (node, b"".join([commands[i] for i in indices]), read_write_replies, False, n)
+            for node, indices in groups.items()
+            for n in [len(indices)]
+        ]
+        outcomes = yield steps
+        failures: list[_Failure] = []
+        sent: set[int] = set()
+        for indices, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, _Failure):
+                failures.append(outcome)
+                lines = outcome.partial
+                end = 0
+                for index in indices:
+                    end += len(commands[index])
+                    if end > outcome.sent:
+                        break
+                    sent.add(index)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                lines = outcome
+            for index, reply in zip(indices, lines, strict=False):
+                replies[index] = reply
+        refused = [
+            index
+            for index, line in enumerate(replies)
+            if line is not None
+            and (line.startswith(b"SERVER_ERROR") or (must_store and line != b"STORED"))
+        ]
+        if not failures and not refused:
+            return cast("list[bytes]", replies)  # every reply arrived
+        written: list[str] = []
+        not_written: list[str] = []
+        unknown: list[str] = []
+        for index, line in enumerate(replies):
+            if line is None:
+                (unknown if index in sent else not_written).append(keys[index])
+            elif line in confirmed:
+                written.append(keys[index])
+            else:
+                not_written.append(keys[index])
+        reasons: list[str] = []
+        causes: list[BaseException] = []
+        servers: list[str] = []
+        for failure in failures:
+            what = "is unavailable" if failure.unavailable else "failed"
+            reasons.append(f"memcached at {failure.node.address} {what}: {reason(failure.cause)}")
+            causes.append(failure.cause)
+            servers.append(failure.node.address)
+        for index in refused[:3]:
+            node = self._node(bkeys[index])
+            line = replies[index] or b""
+            if line.startswith(b"SERVER_ERROR"):
+                size = None if sizes is None else sizes[index]
+                refusal = yield from self._refusal(
+                    node, line, keys[index], size, bkeys[index], command
+                )
+            else:
+                refusal = BackendError(
+                    f"memcached at {node.address} did not store key {keys[index]!r} "
+                    f"({line.decode('ascii', 'replace')})",
+                    key=keys[index],
+                    server=node.address,
+                )
+            reasons.append(str(refusal))
+            causes.append(refusal)
+            if node.address not in servers:
+                servers.append(node.address)
+        if len(refused) > 3:
+            reasons.append(f"and {len(refused) - 3} more refusals")
+        what = f"{op} failed part-way: {'; '.join(reasons)}"
+        error = batch_error(what, keys, written, not_written, unknown, ", ".join(servers))
+        error.__cause__ = causes[0]
+        raise error
+
+    # -- optional capabilities: TTL and counters -------------------------------------------
+    # memcached cannot enumerate its keys, so there is no ``scan``.
+
+    def _op_touch_many(self, keys: Sequence[str], ttl: float | None) -> Ops[list[bool]]:
+        bkeys = self._keys.bkeys(keys)
+        expire = b"%d" % _expire(ttl)
+        if not bkeys:
+            return []
+        prefix = self._prefix
+        touched: list[bool] = [False] * len(bkeys)
+        groups = self._group(bkeys)
+        steps: list[Step] = [
+            (
+                node,
+                b"".join([touch_command(prefix + bkeys[i], expire) for i in indices]),
+                read_touches,
+                True,
+                len(indices),
+            )
+            for node, indices in groups.items()
+        ]
+        outcomes = yield steps
+        for indices, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, _Failure):
+                about = f" touching {describe_keys([keys[i] for i in indices])}"
+                raise failure_error(outcome, None, op="touch", write=False, about=about) from (
+                    outcome.cause
+                )
+            if isinstance(outcome, BaseException):
+                raise outcome
+            for index, found in zip(indices, outcome, strict=True):
+                touched[index] = found
+        return touched
+
+    def _op_ttl_of(self, key: str) -> Ops[float | None]:
+        bkey = self._keys.bkey(key)
+        try:
+            meta = (yield from self._metas([self._prefix + bkey], [bkey]))[0]
+        except _Failure as failure:
+            raise failure_error(failure, key, op="ttl_of", write=False) from failure.cause
+        if meta is None:
+            return None
+        remaining = meta[1]
+        return math.inf if remaining < 0 else float(remaining)
+
+    def _op_counter_add(self, key: str, delta: int, ttl: float | None) -> Ops[int]:
+        bkey = self._keys.bkey(key)
+        _check_delta(delta)
+        expire = b"%d" % _expire(ttl)
+        if delta >= U64 or -delta >= U64:
+            raise BackendError(
+                f"cannot count with key {key!r}: memcached counters hold 0 to 2**64 - 1, and "
+                f"{delta} is out of that range",
+                key=key,
+            )
+        node = self._node(bkey)
+        full = self._prefix + bkey
+        request = count_command(full, delta)
+        create = store_command(b"add", full, expire, b"%d" % max(0, delta))
+        for _ in range(_INCR_ATTEMPTS):
+            line = yield from self._ask(
+                node, request, read_line, key=key, op="counter_add", write=True, resend=False
+            )
+            if line.isdigit():
+                result = int(line)
+                if delta > 0 and result < delta:  # memcached wrapped around 2**64: add it back
+                    yield from self._incr_cas(key, bkey, U64, missing_ok=True)
+                    return result + U64
+                return result
+            if line != b"NOT_FOUND":
+                if line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
+                    raise BackendError(
+                        f"cannot count with key {key!r} at {node.address}: its value is not a "
+                        "non-negative integer",
+                        key=key,
+                        server=node.address,
+                    )
+                raise (yield from self._refusal(node, line, key))
+            created = yield from self._ask(
+                node,
+                create,
+                read_line,
+                key=key,
+                op="counter_add (creating the counter)",
+                write=True,
+                resend=False,
+            )
+            if created == b"STORED":
+                return max(0, delta)
+            if created != b"NOT_STORED":
+                raise (yield from self._refusal(node, created, key))
+            # Created by another client meanwhile: count on it.
+        raise BackendError(
+            f"cannot count with key {key!r}: it keeps vanishing and reappearing",
+            key=key,
+            server=node.address,
+        )
+
+
+class MemcachedBackend(MemcachedCore, Closing):
     """A backend on one memcached server or a pool of them, through pymemcache's clients.
 
     Keys that memcached cannot take as they are get a deterministic mapped key,
@@ -781,54 +1365,20 @@ class MemcachedBackend(Closing):
         pool_timeout: float = 5.0,
     ) -> None:
         pymemcache = _import_pymemcache()
-        if max_value_size is not None and (
-            isinstance(max_value_size, bool)
-            or not isinstance(max_value_size, int)
-            or max_value_size < 1
-        ):
-            raise ConfigurationError(
-                f"max_value_size must be a positive int or None, not {max_value_size!r}"
-            )
-        if (
-            isinstance(pool_timeout, bool)
-            or not isinstance(pool_timeout, (int, float))
-            or not math.isfinite(pool_timeout)
-            or pool_timeout <= 0
-        ):
-            raise ConfigurationError(
-                f"pool_timeout must be a positive number of seconds, not {pool_timeout!r}"
-            )
-        nodes = _nodes_of(client, pymemcache, float(pool_timeout))
-        prefix: bytes = nodes[0].client.key_prefix
-        room = KEY_MAX - len(prefix) - len(_MARKER) - 40
-        if room < 0 or prefix.translate(None, _UNSAFE) != prefix:
-            raise ConfigurationError(
-                f"the client's key_prefix {prefix!r} leaves no room for keys or is not a "
-                f"legal memcached key part (at most {KEY_MAX - 41} bytes, no spaces or "
-                "control characters)"
-            )
-        self._client = client
-        self._nodes = nodes
-        #: The only server, or None for a pool.
-        self._single: _Node | None = nodes[0] if len(nodes) == 1 else None
-        self._by_name: dict[str, _Node] = {}
-        self._hasher: Any = None
+        check_max_value_size(max_value_size)
+        timeout = check_seconds("pool_timeout", pool_timeout)
+        nodes = _nodes_of(client, pymemcache, timeout)
+        ring: dict[str, _Node] | None = None
+        hasher: type[Any] | None = None
         if isinstance(client, pymemcache.HashClient):
-            # A private copy of the ring over every server: the HashClient's
-            # own drops servers that fail, which would move their keys.
-            self._hasher = type(client.hasher)()
+            hasher = type(client.hasher)  # pyright: ignore[reportUnknownVariableType]
+            ring = {}
             for name, node_client in client.clients.items():
-                self._hasher.add_node(name)
-                self._by_name[name] = next(n for n in nodes if n.client is node_client)
-        self._placements: dict[bytes, _Node] = {}
-        self._prefix = prefix
-        self._plain_max = KEY_MAX - len(prefix)
-        self._readable = min(_READABLE, room)
-        self._address = ", ".join(node.address for node in nodes)
-        self._max_value_size = max_value_size
-        self._down_reads_miss = bool(down_server_reads_miss)
-        #: Values up to this size need no size check.
-        self._unchecked = _ALWAYS_FITS if max_value_size is None else max_value_size
+                ring[name] = next(n for n in nodes if n.client is node_client)
+        self._setup(
+            nodes, ring, hasher, nodes[0].client.key_prefix, max_value_size, down_server_reads_miss
+        )
+        self._client = client
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
@@ -865,20 +1415,7 @@ class MemcachedBackend(Closing):
             MissingDependency: pymemcache is not installed.
         """
         pymemcache = _import_pymemcache()
-        addresses = [servers] if isinstance(servers, str) else list(servers)
-        if not addresses:
-            raise ConfigurationError("MemcachedBackend.from_servers needs at least one address")
-        specs: list[Any] = []
-        for address in addresses:
-            try:
-                specs.append(pymemcache.normalize_server_spec(address))
-            except (ValueError, TypeError) as exc:
-                raise ConfigurationError(
-                    f"cannot parse memcached address {address!r}: {exc}"
-                ) from exc
-        named = [_describe_server(spec) for spec in specs]
-        if len(set(named)) != len(named):
-            raise ConfigurationError(f"memcached addresses repeat a server: {addresses!r}")
+        specs = parse_servers(servers, "MemcachedBackend")
         client_kwargs.setdefault("connect_timeout", 5.0)
         client_kwargs.setdefault("timeout", 5.0)
         client_kwargs.setdefault("default_noreply", False)
@@ -903,138 +1440,30 @@ class MemcachedBackend(Closing):
         """The pymemcache client this backend talks through."""
         return self._client
 
-    @property
-    def servers(self) -> list[str]:
-        """The addresses of the backend's servers, as ``host:port`` or ``unix:<path>``."""
-        return [node.address for node in self._nodes]
+    # -- the driver: operations run on the sockets ------------------------------------------
 
-    @property
-    def max_value_size(self) -> int | None:
-        """The configured value size limit, or None to follow the server's."""
-        return self._max_value_size
+    def _run(self, ops: Ops[_T]) -> _T:
+        """Run the operation ``ops``: each request it yields goes out by :meth:`_call`."""
+        call = self._call
+        try:
+            step = ops.send(None)
+            while True:
+                if isinstance(step, tuple):
+                    try:
+                        reply = call(*step)
+                    except _Failure as failure:
+                        step = ops.throw(failure)
+                        continue
+                else:
+                    reply = self._each(step)
+                step = ops.send(reply)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
 
-    @property
-    def down_server_reads_miss(self) -> bool:
-        """Whether reads on an unreachable server answer "absent" instead of raising."""
-        return self._down_reads_miss
-
-    def server_for(self, key: str) -> str:
-        """The address of the server that holds ``key``.
-
-        Raises:
-            TypeError: ``key`` is not a str.
-        """
-        return self._node(self._bkey(key)).address
-
-    # -- keys, placement and sizes -------------------------------------------
-
-    def _bkey(self, key: str) -> bytes:
-        """The memcached key (before ``key_prefix``) for ``key``; TypeError if not a str."""
-        if not isinstance(key, str):
-            _check_key(key)
-        if key.isprintable() and " " not in key:
-            raw = key.encode()
-            if 0 < len(raw) <= self._plain_max:
-                return raw
-        return self._mapped(key)
-
-    def _bkeys(self, keys: Sequence[str]) -> list[bytes]:
-        """:meth:`_bkey` for each key, inlined for ordinary keys (batches are hot)."""
-        plain_max = self._plain_max
-        bkey = self._bkey
-        result: list[bytes] = []
-        append = result.append
-        for key in keys:
-            if isinstance(key, str) and key.isprintable() and " " not in key:
-                raw = key.encode()
-                if 0 < len(raw) <= plain_max:
-                    append(raw)
-                    continue
-            append(bkey(key))
-        return result
-
-    def _mapped(self, key: str) -> bytes:
-        """The mapped key: readable part, marker, hash of the UTF-8 (surrogatepass) bytes."""
-        raw = key.encode("utf-8", "surrogatepass")
-        readable = raw.translate(None, _UNSAFE)[: self._readable]
-        digest = hashlib.blake2b(raw, digest_size=20).hexdigest().encode("ascii")
-        return readable + _MARKER + digest
-
-    def _node(self, bkey: bytes) -> _Node:
-        """The server of ``bkey``."""
-        single = self._single
-        if single is not None:
-            return single
-        node = self._placements.get(bkey)
-        if node is None:
-            # HashClient hashes the str key it is given; a mapped key (not
-            # UTF-8) is hashed with its 0xFF escaped.
-            name = self._hasher.get_node(bkey.decode("utf-8", "surrogateescape"))
-            node = self._by_name[name]
-            if len(self._placements) >= _PLACEMENTS_MAX:
-                self._placements.clear()
-            self._placements[bkey] = node
-        return node
-
-    def _group(self, bkeys: Sequence[bytes]) -> dict[_Node, list[int]]:
-        """The indices of ``bkeys`` by server, servers in order of first use."""
-        groups: dict[_Node, list[int]] = {}
-        node = self._node
-        for index, bkey in enumerate(bkeys):
-            where = node(bkey)
-            indices = groups.get(where)
-            if indices is None:
-                groups[where] = [index]
-            else:
-                indices.append(index)
-        return groups
-
-    def _check_size(self, key: str, bkey: bytes, size: int) -> None:
-        """Raise ValueTooLarge if a ``size``-byte value cannot be stored under ``bkey``."""
-        node = self._node(bkey)
-        limit = self._limit(node, bkey, key)
-        if size > limit:
-            raise ValueTooLarge(
-                f"value for key {key!r} is {size} bytes, over the {limit}-byte limit of "
-                f"memcached at {node.address}; nothing was written",
-                size=size,
-                limit=limit,
-                key=key,
-                server=node.address,
-            )
-
-    def _limit(self, node: _Node, bkey: bytes, key: str | None) -> int:
-        """The largest value storable under ``bkey``, reading item_size_max if needed."""
-        if self._max_value_size is not None:
-            return self._max_value_size
-        return self._item_limit(node, key) - len(self._prefix) - len(bkey)
-
-    def _item_limit(self, node: _Node, key: str | None) -> int:
-        """The server's ``item_size_max`` less :data:`ITEM_OVERHEAD`, read once per server."""
-        if node.item_size_max is None:
-            stats = self._ask(node, b"stats settings\r\n", _read_stats, key=key, op="stats")
-            node.item_size_max = int(stats.get(b"item_size_max", 1024 * 1024))
-            sizes = [n.item_size_max for n in self._nodes]
-            if self._max_value_size is None and None not in sizes:
-                smallest = min(s for s in sizes if s is not None)
-                self._unchecked = max(0, smallest - ITEM_OVERHEAD - KEY_MAX)
-        return node.item_size_max - ITEM_OVERHEAD
-
-    def _pairs(
-        self, items: Sequence[tuple[str, bytes]]
-    ) -> tuple[list[tuple[str, bytes]], list[bytes], int]:
-        """Checked pairs, their memcached keys and the largest value's size (size-checked)."""
-        pairs = _as_items(items)
-        bkeys = self._bkeys([key for key, _ in pairs])
-        largest = 0
-        for (key, value), bkey in zip(pairs, bkeys, strict=True):
-            size = len(value)
-            if size > self._unchecked:
-                self._check_size(key, bkey, size)
-            largest = max(largest, size)
-        return pairs, bkeys, largest
-
-    # -- requests ----------------------------------------------------------------
+    def _refused(self, node: _Node, line: bytes, key: str, *about: Any) -> BackendError:
+        """The error for an error reply about ``key`` (``about``: size, memcached key, command)."""
+        return self._run(self._refusal(node, line, key, *about))
 
     def _call(
         self,
@@ -1081,11 +1510,12 @@ class MemcachedBackend(Closing):
         if sock is None:
             sock = self._connect(node, client)
         sent = 0
+        reader = _Reader(sock, expect)
         cause: Exception
         try:
             _send(sock, request)
             sent = len(request)
-            return read(_Reader(sock, expect))
+            return read(reader)
         except _SendFailed as exc:
             sent, cause = exc.sent, exc.cause
         except Exception as exc:  # a socket error, or a reply that made no sense
@@ -1106,7 +1536,7 @@ class MemcachedBackend(Closing):
         _log.warning(
             "memcached at %s: connection discarded after %s", node.address, type(cause).__name__
         )
-        _log.debug("memcached at %s: the failure was: %s", node.address, _reason(cause))
+        _log.debug("memcached at %s: the failure was: %s", node.address, reason(cause))
         if resend and reused and isinstance(cause, ConnectionError):
             _log.debug("memcached at %s: resending a request on a new connection", node.address)
             try:
@@ -1116,124 +1546,20 @@ class MemcachedBackend(Closing):
                     raise
                 # The first attempt was sent: the server may have seen it.
                 raise _Failure(node, again.cause, sent) from again.cause
-        raise _Failure(node, cause, sent) from cause
+        raise _Failure(node, cause, sent, partial=reader.progress) from cause
 
     def _connect(self, node: _Node, client: Any) -> socket.socket:
         """A new connection of ``client``; _Failure (nothing sent) if it cannot be made."""
-        if node.down_until:
-            if time.monotonic() < node.down_until and node.down_error is not None:
-                raise _Failure(node, node.down_error, 0, skipped=True)
-            node.down_until = 0.0
+        skip = skipped_failure(node)
+        if skip is not None:
+            raise skip
         try:
             client._connect()
         except Exception as exc:
-            if node.retry_timeout > 0:
-                node.down_error = exc
-                node.down_until = time.monotonic() + node.retry_timeout
-                _log.warning(
-                    "memcached at %s is down (%s); not tried again for %gs",
-                    node.address,
-                    _reason(exc),
-                    node.retry_timeout,
-                )
-            else:
-                _log.warning("memcached at %s: cannot connect: %s", node.address, _reason(exc))
+            mark_down(node, exc)
             raise _Failure(node, exc, 0) from exc
         sock: socket.socket = client.sock
         return sock
-
-    def _ask(
-        self,
-        node: _Node,
-        request: bytes,
-        read: Callable[[_Reader], _T],
-        *,
-        key: str | None,
-        op: str,
-        write: bool = False,
-        resend: bool = True,
-        expect: Any = None,
-    ) -> _T:
-        """:meth:`_call`, with a failure raised as the cacheorm error for ``op`` on ``key``."""
-        try:
-            return self._call(node, request, read, resend, expect)
-        except _Failure as failure:
-            raise self._error(failure, key, op=op, write=write) from failure.cause
-
-    def _error(
-        self, failure: _Failure, key: str | None, *, op: str, write: bool, about: str = ""
-    ) -> BackendError:
-        """The cacheorm error for a failed request: unavailable, outcome unknown or failed.
-
-        ``about`` says what the request was for when it was not one ``key``.
-        """
-        server = failure.node.address
-        if key is not None:
-            about = f" for key {key!r}"
-        reason = _reason(failure.cause)
-        if not failure.unavailable:
-            return BackendError(
-                f"memcached at {server} failed{about}: {reason}", key=key, server=server
-            )
-        if failure.sent == 0 or not write:
-            if failure.skipped:
-                reason = (
-                    f"{reason}, less than retry_timeout={failure.node.retry_timeout:g}s "
-                    "ago, so it was not tried again"
-                )
-            return BackendUnavailable(
-                f"memcached at {server} is unavailable{about}: {reason}", key=key, server=server
-            )
-        return OutcomeUnknown(
-            f"memcached at {server} lost the reply to {op}{about} ({reason}): the write was "
-            "sent and may or may not have been applied; cacheorm does not send it again, "
-            "read the key to find out",
-            key=key,
-            server=server,
-        )
-
-    def _refused(
-        self,
-        node: _Node,
-        line: bytes,
-        key: str,
-        size: int | None = None,
-        bkey: bytes = b"",
-        command: bytes = b"",
-    ) -> BackendError:
-        """The error (caused by pymemcache's) for an error reply to a request about ``key``.
-
-        ``size`` (the value's) turns the server's "object too large" refusal into
-        :class:`~cacheorm.ValueTooLarge`. For a store ``command`` that the
-        server could not store (too large, out of memory), the message says
-        what became of the key's previous value.
-        """
-        server = node.address
-        cause = _bad_reply(line)
-        text = _reason(cause)
-        error: BackendError
-        if size is not None and "too large" in text:
-            try:  # the real limit, when the server still answers
-                limit = self._item_limit(node, key) - len(self._prefix) - len(bkey)
-            except BackendError:
-                limit = size - 1
-            error = ValueTooLarge(
-                f"memcached at {server} refused a {size}-byte value for key {key!r} as too "
-                f"large ({text}){_previous_value(command)}",
-                size=size,
-                limit=limit,
-                key=key,
-                server=server,
-            )
-        else:
-            fate = _previous_value(command) if size is not None else ""
-            error = BackendError(
-                f"memcached at {server} failed for key {key!r}: {text}{fate}",
-                key=key,
-                server=server,
-            )
-        error.__cause__ = cause
-        return error
 
     def _executor_for_batches(self) -> ThreadPoolExecutor:
         """The thread pool that sends a batch's requests to the servers concurrently."""
@@ -1248,89 +1574,54 @@ class MemcachedBackend(Closing):
                     self._executor = executor
         return executor
 
-    def _each(
-        self, work: Callable[[_Node, list[int]], _T], groups: dict[_Node, list[int]]
-    ) -> list[tuple[_Node, list[int], _T | BaseException]]:
-        """``work(node, indices)`` for each group, concurrently; the result or error of each."""
-        items = list(groups.items())
-        outcomes: list[tuple[_Node, list[int], _T | BaseException]] = []
-        if not items:  # nothing to send (a round of a multi-round batch found no key)
+    def _each(self, steps: list[Step]) -> list[Any]:
+        """Each request (one per server) sent concurrently; the reply or the error of each."""
+        call = self._call
+        outcomes: list[Any] = []
+        if not steps:  # nothing to send (a round of a multi-round batch found no key)
             return outcomes
-        if len(items) == 1:
-            node, indices = items[0]
-            try:
-                outcomes.append((node, indices, work(node, indices)))
-            except Exception as exc:
-                outcomes.append((node, indices, exc))
-            return outcomes
-        executor = self._executor_for_batches()
-        futures = [(n, i, executor.submit(work, n, i)) for n, i in items[1:]]
-        node, indices = items[0]
+        futures = []
+        if len(steps) > 1:
+            executor = self._executor_for_batches()
+            futures = [executor.submit(call, *step) for step in steps[1:]]
         try:
-            outcomes.append((node, indices, work(node, indices)))
+            outcomes.append(call(*steps[0]))
         except Exception as exc:
-            outcomes.append((node, indices, exc))
-        for node, indices, future in futures:
+            outcomes.append(exc)
+        for future in futures:
             try:
-                outcomes.append((node, indices, future.result()))
+                outcomes.append(future.result())
             except Exception as exc:
-                outcomes.append((node, indices, exc))
+                outcomes.append(exc)
         return outcomes
 
-    # -- reads ----------------------------------------------------------------------
-
-    def _read_failed(self, failure: _Failure, key: str | None, about: str = "") -> None:
-        """Raise the error for a failed read, unless an unreachable server may read as a miss."""
-        if not (self._down_reads_miss and failure.unavailable):
-            raise self._error(failure, key, op="read", write=False, about=about) from failure.cause
+    # -- the Backend protocol --------------------------------------------------------------
 
     def get(self, key: str, /) -> bytes | None:
         """The value under ``key``, or None if absent or expired."""
-        bkey = self._bkey(key)
-        node = self._single or self._node(bkey)
-        full = self._prefix + bkey
+        step = self._get_step(key)
         try:
-            return self._call(node, b"get " + full + b"\r\n", _read_value, True, full)
+            return self._call(*step)  # type: ignore[no-any-return]
         except _Failure as failure:
-            self._read_failed(failure, key)
-            return None
+            return self._read_miss(failure, key)
+
+    def _store(self, command: bytes, key: str, value: bytes, ttl: float | None) -> bool:
+        """``set``/``add``/``replace`` sent directly (the common case), else by the operation."""
+        step = self._store_step(command, key, value, ttl)
+        if step is None:  # the value's size is checked first
+            return self._run(self._store_if(command, key, value, ttl))
+        try:
+            line = self._call(*step)
+        except _Failure as failure:
+            raise self._store_failed(failure, key, command) from failure.cause
+        return line == b"STORED" or self._run(self._stored(step[0], line, command, key, value))
 
     def get_many(self, keys: Sequence[str], /) -> list[bytes | None]:
         """The values under ``keys``, in the same order, None where absent.
 
         One request per server, to the servers concurrently.
         """
-        bkeys = self._bkeys(keys)
-        if not bkeys:
-            return []
-        prefix = self._prefix
-        fulls = [prefix + b for b in bkeys] if prefix else bkeys
-        single = self._single
-        if single is not None:
-            request = b"get " + b" ".join(fulls) + b"\r\n"
-            try:
-                found: dict[bytes, bytes] = self._call(single, request, _read_values, True, fulls)
-            except _Failure as failure:
-                self._read_failed(failure, None)
-                return [None] * len(bkeys)
-            get = found.get
-            return [get(full) for full in fulls]
-
-        def fetch(node: _Node, indices: list[int]) -> dict[bytes, bytes]:
-            asked = [fulls[i] for i in indices]
-            return self._call(node, b"get " + b" ".join(asked) + b"\r\n", _read_values, True, asked)
-
-        found = {}
-        for _, indices, outcome in self._each(fetch, self._group(bkeys)):
-            if isinstance(outcome, _Failure):
-                about = f" for {len(indices)} of the {len(bkeys)} keys read"
-                self._read_failed(outcome, keys[indices[0]] if len(indices) == 1 else None, about)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                found.update(outcome)
-        get = found.get
-        return [get(full) for full in fulls]
+        return self._run(self._op_get_many(keys))
 
     def exists(self, key: str, /) -> bool:
         """True if ``key`` holds a live value (read with ``get``, which leaves the TTL alone)."""
@@ -1338,29 +1629,7 @@ class MemcachedBackend(Closing):
 
     def gets(self, key: str, /) -> tuple[bytes, CasToken] | None:
         """The value and its CAS token (bytes of digits) for :meth:`cas`, or None if absent."""
-        bkey = self._bkey(key)
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        try:
-            got = self._call(node, b"gets " + full + b"\r\n", _read_cas_value, True, full)
-        except _Failure as failure:
-            self._read_failed(failure, key)
-            return None
-        if got is not None and got[1] == b"0":
-            raise self._cas_disabled(node, key)
-        return got
-
-    def _cas_disabled(self, node: _Node, key: str) -> BackendError:
-        """The error for a CAS value of 0, which memcached gives only with CAS disabled."""
-        return BackendError(
-            f"memcached at {node.address} has CAS disabled (it was started with -C), so "
-            f"compare-and-set on key {key!r} cannot work: gets, cas, update_with, patch, "
-            "ttl=KEEP_TTL and negative incr need it; restart memcached without -C",
-            key=key,
-            server=node.address,
-        )
-
-    # -- single writes ------------------------------------------------------------------
+        return self._run(self._op_gets(key))
 
     def set(self, key: str, value: bytes, /, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, replacing any value and TTL it had.
@@ -1370,12 +1639,8 @@ class MemcachedBackend(Closing):
             ValueTooLarge: ``value`` is over the size limit; nothing was sent.
             OutcomeUnknown: the reply was lost; the value may or may not be stored.
         """
-        if not self._store_if(b"set", key, value, ttl):
-            raise BackendError(
-                f"memcached at {self.server_for(key)} did not store key {key!r}",
-                key=key,
-                server=self.server_for(key),
-            )
+        if not self._store(b"set", key, value, ttl):
+            raise self._not_stored(key)
 
     def add(self, key: str, value: bytes, /, ttl: float | None = None) -> bool:
         """Store only if ``key`` is absent or expired, atomically; True if stored.
@@ -1383,7 +1648,7 @@ class MemcachedBackend(Closing):
         Raises:
             OutcomeUnknown: the request was sent and its reply lost; it is not resent.
         """
-        return self._store_if(b"add", key, value, ttl)
+        return self._store(b"add", key, value, ttl)
 
     def replace(self, key: str, value: bytes, /, ttl: BackendTTL = None) -> bool:
         """Store only if ``key`` holds a live value, atomically; True if stored.
@@ -1401,64 +1666,8 @@ class MemcachedBackend(Closing):
             BackendError: with ``KEEP_TTL``, the server has CAS disabled.
         """
         if ttl is KEEP_TTL:
-            return self._replace_keeping_ttl(key, value)
-        return self._store_if(b"replace", key, value, ttl)
-
-    def _replace_keeping_ttl(self, key: str, value: bytes) -> bool:
-        """``replace`` with the old value's remaining TTL, by meta get then ``cas``."""
-        bkey = self._bkey(key)
-        data = _as_bytes(key, value)
-        if len(data) > self._unchecked:
-            self._check_size(key, bkey, len(data))
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        meta = _meta_command(full)
-        for _ in range(_INCR_ATTEMPTS):
-            held = self._ask(node, meta, _read_meta, key=key, op="replace", expect=full)
-            if held is None:
-                return False
-            token, remaining = held
-            if token == b"0":
-                raise self._cas_disabled(node, key)
-            request = _cas_command(full, _kept_expire(remaining), token, data)
-            line = self._ask(
-                node, request, _read_line, key=key, op="replace", write=True, resend=False
-            )
-            if line == b"STORED":
-                return True
-            if line == b"NOT_FOUND":
-                return False  # deleted or expired since the meta get: never recreated
-            if line != b"EXISTS":
-                raise self._refused(node, line, key, len(data), bkey, b"cas")
-        raise BackendError(
-            f"cannot replace key {key!r} keeping its TTL: other writers kept changing it",
-            key=key,
-            server=node.address,
-        )
-
-    def _store_if(self, command: bytes, key: str, value: bytes, ttl: float | None) -> bool:
-        """One memcached ``set``, ``add`` or ``replace``; True if the server stored the value."""
-        bkey = self._bkey(key)
-        data = _as_bytes(key, value)
-        expire = _expire(ttl)
-        if len(data) > self._unchecked:
-            self._check_size(key, bkey, len(data))
-        node = self._single or self._node(bkey)
-        request = _store_command(command, self._prefix + bkey, b"%d" % expire, data)
-        line = self._ask(
-            node,
-            request,
-            _read_line,
-            key=key,
-            op=command.decode(),
-            write=True,
-            resend=command != b"add",
-        )
-        if line == b"STORED":
-            return True
-        if line == b"NOT_STORED":
-            return False
-        raise self._refused(node, line, key, len(data), bkey, command)
+            return self._run(self._replace_keeping_ttl(key, value))
+        return self._store(b"replace", key, value, ttl)
 
     def delete(self, key: str, /) -> bool:
         """Remove ``key``; True if it held a live value.
@@ -1467,17 +1676,12 @@ class MemcachedBackend(Closing):
             OutcomeUnknown: the request was sent and its reply lost; it is not
                 resent, since a second answer would say the key was absent.
         """
-        bkey = self._bkey(key)
-        node = self._single or self._node(bkey)
+        step = self._delete_step(key)
         try:
-            line = self._call(node, b"delete " + self._prefix + bkey + b"\r\n", _read_line, False)
+            line = self._call(*step)
         except _Failure as failure:
-            raise self._error(failure, key, op="delete", write=True) from failure.cause
-        if line == b"DELETED":
-            return True
-        if line == b"NOT_FOUND":
-            return False
-        raise self._refused(node, line, key)
+            raise failure_error(failure, key, op="delete", write=True) from failure.cause
+        return line == b"DELETED" or self._run(self._deleted(step[0], line, key))
 
     def incr(self, key: str, delta: int = 1, /) -> int:
         """Add ``delta`` to the counter under ``key``, starting from 0; the new value.
@@ -1495,101 +1699,7 @@ class MemcachedBackend(Closing):
             OutcomeUnknown: an increment (or the write creating the counter) was
                 sent and its reply lost; it is never resent, so never counted twice.
         """
-        bkey = self._bkey(key)
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError(f"incr delta must be an int, not {type(delta).__name__}")
-        if delta < 0 or delta >= _U64:
-            return self._incr_cas(key, bkey, delta)
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        digits = b"%d" % delta
-        increment = b"incr " + full + b" " + digits + b"\r\n"
-        for _ in range(_INCR_ATTEMPTS):
-            line = self._ask(
-                node, increment, _read_line, key=key, op="incr", write=True, resend=False
-            )
-            if line.isdigit():
-                result = int(line)
-                if result < delta:  # memcached wrapped around 2**64: add it back
-                    self._incr_cas(key, bkey, _U64, missing_ok=True)
-                    return result + _U64
-                return result
-            if line == b"NOT_FOUND":
-                line = self._create_counter(node, full, key, delta)
-                if line == b"STORED":
-                    return delta
-                if line == b"NOT_STORED":
-                    continue  # created by another writer meanwhile: increment it
-            elif line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
-                # The value is negative, over 2**64 - 1 or not a number.
-                return self._incr_cas(key, bkey, delta)
-            raise self._refused(node, line, key)
-        raise BackendError(
-            f"cannot incr key {key!r}: it keeps vanishing and reappearing",
-            key=key,
-            server=node.address,
-        )
-
-    def _create_counter(self, node: _Node, full: bytes, key: str, delta: int) -> bytes:
-        """``add`` the counter ``full`` with value ``delta`` (sent once); the reply line."""
-        line: bytes = self._ask(
-            node,
-            _store_command(b"add", full, b"0", b"%d" % delta),
-            _read_line,
-            key=key,
-            op="incr (creating the counter)",
-            write=True,
-            resend=False,
-        )
-        return line
-
-    def _incr_cas(self, key: str, bkey: bytes, delta: int, *, missing_ok: bool = False) -> int:
-        """``incr`` by a ``gets``/``cas`` loop on signed digits, keeping the TTL.
-
-        With ``missing_ok``, a missing key stays missing (and ``delta`` is returned).
-        """
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        read = b"gets " + full + b"\r\n"
-        meta = _meta_command(full)
-        for _ in range(_INCR_ATTEMPTS):
-            got = self._ask(node, read, _read_cas_value, key=key, op="incr", expect=full)
-            if got is None:
-                if missing_ok:
-                    return delta
-                line = self._create_counter(node, full, key, delta)
-                if line == b"STORED":
-                    return delta
-                if line != b"NOT_STORED":
-                    raise self._refused(node, line, key)
-                continue
-            value, token = got
-            current = _parse_counter(value)
-            if current is None:
-                raise BackendError(
-                    f"cannot incr key {key!r}: its value is not an ASCII integer",
-                    key=key,
-                    server=node.address,
-                )
-            if token == b"0":
-                raise self._cas_disabled(node, key)
-            held = self._ask(node, meta, _read_meta, key=key, op="incr", expect=full)
-            if held is None or held[0] != token:
-                continue  # gone or changed since gets
-            result = current + delta
-            request = _cas_command(full, _kept_expire(held[1]), token, b"%d" % result)
-            line = self._ask(
-                node, request, _read_line, key=key, op="incr", write=True, resend=False
-            )
-            if line == b"STORED":
-                return result
-            if line not in (b"EXISTS", b"NOT_FOUND"):
-                raise self._refused(node, line, key)
-        raise BackendError(
-            f"cannot incr key {key!r}: other writers kept changing it",
-            key=key,
-            server=node.address,
-        )
+        return self._run(self._op_incr(key, delta))
 
     def cas(self, key: str, value: bytes, token: CasToken, /, ttl: BackendTTL = None) -> bool:
         """Store ``value`` only if ``key`` is live and unwritten since ``gets`` gave ``token``.
@@ -1604,43 +1714,7 @@ class MemcachedBackend(Closing):
             OutcomeUnknown: the request was sent and its reply lost; it is not resent.
             BackendError: with ``KEEP_TTL``, the server has CAS disabled.
         """
-        bkey = self._bkey(key)
-        data = _as_bytes(key, value)
-        keep = ttl is KEEP_TTL
-        expire = 0 if ttl is KEEP_TTL else _expire(ttl)
-        if len(data) > self._unchecked:
-            self._check_size(key, bkey, len(data))
-        if type(token) is bytes:
-            if not (token.isdigit() and token.isascii() and len(token) <= 20):
-                return False
-            number = int(token)
-        elif type(token) is int:
-            number = token
-        else:
-            return False
-        if not 0 <= number < _U64:
-            return False
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        digits = b"%d" % number
-        if keep:
-            held = self._ask(node, _meta_command(full), _read_meta, key=key, op="cas", expect=full)
-            if held is None:
-                return False
-            if held[0] == b"0":
-                raise self._cas_disabled(node, key)
-            if held[0] != digits:
-                return False
-            expire = _kept_expire(held[1])
-        request = _cas_command(full, expire, digits, data)
-        line = self._ask(node, request, _read_line, key=key, op="cas", write=True, resend=False)
-        if line == b"STORED":
-            return True
-        if line in (b"EXISTS", b"NOT_FOUND"):
-            return False
-        raise self._refused(node, line, key, len(data), bkey, b"cas")
-
-    # -- batch writes -------------------------------------------------------------------
+        return self._run(self._op_cas(key, value, token, ttl))
 
     def set_many(self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None) -> None:
         """Store every ``(key, value)`` pair; a repeated key keeps its last value.
@@ -1652,15 +1726,7 @@ class MemcachedBackend(Closing):
             BatchWriteError: the batch failed part-way; it lists the keys written,
                 not written and unknown.
         """
-        pairs, bkeys, _ = self._pairs(items)
-        expire = b"%d" % _expire(ttl)
-        if not pairs:
-            return
-        last = {bkey: index for index, bkey in enumerate(bkeys)}
-        if len(last) < len(pairs):
-            pairs = [pairs[i] for i in last.values()]
-            bkeys = list(last)
-        self._write_many(b"set", pairs, bkeys, expire, op="set_many")
+        self._run(self._op_set_many(items, ttl))
 
     def add_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: float | None = None
@@ -1673,11 +1739,7 @@ class MemcachedBackend(Closing):
         Raises:
             BatchWriteError: the batch failed part-way; nothing is resent.
         """
-        pairs, bkeys, _ = self._pairs(items)
-        expire = b"%d" % _expire(ttl)
-        if not pairs:
-            return []
-        return self._write_many(b"add", pairs, bkeys, expire, op="add_many")
+        return self._run(self._op_add_many(items, ttl))
 
     def replace_many(
         self, items: Sequence[tuple[str, bytes]], /, ttl: BackendTTL = None
@@ -1692,126 +1754,7 @@ class MemcachedBackend(Closing):
         Raises:
             BatchWriteError: the batch failed part-way; nothing is resent.
         """
-        pairs, bkeys, _ = self._pairs(items)
-        if ttl is KEEP_TTL:
-            return self._replace_many_keeping_ttl(pairs, bkeys) if pairs else []
-        expire = b"%d" % _expire(ttl)
-        if not pairs:
-            return []
-        return self._write_many(b"replace", pairs, bkeys, expire, op="replace_many")
-
-    def _replace_many_keeping_ttl(
-        self, pairs: list[tuple[str, bytes]], bkeys: list[bytes]
-    ) -> list[bool]:
-        """``replace_many`` with each old value's remaining TTL: rounds of meta gets and cas."""
-        prefix = self._prefix
-        fulls = [prefix + bkey for bkey in bkeys]
-        keys = [key for key, _ in pairs]
-        stored = [False] * len(pairs)
-        settled_false: list[int] = []  # absent, or deleted before its cas
-        pending: list[int] = list(range(len(pairs)))
-        for _ in range(_INCR_ATTEMPTS):
-            try:
-                held = self._metas([fulls[i] for i in pending], [bkeys[i] for i in pending])
-            except _Failure as failure:
-                error = self._error(failure, None, op="replace_many", write=False)
-                raise self._merged(error, keys, stored, settled_false, pending) from error
-            present = [(i, meta) for i, meta in zip(pending, held, strict=True) if meta is not None]
-            settled_false += [i for i, meta in zip(pending, held, strict=True) if meta is None]
-            sent = [i for i, _ in present]
-            for index, meta in present:
-                if meta[0] == b"0":
-                    disabled = self._cas_disabled(self._node(bkeys[index]), keys[index])
-                    raise self._merged(disabled, keys, stored, settled_false, sent) from disabled
-            commands = [
-                _cas_command(fulls[i], _kept_expire(remaining), token, pairs[i][1])
-                for i, (token, remaining) in present
-            ]
-            try:
-                replies = self._send_many(
-                    commands,
-                    [bkeys[i] for i in sent],
-                    [keys[i] for i in sent],
-                    op="replace_many",
-                    sizes=[len(pairs[i][1]) for i in sent],
-                    command=b"cas",
-                    confirmed=frozenset([b"STORED"]),
-                )
-            except BatchWriteError as error:
-                # The pairs of this round's cas batch are all in ``error``.
-                raise self._merged(error, keys, stored, settled_false, []) from error
-            pending = []
-            for index, line in zip(sent, replies, strict=True):
-                if line == b"STORED":
-                    stored[index] = True
-                elif line == b"EXISTS":
-                    pending.append(index)  # changed since the meta get: again, in order
-                else:
-                    settled_false.append(index)
-            if not pending:
-                return stored
-        gave_up = BackendError(
-            f"cannot replace {describe_keys([keys[i] for i in pending])} keeping their TTL: "
-            "other writers kept changing them"
-        )
-        raise self._merged(gave_up, keys, stored, settled_false, pending)
-
-    @staticmethod
-    def _merged(
-        error: BackendError,
-        keys: list[str],
-        stored: list[bool],
-        settled_false: list[int],
-        unsent: list[int],
-    ) -> BatchWriteError:
-        """A BatchWriteError for a ``replace_many`` keeping TTLs that failed after some rounds.
-
-        ``error`` is the failure of the last round (a BatchWriteError for the
-        keys of its cas batch, else any error); ``stored`` and
-        ``settled_false`` say what earlier rounds did, and the keys ``unsent``
-        were not written in the last round.
-        """
-        written = [keys[i] for i, done in enumerate(stored) if done]
-        not_written = [keys[i] for i in settled_false] + [keys[i] for i in unsent]
-        unknown: list[str] = []
-        if isinstance(error, BatchWriteError):
-            written += error.written
-            not_written += error.not_written
-            unknown = error.unknown
-        counts = f"{len(written)} written, {len(not_written)} not written"
-        if unknown:
-            counts += f", {len(unknown)} unknown (sent, reply lost: {describe_keys(unknown)})"
-        return BatchWriteError(
-            f"replace_many keeping TTLs failed part-way: {error}; of {len(keys)} keys {counts}",
-            written=written,
-            not_written=not_written,
-            unknown=unknown,
-            key=keys[0] if len(keys) == 1 else None,
-            server=error.server,
-        )
-
-    def _metas(self, fulls: list[bytes], bkeys: list[bytes]) -> list[tuple[bytes, int] | None]:
-        """The CAS value and remaining TTL of each full key (None: absent); _Failure if not read.
-
-        One request of meta gets per server, the servers concurrently.
-        """
-        metas: list[tuple[bytes, int] | None] = [None] * len(fulls)
-        if self._single is not None:
-            groups = {self._single: list(range(len(fulls)))}
-        else:
-            groups = self._group(bkeys)
-
-        def fetch(node: _Node, indices: list[int]) -> list[tuple[bytes, int] | None]:
-            asked = [fulls[i] for i in indices]
-            request = b"".join([_meta_command(full) for full in asked])
-            return self._call(node, request, _read_metas, True, asked)
-
-        for _, indices, outcome in self._each(fetch, groups):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            for index, meta in zip(indices, outcome, strict=True):
-                metas[index] = meta
-        return metas
+        return self._run(self._op_replace_many(items, ttl))
 
     def delete_many(self, keys: Sequence[str], /) -> int:
         """Remove ``keys``; the number that held a live value. One request per server.
@@ -1820,168 +1763,14 @@ class MemcachedBackend(Closing):
             BatchWriteError: the batch failed part-way; ``written`` lists the keys
                 confirmed gone.
         """
-        bkeys = self._bkeys(keys)
-        if not bkeys:
-            return 0
-        prefix = self._prefix
-        commands = [b"delete " + prefix + bkey + b"\r\n" for bkey in bkeys]
-        replies = self._send_many(commands, bkeys, list(keys), op="delete_many")
-        return sum(1 for line in replies if line == b"DELETED")
-
-    def _write_many(
-        self,
-        command: bytes,
-        pairs: list[tuple[str, bytes]],
-        bkeys: list[bytes],
-        expire: bytes,
-        *,
-        op: str,
-    ) -> list[bool]:
-        """Send ``command`` for each pair; True where the server stored it."""
-        prefix = self._prefix
-        commands = [
-            _store_command(command, prefix + bkey, expire, value)
-            for (_, value), bkey in zip(pairs, bkeys, strict=True)
-        ]
-        replies = self._send_many(
-            commands,
-            bkeys,
-            [key for key, _ in pairs],
-            op=op,
-            sizes=[len(value) for _, value in pairs],
-            must_store=command == b"set",
-            command=command,
-        )
-        return [line == b"STORED" for line in replies]
-
-    def _send_many(
-        self,
-        commands: list[bytes],
-        bkeys: list[bytes],
-        keys: list[str],
-        *,
-        op: str,
-        sizes: list[int] | None = None,
-        must_store: bool = False,
-        command: bytes = b"",
-        confirmed: frozenset[bytes] = _CONFIRMED,
-    ) -> list[bytes]:
-        """Send one write per key, one request per server, concurrently; each reply line.
-
-        Raises BatchWriteError unless every reply arrived and none is an error
-        reply (nor, with ``must_store``, anything but ``STORED``). Replies in
-        ``confirmed`` count as written: by default ``STORED``, and for a delete
-        ``DELETED`` or ``NOT_FOUND`` (the key is gone). ``command`` is the store
-        command, for what a refusal says of the keys' previous values.
-        """
-        replies: list[bytes | None] = [None] * len(commands)
-
-        def send(node: _Node, indices: list[int]) -> _Failure | None:
-            lines: list[bytes] = []
-            count = len(indices)
-
-            def read(reader: _Reader) -> None:
-                line = reader.line
-                while len(lines) < count:
-                    reply = line()
-                    if reply not in _WRITE_REPLIES and not reply.startswith(b"SERVER_ERROR"):
-                        # memcached skips the data of a refused write, so its
-                        # SERVER_ERROR keeps the replies in step; anything else
-                        # may not, so reading stops there.
-                        raise _bad_reply(reply)
-                    lines.append(reply)
-
-            try:
-                self._call(node, b"".join([commands[i] for i in indices]), read, False)
-            except _Failure as failure:
-                return failure
-            finally:
-                for index, reply in zip(indices, lines, strict=False):
-                    replies[index] = reply
-            return None
-
-        if self._single is not None:
-            groups = {self._single: list(range(len(commands)))}
-        else:
-            groups = self._group(bkeys)
-        failures: list[_Failure] = []
-        sent: set[int] = set()
-        for _, indices, outcome in self._each(send, groups):
-            if isinstance(outcome, _Failure):
-                failures.append(outcome)
-                end = 0
-                for index in indices:
-                    end += len(commands[index])
-                    if end > outcome.sent:
-                        break
-                    sent.add(index)
-            elif outcome is not None:
-                raise outcome
-        refused = [
-            index
-            for index, line in enumerate(replies)
-            if line is not None
-            and (line.startswith(b"SERVER_ERROR") or (must_store and line != b"STORED"))
-        ]
-        if not failures and not refused:
-            return cast("list[bytes]", replies)  # every reply arrived
-        written: list[str] = []
-        not_written: list[str] = []
-        unknown: list[str] = []
-        for index, line in enumerate(replies):
-            if line is None:
-                (unknown if index in sent else not_written).append(keys[index])
-            elif line in confirmed:
-                written.append(keys[index])
-            else:
-                not_written.append(keys[index])
-        reasons: list[str] = []
-        causes: list[BaseException] = []
-        servers: list[str] = []
-        for failure in failures:
-            what = "is unavailable" if failure.unavailable else "failed"
-            reasons.append(f"memcached at {failure.node.address} {what}: {_reason(failure.cause)}")
-            causes.append(failure.cause)
-            servers.append(failure.node.address)
-        for index in refused[:3]:
-            node = self._node(bkeys[index])
-            line = replies[index] or b""
-            if line.startswith(b"SERVER_ERROR"):
-                size = None if sizes is None else sizes[index]
-                refusal = self._refused(node, line, keys[index], size, bkeys[index], command)
-            else:
-                refusal = BackendError(
-                    f"memcached at {node.address} did not store key {keys[index]!r} "
-                    f"({line.decode('ascii', 'replace')})",
-                    key=keys[index],
-                    server=node.address,
-                )
-            reasons.append(str(refusal))
-            causes.append(refusal)
-            if node.address not in servers:
-                servers.append(node.address)
-        if len(refused) > 3:
-            reasons.append(f"and {len(refused) - 3} more refusals")
-        counts = f"{len(written)} written, {len(not_written)} not written"
-        if unknown:
-            counts += f", {len(unknown)} unknown (sent, reply lost: {describe_keys(unknown)})"
-        error = BatchWriteError(
-            f"{op} failed part-way: {'; '.join(reasons)}; of {len(keys)} keys {counts}",
-            written=written,
-            not_written=not_written,
-            unknown=unknown,
-            key=keys[0] if len(keys) == 1 else None,
-            server=", ".join(servers),
-        )
-        error.__cause__ = causes[0]
-        raise error
+        return self._run(self._op_delete_many(keys))
 
     # -- optional capabilities: TTLBackend, CounterBackend -------------------------------
     # memcached cannot enumerate its keys, so there is no ScanBackend ``scan``.
 
     def touch(self, key: str, /, ttl: float | None = None) -> bool:
         """Give ``key`` a new TTL (``touch``; None: no expiry); True if it existed."""
-        return self.touch_many([key], ttl)[0]
+        return self._run(self._op_touch_many([key], ttl))[0]
 
     def touch_many(self, keys: Sequence[str], /, ttl: float | None = None) -> list[bool]:
         """``touch`` each key: one request of ``touch`` commands per server, concurrently.
@@ -1991,44 +1780,7 @@ class MemcachedBackend(Closing):
         :class:`~cacheorm.BackendUnavailable` (some keys may have been
         touched: touch them again).
         """
-        bkeys = self._bkeys(keys)
-        expire = b"%d" % _expire(ttl)
-        if not bkeys:
-            return []
-        prefix = self._prefix
-        touched: list[bool] = [False] * len(bkeys)
-        if self._single is not None:
-            groups = {self._single: list(range(len(bkeys)))}
-        else:
-            groups = self._group(bkeys)
-
-        def send(node: _Node, indices: list[int]) -> list[bool]:
-            request = b"".join(
-                b"touch " + prefix + bkeys[i] + b" " + expire + b"\r\n" for i in indices
-            )
-
-            def read(reader: _Reader) -> list[bool]:
-                replies: list[bool] = []
-                for _ in indices:
-                    line = reader.line()
-                    if line not in (b"TOUCHED", b"NOT_FOUND"):
-                        raise _bad_reply(line)
-                    replies.append(line == b"TOUCHED")
-                return replies
-
-            return self._call(node, request, read, True)
-
-        for _, indices, outcome in self._each(send, groups):
-            if isinstance(outcome, _Failure):
-                about = f" touching {describe_keys([keys[i] for i in indices])}"
-                raise self._error(outcome, None, op="touch", write=False, about=about) from (
-                    outcome.cause
-                )
-            if isinstance(outcome, BaseException):
-                raise outcome
-            for index, found in zip(indices, outcome, strict=True):
-                touched[index] = found
-        return touched
+        return self._run(self._op_touch_many(keys, ttl))
 
     def ttl_of(self, key: str, /) -> float | None:
         """Whole seconds ``key`` has left (meta get ``mg <key> t``, memcached 1.6+).
@@ -2037,15 +1789,7 @@ class MemcachedBackend(Closing):
         TTL rounded up plus one second, so a key written with ``ttl=10``
         reports 11 at first.
         """
-        bkey = self._bkey(key)
-        try:
-            meta = self._metas([self._prefix + bkey], [bkey])[0]
-        except _Failure as failure:
-            raise self._error(failure, key, op="ttl_of", write=False) from failure.cause
-        if meta is None:
-            return None
-        remaining = meta[1]
-        return math.inf if remaining < 0 else float(remaining)
+        return self._run(self._op_ttl_of(key))
 
     def counter_add(self, key: str, delta: int, /, ttl: float | None = None) -> int:
         """Add ``delta`` to the counter under ``key``, never below 0; the new value.
@@ -2059,58 +1803,7 @@ class MemcachedBackend(Closing):
             BackendError: the stored value is not a non-negative integer.
             OutcomeUnknown: a command was sent and its reply lost.
         """
-        bkey = self._bkey(key)
-        _check_delta(delta)
-        expire = b"%d" % _expire(ttl)
-        if delta >= _U64 or -delta >= _U64:
-            raise BackendError(
-                f"cannot count with key {key!r}: memcached counters hold 0 to 2**64 - 1, and "
-                f"{delta} is out of that range",
-                key=key,
-            )
-        node = self._node(bkey)
-        full = self._prefix + bkey
-        verb = b"incr " if delta >= 0 else b"decr "
-        request = verb + full + b" %d\r\n" % abs(delta)
-        create = _store_command(b"add", full, expire, b"%d" % max(0, delta))
-        for _ in range(_INCR_ATTEMPTS):
-            line = self._ask(
-                node, request, _read_line, key=key, op="counter_add", write=True, resend=False
-            )
-            if line.isdigit():
-                result = int(line)
-                if delta > 0 and result < delta:  # memcached wrapped around 2**64: add it back
-                    self._incr_cas(key, bkey, _U64, missing_ok=True)
-                    return result + _U64
-                return result
-            if line != b"NOT_FOUND":
-                if line.startswith(b"CLIENT_ERROR") and b"non-numeric" in line:
-                    raise BackendError(
-                        f"cannot count with key {key!r} at {node.address}: its value is not a "
-                        "non-negative integer",
-                        key=key,
-                        server=node.address,
-                    )
-                raise self._refused(node, line, key)
-            created = self._ask(
-                node,
-                create,
-                _read_line,
-                key=key,
-                op="counter_add (creating the counter)",
-                write=True,
-                resend=False,
-            )
-            if created == b"STORED":
-                return max(0, delta)
-            if created != b"NOT_STORED":
-                raise self._refused(node, created, key)
-            # Created by another client meanwhile: count on it.
-        raise BackendError(
-            f"cannot count with key {key!r}: it keeps vanishing and reappearing",
-            key=key,
-            server=node.address,
-        )
+        return self._run(self._op_counter_add(key, delta, ttl))
 
     # -- life cycle ------------------------------------------------------------------------
 

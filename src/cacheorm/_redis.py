@@ -34,6 +34,7 @@ from cacheorm._errors import (
     safe_repr,
 )
 from cacheorm._redis_ops import NOT_SENT, UNKNOWN, describe, key_list, px, type_name
+from cacheorm._slots import by_slot
 from cacheorm._ttl import BackendTTL
 
 if TYPE_CHECKING:
@@ -1009,14 +1010,7 @@ class RedisBackend(Closing):
 
     def _by_slot(self, op: str, keys: Sequence[str]) -> dict[int, list[int]]:
         """The indices of ``keys``, grouped by hash slot (first appearance order)."""
-        groups: dict[int, list[int]] = {}
-        for i, slot in enumerate(self._slots(op, keys)):
-            group = groups.get(slot)
-            if group is None:
-                groups[slot] = [i]
-            else:
-                group.append(i)
-        return groups
+        return by_slot(self._slots(op, keys))
 
     def _cluster_failure(
         self,
