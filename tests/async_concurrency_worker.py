@@ -33,7 +33,7 @@ def open_backend(kind: str, address: str) -> Any:
     if kind == "redis":
         return co.AsyncRedisBackend.from_url(address)
     if kind == "memcached":
-        return vars(co)["AsyncMemcachedBackend"].from_servers(address)
+        return co.AsyncMemcachedBackend.from_servers(address)
     raise SystemExit(f"unknown backend kind {kind!r}")
 
 

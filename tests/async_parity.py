@@ -40,7 +40,6 @@ import concurrent.futures
 import contextvars
 import functools
 import importlib
-import importlib.util
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -58,34 +57,6 @@ PARITY_LOG_ENV = "CACHEORM_PARITY_LOG"
 
 #: Seconds one blocking call may take before the portal cancels it (a hang fails, not blocks).
 CALL_TIMEOUT = 120.0
-
-#: The kinds of the ``backend`` fixture, and the module of the async backend each needs.
-KIND_MODULES: dict[str, str] = {
-    "memory": "cacheorm._aio_local",
-    "filesystem": "cacheorm._aio_local",
-    "redis": "cacheorm._aio_redis",
-    "memcached": "cacheorm._aio_memcached",
-    "redis_cluster": "cacheorm._aio_redis_cluster",
-    "memcached_pool": "cacheorm._aio_memcached",
-}
-
-#: The fixtures that give a sync backend of one server kind directly, and that kind.
-KIND_FIXTURES = {
-    "redis_backend": "redis",
-    "memcached_backend": "memcached",
-    "redis_cluster_backend": "redis_cluster",
-    "memcached_pool_backend": "memcached_pool",
-}
-
-
-def has_kind(kind: str) -> bool:
-    """Whether the async backend of ``kind`` is on this branch (its module exists)."""
-    return importlib.util.find_spec(KIND_MODULES[kind]) is not None
-
-
-def available_kinds() -> list[str]:
-    """The ``backend`` kinds whose async backend exists on this branch."""
-    return [kind for kind in KIND_MODULES if has_kind(kind)]
 
 
 class _State:
@@ -176,13 +147,9 @@ async def _threaded_scan(self: ThreadedAdapter, /, *args: Any) -> AsyncIterator[
 
 def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
     """How to build the async Redis backend on the server(s) of ``backend``."""
-    cls: Any = getattr(co, "AsyncRedisBackend", None)
-    if cls is None:
-        pytest.fail("cacheorm.AsyncRedisBackend is not on this branch yet", pytrace=False)
+    cls = co.AsyncRedisBackend
     client: Any = backend.client
     if hasattr(client, "get_primaries"):  # redis.cluster.RedisCluster
-        if not has_kind("redis_cluster"):
-            pytest.fail("the async Redis Cluster backend is not on this branch yet", pytrace=False)
         nodes = [f"{node.host}:{node.port}" for node in client.get_primaries()]
         return lambda: cls.from_cluster(nodes)
     kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
@@ -203,9 +170,7 @@ def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
 
 def _memcached_twin(backend: co.MemcachedBackend) -> Callable[[], Any]:
     """How to build the async memcached backend on the server(s) of ``backend``."""
-    cls: Any = getattr(co, "AsyncMemcachedBackend", None)
-    if cls is None:
-        pytest.fail("cacheorm.AsyncMemcachedBackend is not on this branch yet", pytrace=False)
+    cls = co.AsyncMemcachedBackend
     servers = backend.servers
     node = backend._nodes[0]
     options: dict[str, Any] = {
@@ -491,21 +456,6 @@ def _fixture_in_class(definition: Any) -> Any:
     return marker(staticmethod(definition._get_wrapped_function()))
 
 
-def _needs_missing_kind(fn: Callable[..., Any]) -> str | None:
-    """The async backend module a test needs through a server fixture and this branch lacks."""
-    for parameter in inspect.signature(fn).parameters:
-        kind = KIND_FIXTURES.get(parameter)
-        if kind is not None and not has_kind(kind):
-            return KIND_MODULES[kind]
-    return None
-
-
-#: Tests left out because their server kind's async backend is not on this branch yet
-#: ("module::test" -> the missing module). Empty once every async backend has landed;
-#: tests/test_async_parity.py fails until it is.
-WAITING_FOR_BACKEND: dict[str, str] = {}
-
-
 def parity_class(
     module_name: str, *, deselect: Mapping[str, str], xfail: Mapping[str, str]
 ) -> type:
@@ -534,17 +484,11 @@ def parity_class(
         if type(obj) is fixture_type:
             namespace[name] = _fixture_in_class(obj)
         elif name.startswith("test") and inspect.isfunction(obj):
-            missing = _needs_missing_kind(obj)
-            if missing is not None:
-                WAITING_FOR_BACKEND[f"{short}::{name}"] = missing
-                continue
             namespace[name] = staticmethod(obj)
         elif name.startswith("Test") and isinstance(obj, type) and obj.__module__ == module_name:
             namespace[name] = obj
     if hasattr(module, "pytestmark"):
         namespace["pytestmark"] = module.pytestmark
-    if "backend" not in namespace:
-        namespace["backend"] = _backend_fixture()
     xfails = dict(xfail)
 
     @pytest.fixture(autouse=True)
@@ -584,18 +528,3 @@ def _parity_fixture() -> Iterator[Portal]:
 
 
 _parity_fixture = _fixture_in_class(_parity_fixture)
-
-
-def _backend_fixture() -> Any:
-    """The conftest ``backend`` fixture, on the kinds whose async backend exists."""
-
-    @pytest.fixture(params=available_kinds())
-    def backend(request: pytest.FixtureRequest, clock: Callable[[], float]) -> Iterator[Any]:
-        if request.param == "memory":
-            store = co.MemoryBackend(clock=clock)
-            yield store
-            store.close()
-        else:
-            yield request.getfixturevalue(f"{request.param}_backend")
-
-    return _fixture_in_class(backend)

@@ -6,7 +6,8 @@ replaced by :class:`tests.async_parity.BlockingAsyncRepository`: an
 ``AsyncRepository`` on an async backend sharing the sync backend's store,
 whose coroutines are blocking calls through a Portal. So every assertion
 those suites make of ``Repository`` is made of ``AsyncRepository``, on every
-backend kind whose async class exists (see ``available_kinds``).
+backend kind of the ``backend`` fixture (memory, filesystem, Redis, Redis
+Cluster, memcached, memcached pool) and the servers the suites start.
 
 What is left out is listed in ``DESELECTED``, by name, each with the reason;
 what fails through AsyncRepository is in ``XFAIL`` (strict), each with the
@@ -15,7 +16,7 @@ bug. Nothing is skipped at run time.
 
 from __future__ import annotations
 
-from tests.async_parity import KIND_MODULES, WAITING_FOR_BACKEND, available_kinds, parity_class
+from tests.async_parity import parity_class
 
 _NO_COUNTER = "co.Counter and backend-level TTL/counter/scan checks: no repository involved"
 _SYNC_ONLY_RECEIVERS = (
@@ -111,9 +112,3 @@ Test_refs = _parity("test_refs")
 Test_namespace_ops = _parity("test_namespace_ops")
 Test_migrate = _parity("test_migrate")
 Test_versions = _parity("test_versions")
-
-
-def test_every_backend_kind_runs_the_parity() -> None:
-    """No kind is left out for want of its async backend (it would be, silently, otherwise)."""
-    assert available_kinds() == list(KIND_MODULES)
-    assert WAITING_FOR_BACKEND == {}

@@ -37,7 +37,6 @@ import cacheorm as co
 from cacheorm._flight import LEASE_SUFFIX
 from cacheorm.testing import Portal
 from tests.async_concurrency_worker import Counter
-from tests.async_parity import available_kinds
 from tests.conftest import async_backend_maker
 from tests.proxy import FaultProxy
 from tests.servers import ServerProcess, start_memcached_processes, start_redis_process
@@ -45,7 +44,7 @@ from tests.test_hostile import BAD_TTLS, HOSTILE_PARTS, Doc
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: The server kinds of the cancellation test (those whose async class this branch has).
+#: The server kinds of the cancellation and lease tests.
 SERVER_KINDS = ["redis", "memcached", "redis_cluster", "memcached_pool"]
 
 #: connect_timeout / timeout of the backends the fault tests kill servers under.
@@ -56,11 +55,6 @@ BOUND = TIMEOUT + 0.35
 
 def _bump(counter: Counter) -> Counter:
     return dataclasses.replace(counter, n=counter.n + 1)
-
-
-def _backend_class(name: str) -> Any:
-    """``cacheorm.<name>`` (a KeyError naming it until its branch has landed)."""
-    return vars(co)[name]
 
 
 def _on(portal: Portal, make: Callable[[], Any]) -> Any:
@@ -207,16 +201,14 @@ def killable(request: pytest.FixtureRequest, portal: Portal) -> Iterator[tuple[S
         url = server.url
         backend = _on(
             portal,
-            lambda: _backend_class("AsyncRedisBackend").from_url(
-                url, timeout=TIMEOUT, connect_timeout=TIMEOUT
-            ),
+            lambda: co.AsyncRedisBackend.from_url(url, timeout=TIMEOUT, connect_timeout=TIMEOUT),
         )
     else:
         (process,) = start_memcached_processes(1).processes
         address = process.address
         backend = _on(
             portal,
-            lambda: _backend_class("AsyncMemcachedBackend").from_servers(
+            lambda: co.AsyncMemcachedBackend.from_servers(
                 address, timeout=TIMEOUT, connect_timeout=TIMEOUT
             ),
         )
@@ -295,13 +287,11 @@ def proxied(
     proxy = FaultProxy(host, port)
     if request.param == "redis":
         url = f"redis://{proxy.address}/0"
-        redis_class = _backend_class("AsyncRedisBackend")
+        redis_class = co.AsyncRedisBackend
         backend = _on(portal, lambda: redis_class.from_url(url, timeout=2))
     else:
         address = proxy.address
-        backend = _on(
-            portal, lambda: _backend_class("AsyncMemcachedBackend").from_servers(address, timeout=2)
-        )
+        backend = _on(portal, lambda: co.AsyncMemcachedBackend.from_servers(address, timeout=2))
     try:
         yield proxy, backend, direct
     finally:
@@ -440,11 +430,11 @@ def _intact(record: object, pk: int) -> bool:
     return isinstance(record, Rec) and record.id == pk and record.body == _body(pk)
 
 
-@pytest.fixture(params=[k for k in SERVER_KINDS if k in available_kinds()] or ["memory"])
+@pytest.fixture(params=SERVER_KINDS)
 def server_backend(
     request: pytest.FixtureRequest, portal: Portal
 ) -> Iterator[tuple[str, Any, Callable[[], Any]]]:
-    """An async backend on each server kind this branch has an async class for, and its maker."""
+    """An async backend on each server kind, and the callable that made it (for another)."""
     kind = str(request.param)
     make = async_backend_maker(request, kind)
     backend = _on(portal, make)
