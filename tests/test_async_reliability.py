@@ -220,7 +220,7 @@ def killable(request: pytest.FixtureRequest, portal: Portal) -> Iterator[tuple[S
 
 
 def test_a_killed_server_is_backend_unavailable_in_time_and_the_same_repository_recovers(
-    killable: tuple[ServerProcess, Any], portal: Portal
+    killable: tuple[ServerProcess, Any], portal: Portal, capsys: pytest.CaptureFixture[str]
 ) -> None:
     process, backend = killable
     repo = co.AsyncRepository(Counter, backend=backend)
@@ -265,6 +265,13 @@ def test_a_killed_server_is_backend_unavailable_in_time_and_the_same_repository_
                 await asyncio.sleep(0.05)
 
     assert portal.call(recovered()) == Counter(1, n=99)
+    slowest = max(seconds for seconds, _ in down.values())
+    with capsys.disabled():
+        print(
+            f"\n[{type(backend).__name__}] killed: {len(down)} operations BackendUnavailable, "
+            f"slowest {slowest:.3f}s (bound {BOUND:g}s); the same repository recovered",
+            end=" ",
+        )
 
 
 # -- lost replies: at most once -------------------------------------------------------------
@@ -300,7 +307,9 @@ def proxied(
 
 
 def test_a_cut_reply_is_outcome_unknown_and_never_applied_twice(
-    proxied: tuple[FaultProxy, Any, co.Backend], portal: Portal
+    proxied: tuple[FaultProxy, Any, co.Backend],
+    portal: Portal,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Cut every reply after 0, 1, 2, ... bytes: each update_with / incr applies at most once.
 
@@ -349,7 +358,8 @@ def test_a_cut_reply_is_outcome_unknown_and_never_applied_twice(
                 assert applied == 0, f"{kind} at {limit} bytes: unavailable, yet applied"
     assert seen["unknown"] > 0, f"no reply was cut mid-write: {seen}"
     assert seen["ok"] > 0, seen
-    print(f"[{type(backend).__name__}] cut replies: {seen}")
+    with capsys.disabled():
+        print(f"\n[{type(backend).__name__}] replies cut at 0..119 bytes: {seen}", end=" ")
 
 
 # -- hostile input: the sync side's keys, bytes and refusals ------------------------------
