@@ -41,7 +41,7 @@ DESELECTED: dict[str, dict[str, str]] = {
     "test_repository_hardening": {
         "test_a_raw_client_as_backend_says_how_to_wrap_it": (
             "sync-only wording: it expects 'RedisBackend(client)' / 'MemcachedBackend(client)'; "
-            "AsyncRepository must name the async backends instead"
+            "AsyncRepository names the async backends instead (tests/test_async_reliability.py)"
         ),
         "test_a_repository_closes_only_the_backend_it_owns": (
             "mocks close() of the sync backend class; the shim's owned store is an "
@@ -87,9 +87,8 @@ DESELECTED: dict[str, dict[str, str]] = {
 }
 
 #: module -> {test name or "name[param id]": the bug}: strict xfails, to be fixed in src/.
-#: (Empty: the three bugs these suites found are fixed on main: hook events named async
-#: backends by class, not system; a cancelled lease ``add`` left the lease behind; a raw
-#: client was called a sync backend.)
+#: (Empty: the bug these suites found, hook events naming an async backend by its class
+#: instead of its system ("AsyncRedisBackend", not "redis"), is fixed on main.)
 XFAIL: dict[str, dict[str, str]] = {}
 
 
