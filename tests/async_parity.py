@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import importlib
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
@@ -145,6 +146,14 @@ async def _threaded_scan(self: ThreadedAdapter, /, *args: Any) -> AsyncIterator[
         yield batch
 
 
+def redis_url(kwargs: Mapping[str, Any]) -> str:
+    """The ``redis://`` URL of a redis-py client's connection keywords."""
+    auth = ""
+    if kwargs.get("password"):
+        auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
+    return f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
 def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
     """How to build the async Redis backend on the server(s) of ``backend``."""
     cls = co.AsyncRedisBackend
@@ -153,10 +162,7 @@ def _redis_twin(backend: co.RedisBackend) -> Callable[[], Any]:
         nodes = [f"{node.host}:{node.port}" for node in client.get_primaries()]
         return lambda: cls.from_cluster(nodes)
     kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
-    auth = ""
-    if kwargs.get("password"):
-        auth = f"{kwargs.get('username') or ''}:{kwargs['password']}@"
-    url = f"redis://{auth}{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+    url = redis_url(kwargs)
     options: dict[str, Any] = {
         ours: kwargs[theirs]
         for ours, theirs in (
@@ -295,7 +301,7 @@ def _blocking(name: str, callable_at: tuple[int, str] | None) -> Callable[..., A
     return method
 
 
-class _OffLoopReceiver:
+class OffLoopReceiver:
     """A sync signal receiver, awaited by the repository and run in a worker thread.
 
     A sync test's receiver may call the repository (a write racing the one
@@ -322,7 +328,7 @@ class _OffLoopReceiver:
         return result
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _OffLoopReceiver):
+        if isinstance(other, OffLoopReceiver):
             other = other.fn
         return bool(self.fn == other)
 
@@ -331,11 +337,11 @@ class _OffLoopReceiver:
 
 
 class _OffLoopSignal(Signal[Any]):
-    """A repository signal whose sync receivers run as :class:`_OffLoopReceiver`."""
+    """A repository signal whose sync receivers run as :class:`OffLoopReceiver`."""
 
     def connect(self, receiver: Any) -> Any:
         if callable(receiver) and not inspect.iscoroutinefunction(receiver):
-            super().connect(_OffLoopReceiver(receiver))
+            super().connect(OffLoopReceiver(receiver))
             return receiver
         return super().connect(receiver)
 
@@ -516,15 +522,22 @@ def parity_class(
     return type(f"Test_{short}", (), namespace)
 
 
-@pytest.fixture(scope="class")
-def _parity_fixture() -> Iterator[Portal]:
-    """One portal per parity class (that is, per sync module)."""
+@contextlib.contextmanager
+def parity_portal() -> Generator[Portal, None, None]:
+    """A portal the shim calls through while the ``with`` block runs."""
     with Portal(name="cacheorm-parity") as portal:
         _State.portal = portal
         try:
             yield portal
         finally:
             _State.portal = None
+
+
+@pytest.fixture(scope="class")
+def _parity_fixture() -> Iterator[Portal]:
+    """One portal per parity class (that is, per sync module)."""
+    with parity_portal() as portal:
+        yield portal
 
 
 _parity_fixture = _fixture_in_class(_parity_fixture)

@@ -14,8 +14,21 @@ what fails through AsyncRepository is in ``XFAIL`` (strict), each with the
 bug. Nothing is skipped at run time.
 """
 
+# pyright: reportUnknownMemberType=false
+# (pytester's makepyfile is untyped.)
+
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+
+import cacheorm as co
+from tests import async_parity
 from tests.async_parity import parity_class
 
 _NO_COUNTER = "co.Counter and backend-level TTL/counter/scan checks: no repository involved"
@@ -111,3 +124,115 @@ Test_refs = _parity("test_refs")
 Test_namespace_ops = _parity("test_namespace_ops")
 Test_migrate = _parity("test_migrate")
 Test_versions = _parity("test_versions")
+
+
+# -- the shim and the collector themselves ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Item:
+    id: Annotated[int, co.Field(primary_key=True)]
+    n: int = 0
+
+
+def test_the_shim_needs_its_portal() -> None:
+    with pytest.raises(RuntimeError, match="no parity portal"):
+        async_parity.call(asyncio.sleep(0))
+
+
+def test_the_shim_owns_a_private_store_and_works_as_a_context_manager() -> None:
+    shim: Any = async_parity.BlockingAsyncRepository  # its methods block: not the async types
+    with async_parity.parity_portal(), shim(Item) as repo:
+        assert repo.save(Item(1, 2)) == Item(1, 2)
+        assert repo.get(1) == Item(1, 2)
+        assert isinstance(repo.backend, co.MemoryBackend)  # the async store's sync one
+        assert repr(repo).startswith("<blocking BlockingAsyncRepository(Item")
+
+
+def test_a_sync_receiver_returning_a_coroutine_is_awaited() -> None:
+    seen: list[int] = []
+
+    async def record(event: co.WriteEvent[Item]) -> None:
+        seen.append(event.record.n)
+
+    def receiver(event: co.WriteEvent[Item]) -> Any:
+        return record(event)
+
+    wrapped = async_parity.OffLoopReceiver(receiver)
+    assert wrapped == receiver
+    assert hash(wrapped) == hash(receiver)
+    with async_parity.parity_portal():
+        repo: Any = async_parity.BlockingAsyncRepository(Item)
+        repo.signals.post_save.connect(receiver)
+        assert repo.signals.post_save.receivers == (receiver,)
+        repo.save(Item(1, 7))
+        assert repo.signals.post_save.disconnect(receiver)
+    assert seen == [7]
+
+
+def test_a_redis_url_carries_the_client_credentials_and_database() -> None:
+    plain = {"host": "127.0.0.1", "port": 6379}
+    assert async_parity.redis_url(plain) == "redis://127.0.0.1:6379/0"
+    secret = {**plain, "username": "app", "password": "s3", "db": 2}
+    assert async_parity.redis_url(secret) == "redis://app:s3@127.0.0.1:6379/2"
+    assert async_parity.redis_url({**plain, "password": "s3"}) == "redis://:s3@127.0.0.1:6379/0"
+
+
+def test_the_collector_refuses_an_unknown_deselection_and_keeps_test_classes() -> None:
+    with pytest.raises(ValueError, match=re.escape("not in tests.test_ttl_ops: ['test_nope']")):
+        parity_class("tests.test_ttl_ops", deselect={"test_nope": "why"}, xfail={})
+    collected = parity_class("tests.test_ttl_ops", deselect={}, xfail={})
+    assert "TestAThirdPartyBackendWithoutCapabilities" in vars(collected)
+
+
+def test_a_listed_failure_is_a_strict_xfail_and_the_log_names_the_repositories_built(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """XFAIL entries apply per test (or per parameter id); the log counts repositories built."""
+    log = tmp_path / "parity.log"
+    monkeypatch.setenv(async_parity.PARITY_LOG_ENV, str(log))
+    pytester.makepyfile(
+        sync_suite="""
+        import dataclasses
+        from typing import Annotated
+
+        import pytest
+
+        import cacheorm as co
+
+
+        @dataclasses.dataclass
+        class Thing:
+            id: Annotated[int, co.Field(primary_key=True)]
+
+
+        def test_fails_through_async() -> None:
+            assert not isinstance(co.Repository(Thing), co.AsyncRepository)
+
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_one_parameter_fails(n: int) -> None:
+            co.Repository(Thing).save(Thing(n))
+            assert n == 1
+
+
+        def test_builds_nothing() -> None:
+            pass
+        """,
+        test_through_async="""
+        from tests.async_parity import parity_class
+
+        Test_sync_suite = parity_class(
+            "sync_suite",
+            deselect={},
+            xfail={
+                "test_fails_through_async": "the shim is an AsyncRepository",
+                "test_one_parameter_fails[2]": "2 != 1",
+            },
+        )
+        """,
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "test_through_async.py")
+    result.assert_outcomes(passed=2, xfailed=2)
+    built = dict(line.split("\t") for line in log.read_text().splitlines())
+    assert sorted(built.values()) == ["0", "1", "1", "1"]
