@@ -47,9 +47,11 @@ class Repository(RepositoryCore[T], Closing):
         **options: the keyword arguments below (``AsyncRepository`` takes the same).
 
     Keyword Args:
-        serializer (str | Serializer): a registry name (``"json"``, ``"msgpack"``, ``"pickle"``, ...)
+        serializer (str | Serializer):
+            a registry name (``"json"``, ``"msgpack"``, ``"pickle"``, ...)
             or a serializer object. Resolved once, here. ``"json"`` by default.
-        key (str | Callable[[Any], str] | None): a key template (``"collection.{collector}.{article}"`` or
+        key (str | Callable[[Any], str] | None):
+            a key template (``"collection.{collector}.{article}"`` or
             ``"collection.%s.%d"``) or a callable ``pk -> str``; by default
             ``"<namespace>:<pk>"`` with composite parts joined by ``:``.
         namespace (str | None): the default scheme's namespace; the lower-cased class name
@@ -71,13 +73,16 @@ class Repository(RepositoryCore[T], Closing):
         version (int | None): the schema version this code writes (an int >= 1; see
             docs/schema-evolution.md). Records carry it; version 1 writes none,
             so records written without versions read as version 1.
-        upgrades (Mapping[int, Upgrade] | None): ``{n: fn}``: ``fn`` turns the stored dict of version ``n``
+        upgrades (Mapping[int, Upgrade] | None):
+            ``{n: fn}``: ``fn`` turns the stored dict of version ``n``
             into the dict of version ``n + 1``; a record of an older version
             is upgraded step by step when read.
-        newer (Literal['error', 'ignore']): what reading a record of a newer version than ``version`` does:
+        newer (Literal['error', 'ignore']):
+            what reading a record of a newer version than ``version`` does:
             ``"error"`` (a ``DeserializationError`` naming both versions) or
             ``"ignore"`` (read it, leaving out the fields this model lacks).
-        read_also (Sequence[str | Serializer]): serializers (names or objects) that earlier code wrote this
+        read_also (Sequence[str | Serializer]):
+            serializers (names or objects) that earlier code wrote this
             namespace with; a record the serializer cannot read is tried with
             each in order, strictly (the bytes must parse whole into a map).
         rewrite_on_read (bool): write a record read in an older version or an earlier
