@@ -432,3 +432,31 @@ def test_a_get_or_load_cancelled_while_taking_its_lease_frees_it() -> None:
             assert await backend.get(items.key_for(pk) + "\x00lease") is None
 
     run(main())
+
+
+def test_a_cancellation_during_the_lease_release_frees_it_and_still_cancels() -> None:
+    class SlowRelease(co.AsyncMemoryBackend):
+        releasing = asyncio.Event()
+
+        async def get(self, key: str, /) -> bytes | None:
+            if key.endswith("\x00lease"):
+                self.releasing.set()
+                await asyncio.sleep(0.02)  # the release's read is in flight
+            return await super().get(key)
+
+    async def main() -> None:
+        backend = SlowRelease()
+        items = co.AsyncRepository(Item, backend=backend)
+        task = asyncio.create_task(items.get_or_load(1, lambda: Item(1, "x")))
+        await backend.releasing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task  # the cancellation is delivered, not swallowed
+        assert await backend.get(items.key_for(1) + "\x00lease") is None  # and freed
+        # a timeout around it is still a timeout
+        backend.releasing.clear()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(items.get_or_load(2, lambda: Item(2, "y")), 0.01)
+        assert await backend.get(items.key_for(2) + "\x00lease") is None
+
+    run(main())

@@ -524,6 +524,10 @@ def test_connect_and_disconnect_rules(users: co.Repository[SigUser]) -> None:
     with pytest.raises(co.ConfigurationError, match="takes a dataclass class"):
         co.signals.pre_save.connect(receiver, model=SigUser(1, "x"))  # type: ignore[call-overload]
 
+
+def test_async_receivers_are_refused_on_sync_repositories(users: co.Repository[SigUser]) -> None:
+    """Connecting an async receiver to a sync repository fails at once, saying why."""
+
     async def coroutine(event: co.WriteEvent[SigUser]) -> None:
         pass  # pragma: no cover - never awaited
 

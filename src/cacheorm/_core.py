@@ -52,7 +52,7 @@ from cacheorm._generation import SUFFIX, Generation
 from cacheorm._keys import KeyPart, KeyScheme, parse_template
 from cacheorm._keys import _unwrap as unwrap_annotation  # pyright: ignore[reportPrivateUsage]
 from cacheorm._observe import Hook, get_logger, instrument
-from cacheorm._ops import Call, Flight, Op, Sleep, settle
+from cacheorm._ops import Call, Cleanup, Flight, Op, Sleep, settle
 from cacheorm._schema import CompiledModel, FieldSpec, compile_model
 from cacheorm._serializers import Serializer, SerializerRegistry, default_registry
 from cacheorm._signals import RepositorySignals
@@ -1262,10 +1262,10 @@ def _positive(name: str, value: object) -> float:
 def _release_all(lease_keys: list[str], token: bytes) -> Op[None]:
     """Delete the leases in ``lease_keys`` that still hold ``token`` (best effort)."""
     try:
-        held = yield Call("get_many", (lease_keys,))
+        held = yield Cleanup("get_many", (lease_keys,))  # to its end, even if cancelled
         ours = [key for key, value in zip(lease_keys, held, strict=True) if value == token]
         if ours:
-            yield Call("delete_many", (ours,))
+            yield Cleanup("delete_many", (ours,))
     except BackendError:
         pass  # they expire on their own
 

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from cacheorm._errors import BackendError
 from cacheorm._observe import get_logger
-from cacheorm._ops import Call
+from cacheorm._ops import Call, Cleanup
 
 _log = get_logger("repository")
 
@@ -211,8 +211,9 @@ class Lease:
     def release(self) -> Generator[Any, Any, None]:
         """Give the lease back if it is still this holder's (best effort, never raises)."""
         try:
-            if (yield Call("get", (self.key,))) == self._token:
-                yield Call("delete", (self.key,))
+            # Cleanup: these run to their end even if the task is cancelled meanwhile.
+            if (yield Cleanup("get", (self.key,))) == self._token:
+                yield Cleanup("delete", (self.key,))
             elif self._held:
                 _log.warning(
                     "a get_or_load lease expired while its loader ran (lock_timeout=%gs): "

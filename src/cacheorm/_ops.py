@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Await",
     "Call",
+    "Cleanup",
     "Flight",
     "Iterate",
     "Next",
@@ -67,6 +68,18 @@ class Call:
 
     def __repr__(self) -> str:
         return f"Call({self.method!r}, {self.args!r})"
+
+
+class Cleanup(Call):
+    """Request: a backend call that must run to its end, cancelled or not (freeing a lease).
+
+    A cancellation that arrives while the async driver awaits it is held back:
+    the call finishes, its result goes to the operation, and the
+    ``CancelledError`` is raised at the operation's next request that is not
+    a cleanup (or at its end). So a ``finally`` that frees a lease frees it.
+    """
+
+    __slots__ = ()
 
 
 class Iterate:
@@ -150,7 +163,7 @@ def settle(result: R | Awaitable[R], on_sync: str) -> Op[R]:
 class _Runtime:
     """How a driver performs each kind of request: blocking (sync) or returning awaitables."""
 
-    __slots__ = ("backend", "flight", "next", "sleep", "suspends", "wait")
+    __slots__ = ("backend", "cleanup", "deferred", "flight", "next", "sleep", "suspends", "wait")
 
     def __init__(
         self,
@@ -168,6 +181,10 @@ class _Runtime:
         self.flight = flight
         #: True: what each request gives is an awaitable to await (the async driver).
         self.suspends = suspends
+        #: How a Cleanup call's outcome is awaited (async: to its end, despite a cancellation).
+        self.cleanup: Callable[[_Runtime, Any], Any] = _to_the_end if suspends else _as_is
+        #: A cancellation held back while a Cleanup call ran: raised at the next request.
+        self.deferred: BaseException | None = None
 
 
 async def _loop(op: Op[R], runtime: _Runtime) -> R:
@@ -179,14 +196,26 @@ async def _loop(op: Op[R], runtime: _Runtime) -> R:
         try:
             request = op.send(send) if error is None else op.throw(error)
         except StopIteration as stop:
+            if runtime.deferred is not None:
+                raise runtime.deferred from None
             result: R = stop.value
             return result
+        except BaseException as exc:
+            if runtime.deferred is not None and exc is not runtime.deferred:
+                raise runtime.deferred from exc
+            raise
         send = error = None
+        kind = type(request)
+        if runtime.deferred is not None and kind is not Cleanup:
+            error = runtime.deferred  # the cleanups are done: now the cancellation
+            continue
         try:
-            kind = type(request)
             if kind is Call:
                 call: Call = request  # type: ignore[assignment]
                 send = getattr(backend, call.method)(*call.args)
+            elif kind is Cleanup:
+                call = request  # type: ignore[assignment]
+                send = runtime.cleanup(runtime, getattr(backend, call.method)(*call.args))
             elif kind is Next:
                 send = runtime.next(request.iterator)  # type: ignore[union-attr]
             elif kind is Iterate:  # an iterator (async or not): nothing to await
@@ -202,6 +231,22 @@ async def _loop(op: Op[R], runtime: _Runtime) -> R:
                 send = await send
         except BaseException as exc:  # thrown into the operation, which decides
             error = exc
+
+
+def _as_is(runtime: _Runtime, value: Any) -> Any:
+    return value
+
+
+async def _to_the_end(runtime: _Runtime, call: Awaitable[Any]) -> Any:
+    """Await ``call`` to its end; a cancellation meanwhile is held back in ``runtime``."""
+    task = asyncio.ensure_future(call)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():  # the call itself was cancelled (its backend closed)
+                raise
+            runtime.deferred = asyncio.CancelledError()
 
 
 def _next(iterator: Iterator[Any]) -> Any:

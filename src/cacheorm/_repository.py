@@ -44,47 +44,55 @@ class Repository(RepositoryCore[T], Closing):
         model: the dataclass. It is read once, here; cacheorm never changes it.
         backend: where bytes live; a new private :class:`~cacheorm.MemoryBackend`
             if omitted.
-        serializer: a registry name (``"json"``, ``"msgpack"``, ``"pickle"``, ...)
+        **options: the keyword arguments below (``AsyncRepository`` takes the same).
+
+    Keyword Args:
+        serializer (str | Serializer):
+            a registry name (``"json"``, ``"msgpack"``, ``"pickle"``, ...)
             or a serializer object. Resolved once, here. ``"json"`` by default.
-        key: a key template (``"collection.{collector}.{article}"`` or
+        key (str | Callable[[Any], str] | None):
+            a key template (``"collection.{collector}.{article}"`` or
             ``"collection.%s.%d"``) or a callable ``pk -> str``; by default
             ``"<namespace>:<pk>"`` with composite parts joined by ``:``.
-        namespace: the default scheme's namespace; the lower-cased class name
+        namespace (str | None): the default scheme's namespace; the lower-cased class name
             if omitted. Repositories of one class share it (in every process);
             two classes whose names differ only in case cannot both use the
             default in one process (``ModelDefinitionError``).
-        prefix: prepended to every key (for instance ``"myapp:"``).
-        ttl: the default TTL of writes: seconds, ``timedelta``, or None / 0 for
+        prefix (str): prepended to every key (for instance ``"myapp:"``).
+        ttl (TTL): the default TTL of writes: seconds, ``timedelta``, or None / 0 for
             no expiry.
-        registry: the registry to resolve a serializer name in
+        registry (SerializerRegistry | None): the registry to resolve a serializer name in
             (``cacheorm.registry`` by default).
-        hooks: functions called with an :class:`~cacheorm.OperationEvent` after
+        hooks (Sequence[Hook]): functions called with an :class:`~cacheorm.OperationEvent` after
             every operation (metrics, tracing: see :mod:`cacheorm.otel`). A
             repository without hooks pays nothing for them.
-        allow_subclasses: store an instance of a subclass of ``model`` (or of a
+        allow_subclasses (bool): store an instance of a subclass of ``model`` (or of a
             nested model) as that model, leaving its extra fields out; it reads
             back as the base class. By default such an instance is refused with
             a ``ValidationError``, since it would lose fields.
-        version: the schema version this code writes (an int >= 1; see
+        version (int | None): the schema version this code writes (an int >= 1; see
             docs/schema-evolution.md). Records carry it; version 1 writes none,
             so records written without versions read as version 1.
-        upgrades: ``{n: fn}``: ``fn`` turns the stored dict of version ``n``
+        upgrades (Mapping[int, Upgrade] | None):
+            ``{n: fn}``: ``fn`` turns the stored dict of version ``n``
             into the dict of version ``n + 1``; a record of an older version
             is upgraded step by step when read.
-        newer: what reading a record of a newer version than ``version`` does:
+        newer (Literal['error', 'ignore']):
+            what reading a record of a newer version than ``version`` does:
             ``"error"`` (a ``DeserializationError`` naming both versions) or
             ``"ignore"`` (read it, leaving out the fields this model lacks).
-        read_also: serializers (names or objects) that earlier code wrote this
+        read_also (Sequence[str | Serializer]):
+            serializers (names or objects) that earlier code wrote this
             namespace with; a record the serializer cannot read is tried with
             each in order, strictly (the bytes must parse whole into a map).
-        rewrite_on_read: write a record read in an older version or an earlier
+        rewrite_on_read (bool): write a record read in an older version or an earlier
             serializer back in the current one, by compare-and-set keeping its
             TTL (a write that landed meanwhile is never overwritten).
-        generations: put the namespace's generation in every key
+        generations (bool): put the namespace's generation in every key
             (``<key>#g<generation>``), so that :meth:`clear` is one ``incr``
             on every backend, memcached included (see
             docs/ttl-and-namespaces.md). Off by default: it changes every key.
-        generation_ttl: seconds (> 0) each process keeps its copy of the
+        generation_ttl (float): seconds (> 0) each process keeps its copy of the
             generation. Another process sees a ``clear()`` at most this long
             after it; the clearing one at once.
 
