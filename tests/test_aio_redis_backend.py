@@ -588,3 +588,18 @@ def test_works_without_hiredis(redis_server: RedisServer, monkeypatch: pytest.Mo
         assert await b.delete_many(["nh:a", "nh:b", "nh:n"]) == 3
 
     with_backend(redis_server.url, body)
+
+
+def test_under_trio_the_backend_says_to_use_asyncio(redis_server: RedisServer) -> None:
+    """Awaited under trio: a ConfigurationError naming the ways to run it, nothing sent."""
+    import trio
+
+    store = AsyncRedisBackend.from_url(redis_server.url)
+
+    async def main() -> None:
+        await store.get("k")
+
+    with pytest.raises(co.ConfigurationError, match="AsyncRedisBackend") as info:
+        trio.run(main)
+    assert "anyio's asyncio backend or trio-asyncio" in str(info.value)
+    assert not store._connection.connected  # pyright: ignore[reportPrivateUsage]

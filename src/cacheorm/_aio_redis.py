@@ -25,6 +25,7 @@ from typing import Any, Literal, Protocol, overload
 from typing_extensions import Self
 
 from cacheorm import _redis_ops as ops
+from cacheorm._aio import require_asyncio
 from cacheorm._backend import (
     AsyncBackend,
     AsyncClosing,
@@ -337,7 +338,10 @@ class RedisConnection:
         """
         data = encode(commands)
         protocol = self._protocol
-        loop = _running_loop()
+        try:
+            loop = _running_loop()
+        except RuntimeError:  # no asyncio loop (trio, say): say what to do instead
+            loop = require_asyncio("AsyncRedisBackend")
         while (
             protocol is None or not protocol.alive or protocol.paused or protocol.loop is not loop
         ):
