@@ -7,7 +7,6 @@ import asyncio
 import math
 import shutil
 import ssl
-import subprocess
 import sys
 import types
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,9 +26,13 @@ from cacheorm._errors import (
 )
 from cacheorm._resp import ReplyError
 from cacheorm._ttl import KEEP_TTL
+from tests import test_redis_backend as sync_tests
 from tests.servers import RedisServer, ServerProcess, closed_port, free_port
 
 redis = pytest.importorskip("redis")
+
+#: The TLS server fixture of the sync tests (a fresh self-signed certificate).
+tls_redis = sync_tests.tls_redis
 
 T = TypeVar("T")
 
@@ -424,35 +427,6 @@ def test_unix_socket_url(redis_server: RedisServer) -> None:
         return await b.get("u")
 
     assert with_backend(redis_server.unix_url, body) == b"over unix"
-
-
-@pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A redis-server speaking TLS with a fresh self-signed certificate: (rediss URL, CA file)."""
-    openssl, server = shutil.which("openssl"), shutil.which("redis-server")
-    if openssl is None or server is None:
-        pytest.skip("the TLS test needs openssl and redis-server on PATH")
-    tmp = tmp_path_factory.mktemp("atls")
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    plain, tls = free_port(), free_port()
-    process = ServerProcess(
-        name="redis-server (TLS)",
-        argv=[server, "--port", str(plain), "--tls-port", str(tls), "--bind", "127.0.0.1",
-              "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-              "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-              "--save", "", "--appendonly", "no", "--loglevel", "warning"],
-        host="127.0.0.1",
-        port=plain,
-    )  # fmt: skip
-    process.start(b"PING\r\n", b"+PONG")
-    yield f"rediss://127.0.0.1:{tls}/0", str(cert)
-    process.stop()
 
 
 def test_rediss_speaks_tls(tls_redis: tuple[str, str]) -> None:

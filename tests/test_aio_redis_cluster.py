@@ -27,6 +27,7 @@ import cacheorm as co
 from cacheorm._aio_redis_cluster import AsyncRedisClusterBackend, cluster_from_url
 from cacheorm._slots import key_slot
 from tests.servers import RedisClusterServer, ServerProcess, closed_port
+from tests.test_redis_cluster import move_slot, node_ids, wait_for_slot
 
 T = TypeVar("T")
 
@@ -379,36 +380,6 @@ def test_nodes_are_called_concurrently(redis_cluster: RedisClusterServer) -> Non
 
 
 # -- redirections --------------------------------------------------------------------------------
-
-
-def node_ids(nodes: dict[str, redis.Redis]) -> dict[str, str]:
-    """Each node's cluster id, by address."""
-    return {address: client.cluster("MYID").decode() for address, client in nodes.items()}
-
-
-def move_slot(nodes: dict[str, redis.Redis], slot: int, source: str, target: str) -> None:
-    """Give an empty ``slot`` from ``source`` to ``target`` (SETSLOT, as resharding does)."""
-    ids = node_ids(nodes)
-    nodes[target].cluster("SETSLOT", slot, "IMPORTING", ids[source])
-    nodes[source].cluster("SETSLOT", slot, "MIGRATING", ids[target])
-    for address in [target, source, *[a for a in nodes if a not in (source, target)]]:
-        nodes[address].cluster("SETSLOT", slot, "NODE", ids[target])
-
-
-def wait_for_slot(nodes: dict[str, redis.Redis], slot: int, target: str) -> None:
-    """Wait until every node agrees that ``target`` owns ``slot``."""
-    host, port = target.rsplit(":", 1)
-    deadline = time.monotonic() + 10
-    while True:
-        found = set()
-        for client in nodes.values():
-            for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
-                if start <= slot <= end:
-                    found.add((primary[0].decode(), int(primary[1])))
-        if found == {(host, int(port))}:
-            return
-        assert time.monotonic() < deadline, f"slot {slot} owners: {found}"
-        time.sleep(0.02)
 
 
 def first_key(nodes: dict[str, redis.Redis], prefix: str, node: str, other: bool = False) -> str:
